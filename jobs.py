@@ -1,0 +1,66 @@
+"""Example jobs of this project: one for each feature, and the history pruner."""
+
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from scheduler import conf, cron, interval
+from scheduler.models import JobRun
+
+logger = logging.getLogger(__name__)
+
+
+@interval(seconds=5)
+def heartbeat() -> None:
+    """Say hello every 5 seconds."""
+    print(f"Hello from the scheduler at {timezone.now():%H:%M:%S}")
+
+
+@cron(second="*/10")
+def sample_sensor(scheduled_at: datetime) -> None:
+    """Read a (pretend) sensor every 10 seconds, knowing which slot it serves."""
+    late = (timezone.now() - scheduled_at).total_seconds()
+    logger.info("Slot %s served %.3f s late", scheduled_at.isoformat(), late)
+
+
+@interval(seconds=15)
+def flaky_sync() -> None:
+    """Sync with a partner system that fails one time in three."""
+    time.sleep(random.uniform(0.05, 0.3))
+    if random.random() < 1 / 3:
+        raise ConnectionError("partner API answered 503 Service Unavailable")
+    print("synced 42 records")
+
+
+@interval(seconds=20)
+async def refresh_cache() -> None:
+    """Refresh a cache with async I/O."""
+    import asyncio
+
+    await asyncio.sleep(0.2)
+    print("cache refreshed")
+
+
+@cron("0 3 * * *")
+def prune_history() -> None:
+    """Delete run history older than SCHEDULER['HISTORY_DAYS']."""
+    days = conf.get("HISTORY_DAYS")
+    if days is None:
+        print("HISTORY_DAYS is None: keeping all history")
+        return
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted, _ = (
+        JobRun.objects.using(conf.database())
+        .filter(scheduled_at__lt=cutoff, status__in=JobRun.FINAL)
+        .delete()
+    )
+    print(f"deleted {deleted} runs older than {days} days")
+
+
+@cron("30 8 * * mon-fri", enabled=False)
+def weekday_report() -> None:
+    """Send the weekday report (disabled in the demo)."""
+    print("report sent")

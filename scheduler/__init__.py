@@ -1,0 +1,6 @@
+"""Scheduled jobs for Django: declared in code, run by ``manage.py runapscheduler``."""
+
+from scheduler.registry import cron, interval
+
+__all__ = ["cron", "interval"]
+__version__ = "0.1.0"

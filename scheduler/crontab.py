@@ -1,0 +1,119 @@
+"""Standard crontab strings turned into APScheduler triggers, with cron's own semantics.
+
+APScheduler 3's ``CronTrigger.from_crontab`` differs from cron in three ways that
+users trip over; this module fixes each:
+
+* weekday numbers: cron counts 0 (and 7) as Sunday, APScheduler 3 as Monday;
+* day-of-month and day-of-week both restricted: cron fires when *either* matches,
+  APScheduler only when both do;
+* daylight saving fall-back: a job at a fixed hour (``30 1 * * *``) ran twice in
+  the repeated hour; like Vixie cron it now runs once (jobs whose hour field is
+  ``*`` still run in both hours, since those are distinct real times).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger as _APSCronTrigger
+from apscheduler.util import datetime_utc_add
+
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_DAY_NUMBERS = {name: number for number, name in enumerate(_DAY_NAMES)}
+
+
+class CronTrigger(_APSCronTrigger):
+    """A cron trigger that runs a fixed-hour job once on the daylight-saving fall-back day."""
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        fire_time = super().get_next_fire_time(previous_fire_time, now)
+        while fire_time is not None and self._is_repeated_wall_time(fire_time):
+            after = datetime_utc_add(fire_time, timedelta(microseconds=1))
+            fire_time = super().get_next_fire_time(after, after)
+        return fire_time
+
+    def _is_repeated_wall_time(self, fire_time: datetime) -> bool:
+        if fire_time.fold != 1 or self._every_hour():
+            return False
+        first = fire_time.replace(fold=0)
+        return first.utcoffset() != fire_time.utcoffset()
+
+    def _every_hour(self) -> bool:
+        hour = next(field for field in self.fields if field.name == "hour")
+        return str(hour) == "*"
+
+
+def _expand_weekdays(field: str) -> str:
+    """Rewrite a crontab day-of-week field as day names, which APScheduler reads as cron does."""
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for term in field.split(","):
+        rng, _, step_text = term.partition("/")
+        step = _to_int(step_text, field) if step_text else 1
+        if step < 1:
+            raise ValueError(f"step must be at least 1 in day-of-week field {field!r}")
+        if rng == "*":
+            first, last = 0, 6
+        elif "-" in rng:
+            a, b = rng.split("-", 1)
+            first, last = _day(a, field), _day(b, field)
+            if last == 0 and b.strip() in ("7",):
+                last = 7
+            if last < first:
+                last += 7
+        else:
+            first = _day(rng, field)
+            last = 6 if step_text else first
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))
+
+
+def _day(text: str, field: str) -> int:
+    text = text.strip().lower()
+    if text in _DAY_NUMBERS:
+        return _DAY_NUMBERS[text]
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text) % 7
+    raise ValueError(f"{text!r} is not a weekday (0-7 or sun-sat) in {field!r}")
+
+
+def _to_int(text: str, field: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"step {text!r} is not a number in {field!r}")
+    return int(text)
+
+
+def from_crontab(expr: str, tz: tzinfo, **options: Any) -> Any:
+    """A trigger for a 5-field crontab string (or an ``@daily``-style macro)."""
+    text = MACROS.get(expr.strip().lower(), expr)
+    values = text.split()
+    if len(values) != 5:
+        raise ValueError(
+            f"a crontab needs 5 fields (minute hour day month weekday), got {len(values)}"
+        )
+    minute, hour, day, month, weekday = values
+    weekday = _expand_weekdays(weekday)
+    fields = {"minute": minute, "hour": hour, "month": month, "timezone": tz}
+    if day != "*" and weekday != "*":
+        # cron fires when either day field matches.
+        return OrTrigger(
+            [
+                CronTrigger(day=day, day_of_week="*", **fields, **options),
+                CronTrigger(day="*", day_of_week=weekday, **fields, **options),
+            ]
+        )
+    return CronTrigger(day=day, day_of_week=weekday, **fields, **options)

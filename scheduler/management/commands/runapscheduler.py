@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django_apscheduler.models import DjangoJob
+
+from scheduler import db
+from scheduler.registry import autodiscover
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the scheduler in the foreground: sync jobs from code into the job store, then run "
+        "them on time until SIGTERM or Ctrl+C."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--list", action="store_true", help="Print every registered job and exit."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["list"]:
+            self.list_jobs()
+            return
+        from scheduler.service import Service
+
+        Service(write=lambda text: self.stdout.write(text)).run()
+
+    def list_jobs(self) -> None:
+        specs = autodiscover()
+        stored = dict(DjangoJob.objects.using(db.alias()).values_list("id", "next_run_time"))
+        now = datetime.now(UTC)
+        if not specs:
+            self.stdout.write("No jobs are registered.")
+            return
+        for spec in sorted(specs.values(), key=lambda s: s.id):
+            if not spec.enabled:
+                next_run = "disabled"
+            elif spec.id in stored:
+                at = stored[spec.id]
+                next_run = at.isoformat() if at else "paused"
+            else:
+                at = spec.make_trigger().get_next_fire_time(None, now)
+                next_run = f"{at.isoformat() if at else 'never'} (not yet stored)"
+            self.stdout.write(
+                f"{spec.id}\t{spec.name}\t{spec.kind}: {spec.schedule_text} ({spec.timezone})\t"
+                f"next: {next_run}"
+            )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class Job(models.Model):
+    """A job as registered in code, mirrored for the admin and for pause/resume.
+
+    APScheduler's own state (pickled trigger, next run time) lives in
+    django-apscheduler's ``DjangoJob`` table under the same id.
+    """
+
+    id = models.CharField(_("id"), max_length=255, primary_key=True)
+    name = models.CharField(_("name"), max_length=255)
+    func = models.CharField(_("function"), max_length=255)
+    kind = models.CharField(_("kind"), max_length=16)
+    schedule = models.CharField(_("schedule"), max_length=255)
+    timezone = models.CharField(_("time zone"), max_length=64)
+    options = models.JSONField(_("options"), default=dict)
+    enabled = models.BooleanField(
+        _("enabled"), default=True, help_text=_("Set in code with enabled=False.")
+    )
+    paused = models.BooleanField(_("paused"), default=False)
+    # Set when the admin changes ``paused``; the running scheduler applies the
+    # change to its store and clears it.
+    pending_change = models.BooleanField(default=False, db_index=True)
+    fingerprint = models.CharField(max_length=64)
+    synced_at = models.DateTimeField(_("synced at"))
+
+    class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        ordering = ["id"]
+        permissions = [
+            ("run_job", _("Can run jobs now")),
+            ("pause_job", _("Can pause and resume jobs")),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", _("queued")
+    RUNNING = "running", _("running")
+    SUCCEEDED = "succeeded", _("succeeded")
+    FAILED = "failed", _("failed")
+    MISSED = "missed", _("missed")
+    SKIPPED = "skipped", _("skipped")
+    INTERRUPTED = "interrupted", _("interrupted")
+
+
+class RunTrigger(models.TextChoices):
+    SCHEDULE = "schedule", _("schedule")
+    MANUAL = "manual", _("manual")
+
+
+class JobRun(models.Model):
+    """One run of a job: scheduled, caught up, missed, skipped or run by hand."""
+
+    Status = RunStatus
+    Trigger = RunTrigger
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.MISSED, Status.SKIPPED, Status.INTERRUPTED)
+
+    id = models.BigAutoField(primary_key=True)
+    # Plain text, not a foreign key: history outlives its job.
+    job_id = models.CharField(_("job"), max_length=255, db_index=True)
+    job_name = models.CharField(_("job name"), max_length=255, blank=True)
+    status = models.CharField(_("status"), max_length=12, choices=Status.choices)
+    trigger = models.CharField(_("trigger"), max_length=8, choices=Trigger.choices)
+    scheduled_at = models.DateTimeField(
+        _("scheduled at"), help_text=_("The fire time it serves, or when it was requested.")
+    )
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration = models.FloatField(
+        _("duration"), null=True, blank=True, help_text=_("Seconds of real execution.")
+    )
+    hostname = models.CharField(_("host"), max_length=255, blank=True)
+    pid = models.IntegerField(_("pid"), null=True, blank=True)
+    requested_by = models.CharField(_("requested by"), max_length=150, blank=True)
+    exception = models.TextField(_("exception"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    output = models.TextField(_("output"), blank=True)
+
+    class Meta:
+        verbose_name = _("run")
+        verbose_name_plural = _("runs")
+        ordering = ["-scheduled_at", "-id"]
+        indexes = [
+            models.Index(fields=["-scheduled_at", "-id"], name="run_recent"),
+            models.Index(fields=["job_id", "-scheduled_at", "-id"], name="run_job_recent"),
+            models.Index(fields=["status", "-scheduled_at", "-id"], name="run_status_recent"),
+            models.Index(fields=["trigger", "-scheduled_at", "-id"], name="run_trigger_recent"),
+        ]
+        constraints = [
+            # The fence: one row per job and fire time, whoever tries to run it.
+            models.UniqueConstraint(
+                fields=["job_id", "scheduled_at"],
+                condition=Q(trigger="schedule"),
+                name="one_run_per_fire_time",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=RunStatus.values), name="run_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} @ {self.scheduled_at:%Y-%m-%d %H:%M:%S %Z}"
+
+    @property
+    def lateness(self) -> float | None:
+        """Seconds between the fire time and the real start."""
+        if self.started_at is None or self.trigger != self.Trigger.SCHEDULE:
+            return None
+        return (self.started_at - self.scheduled_at).total_seconds()

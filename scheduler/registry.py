@@ -1,0 +1,316 @@
+"""The code registry: jobs declared with ``@cron`` and ``@interval``.
+
+Decorating registers a :class:`JobSpec` and returns the function unchanged, so
+it stays directly callable. Every mistake in a declaration raises
+``ImproperlyConfigured`` naming the job id and the bad value, at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from importlib import import_module
+from typing import Any, TypeVar
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import check_callable_args
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import module_has_submodule
+
+from scheduler import conf, crontab
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as declared in code."""
+
+    id: str
+    name: str
+    func: Callable[..., Any]
+    kind: str  # "cron" or "interval"
+    schedule: dict[str, Any]
+    timezone: str
+    jitter: int | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    max_instances: int = 1
+    coalesce: bool = True
+    misfire_grace_time: int | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+    @property
+    def func_ref(self) -> str:
+        return f"{self.func.__module__}:{self.func.__qualname__}"
+
+    @property
+    def wants_scheduled_at(self) -> bool:
+        return "scheduled_at" in inspect.signature(self.func).parameters
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def call_kwargs(self, scheduled_at: datetime | None) -> dict[str, Any]:
+        """Keyword arguments of one call; ``scheduled_at`` is added where the function asks."""
+        if self.wants_scheduled_at:
+            return {**self.kwargs, "scheduled_at": scheduled_at}
+        return dict(self.kwargs)
+
+    @property
+    def schedule_text(self) -> str:
+        """The schedule in raw form: the crontab string, or its fields."""
+        if self.kind == "cron" and "crontab" in self.schedule:
+            return self.schedule["crontab"]
+        return ", ".join(f"{key}={value}" for key, value in self.schedule.items())
+
+    def make_trigger(self) -> BaseTrigger:
+        tz = zoneinfo.ZoneInfo(self.timezone)
+        options = {
+            "jitter": self.jitter,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+        }
+        if self.kind == "interval":
+            return IntervalTrigger(timezone=tz, **self.schedule, **options)
+        if "crontab" in self.schedule:
+            return crontab.from_crontab(self.schedule["crontab"], tz, **options)
+        return crontab.CronTrigger(timezone=tz, **self.schedule, **options)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever anything that shapes the stored job changes."""
+        data = {
+            "func": self.func_ref,
+            "kind": self.kind,
+            "schedule": self.schedule,
+            "timezone": self.timezone,
+            "jitter": self.jitter,
+            "start_date": self.start_date.isoformat() if self.start_date else None,
+            "end_date": self.end_date.isoformat() if self.end_date else None,
+            "max_instances": self.max_instances,
+            "coalesce": self.coalesce,
+            "misfire_grace_time": self.effective_grace_time,
+            "args": list(self.args),
+            "kwargs": self.kwargs,
+        }
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def effective_grace_time(self) -> int | None:
+        if self.misfire_grace_time is not None:
+            return self.misfire_grace_time
+        return conf.get("MISFIRE_GRACE_TIME")
+
+
+registry: dict[str, JobSpec] = {}
+
+
+def _fail(job_id: str, message: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"Scheduled job {job_id!r}: {message}")
+
+
+def _register(
+    func: Callable[..., Any], kind: str, schedule: dict[str, Any], **options: Any
+) -> None:
+    if not callable(func):
+        raise ImproperlyConfigured(f"@{kind} must decorate a function, got {func!r}.")
+    if "<locals>" in func.__qualname__:
+        raise ImproperlyConfigured(
+            f"@{kind} on {func.__qualname__!r}: scheduled jobs must be module-level functions, "
+            "so that the scheduler can import them."
+        )
+    job_id = options.pop("id", None) or f"{func.__module__}.{func.__name__}"
+    if not isinstance(job_id, str) or len(job_id) > 255:
+        raise _fail(str(job_id), "the id must be a string of at most 255 characters.")
+    name = options.pop("name", None) or _first_docstring_line(func) or func.__name__
+    tz_name = options.pop("timezone", None) or settings.TIME_ZONE
+    if isinstance(tz_name, tzinfo):
+        tz_name = str(tz_name)
+    try:
+        zoneinfo.ZoneInfo(tz_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise _fail(job_id, f"unknown timezone {tz_name!r}.") from None
+
+    for key in ("args", "kwargs"):
+        value = options.get(key)
+        if value is None:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise _fail(job_id, f"{key}={value!r} is not JSON-serialisable ({exc}).") from None
+    args = options.pop("args", None) or ()
+    kwargs = options.pop("kwargs", None) or {}
+    if not isinstance(args, (list, tuple)):
+        raise _fail(job_id, f"args={args!r} must be a list or tuple.")
+    if not isinstance(kwargs, dict):
+        raise _fail(job_id, f"kwargs={kwargs!r} must be a dict.")
+
+    max_instances = options.pop("max_instances", 1)
+    if not isinstance(max_instances, int) or max_instances < 1:
+        raise _fail(job_id, f"max_instances={max_instances!r} must be a positive integer.")
+    grace = options.pop("misfire_grace_time", None)
+    if grace is not None and (not isinstance(grace, int) or grace < 1):
+        raise _fail(job_id, f"misfire_grace_time={grace!r} must be a positive number of seconds.")
+    jitter = options.pop("jitter", None)
+    if jitter is not None and (not isinstance(jitter, int) or jitter < 0):
+        raise _fail(job_id, f"jitter={jitter!r} must be a non-negative number of seconds.")
+    dates = {}
+    for key in ("start_date", "end_date"):
+        value = options.pop(key, None)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise _fail(job_id, f"{key}={value!r} is not an ISO 8601 date.") from None
+        if value is not None and not isinstance(value, datetime):
+            raise _fail(job_id, f"{key}={value!r} must be a datetime or an ISO 8601 string.")
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=zoneinfo.ZoneInfo(tz_name))
+        dates[key] = value
+    coalesce = options.pop("coalesce", True)
+    enabled = options.pop("enabled", True)
+    if options:
+        raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
+
+    spec = JobSpec(
+        id=job_id,
+        name=str(name)[:255],
+        func=func,
+        kind=kind,
+        schedule=schedule,
+        timezone=tz_name,
+        jitter=jitter,
+        max_instances=max_instances,
+        coalesce=bool(coalesce),
+        misfire_grace_time=grace,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        enabled=bool(enabled),
+        **dates,
+    )
+    try:
+        check_callable_args(func, spec.args, spec.call_kwargs(None))
+    except ValueError as exc:
+        raise _fail(
+            job_id, f"the function cannot be called with args={args!r}, kwargs={kwargs!r}: {exc}"
+        ) from None
+    try:
+        trigger = spec.make_trigger()
+    except (ValueError, TypeError) as exc:
+        raise _fail(job_id, f"invalid {kind} schedule {spec.schedule_text!r}: {exc}") from None
+    now = datetime.now(zoneinfo.ZoneInfo(tz_name))
+    if not spec.end_date and trigger.get_next_fire_time(None, now) is None:
+        raise _fail(job_id, f"schedule {spec.schedule_text!r} never fires.")
+
+    existing = registry.get(job_id)
+    if existing is not None and existing.func_ref != spec.func_ref:
+        raise _fail(
+            job_id,
+            f"duplicate job id: already registered by {existing.func_ref}, "
+            f"registered again by {spec.func_ref}. Pass id=... to tell them apart.",
+        )
+    registry[job_id] = spec
+
+
+def _first_docstring_line(func: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(func) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]:
+    """Run the decorated function on a cron schedule.
+
+    ``@cron("0 3 * * mon-fri")`` takes a 5-field crontab string;
+    ``@cron(second="*/10")`` takes APScheduler's ``CronTrigger`` fields.
+    """
+    fields = {key: options.pop(key) for key in CRON_FIELDS if key in options}
+    if crontab_expr is not None and fields:
+        raise ImproperlyConfigured(
+            f"@cron({crontab_expr!r}, {', '.join(fields)}=...): give a crontab string or "
+            "cron fields, not both."
+        )
+    if crontab_expr is not None and not isinstance(crontab_expr, str):
+        raise ImproperlyConfigured(f"@cron({crontab_expr!r}): the crontab must be a string.")
+    if crontab_expr is None and not fields:
+        raise ImproperlyConfigured(
+            "@cron() needs a crontab string such as '0 3 * * *' or fields such as minute='*/5'."
+        )
+    schedule: dict[str, Any] = (
+        {"crontab": crontab_expr}
+        if crontab_expr is not None
+        else {k: str(v) for k, v in fields.items()}
+    )
+
+    def decorator(func: F) -> F:
+        _register(func, "cron", schedule, **options)
+        return func
+
+    return decorator
+
+
+def interval(**options: Any) -> Callable[[F], F]:
+    """Run the decorated function every ``weeks``/``days``/``hours``/``minutes``/``seconds``."""
+    schedule = {key: options.pop(key) for key in INTERVAL_FIELDS if key in options}
+    bad = {k: v for k, v in schedule.items() if not isinstance(v, (int, float)) or v < 0}
+    if bad:
+        raise ImproperlyConfigured(
+            f"@interval({', '.join(f'{k}={v!r}' for k, v in bad.items())}): "
+            "intervals must be non-negative numbers."
+        )
+    if not schedule or timedelta(**schedule).total_seconds() <= 0:
+        raise ImproperlyConfigured(
+            "@interval() needs a positive interval, e.g. @interval(minutes=5)."
+        )
+
+    def decorator(func: F) -> F:
+        _register(func, "interval", schedule, **options)
+        return func
+
+    return decorator
+
+
+_discovered = False
+
+
+def autodiscover() -> dict[str, JobSpec]:
+    """Import ``SCHEDULER['JOB_MODULES']`` and every installed app's ``jobs`` module."""
+    global _discovered
+    if _discovered:
+        return registry
+    for app_config in apps.get_app_configs():
+        if module_has_submodule(app_config.module, "jobs"):
+            import_module(f"{app_config.name}.jobs")
+    explicit = "JOB_MODULES" in (getattr(settings, "SCHEDULER", None) or {})
+    for module in conf.get("JOB_MODULES"):
+        try:
+            import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            if not explicit:
+                continue  # the default "jobs" module is optional
+            raise ImproperlyConfigured(
+                f"SCHEDULER['JOB_MODULES'] lists {module!r}, which cannot be imported."
+            ) from exc
+    _discovered = True
+    return registry
