@@ -1,0 +1,17 @@
+"""Settings for the test suite: the example project's, on a real SQLite file."""
+
+import os
+import tempfile
+
+from settings import *  # noqa: F403
+
+_TMP = os.environ.get("SCHEDULER_TEST_DIR") or tempfile.mkdtemp(prefix="scheduler-tests-")
+
+if "DATABASE_URL" not in os.environ:
+    DATABASES["default"]["NAME"] = os.path.join(_TMP, "db.sqlite3")  # noqa: F405
+    # A file, not Django's in-memory default: WAL, locking and several
+    # connections behave as they do in production.
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_TMP, "test.sqlite3")}  # noqa: F405
+
+SCHEDULER = {"JOB_MODULES": ["tests.jobs"], "POLL_INTERVAL": 0.2}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
