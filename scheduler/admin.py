@@ -1,0 +1,381 @@
+"""The admin: jobs (run now, pause, resume) and their run history.
+
+Nothing here runs a job inside a web request: "run now" queues a manual run
+and "pause"/"resume" flag the job; the running scheduler carries both out
+within about a second (see scheduler.control).
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+from scheduler import db, describe
+from scheduler.models import Job, JobRun
+
+# django-apscheduler's pages show its own history, which this app replaces.
+for _model in (DjangoJob, DjangoJobExecution):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+
+COUNT_LIMIT = 10_000
+
+
+class BoundedCountPaginator(Paginator):
+    """Counts at most COUNT_LIMIT + 1 rows, so a page never waits on a full-table COUNT."""
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list.order_by()[: COUNT_LIMIT + 1].count()
+
+
+def queue_run(job: Job, user: str) -> JobRun:
+    return JobRun.objects.using(db.alias()).create(
+        job_id=job.id,
+        job_name=job.name,
+        status=JobRun.Status.QUEUED,
+        trigger=JobRun.Trigger.MANUAL,
+        scheduled_at=timezone.now(),
+        requested_by=user[:150],
+    )
+
+
+def set_paused(jobs: QuerySet[Job], paused: bool) -> int:
+    return (
+        jobs.filter(enabled=True).exclude(paused=paused).update(paused=paused, pending_change=True)
+    )
+
+
+def _user(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "name",
+        "schedule_in_words",
+        "raw_schedule",
+        "next_run",
+        "last_run",
+        "last_duration",
+        "state",
+    ]
+    list_filter = ["enabled", "paused", "kind"]
+    search_fields = ["id", "name"]
+    actions = ["run_now", "pause", "resume"]
+    readonly_fields = [
+        "id",
+        "name",
+        "func",
+        "schedule_in_words",
+        "raw_schedule",
+        "timezone",
+        "next_run",
+        "state",
+        "options",
+        "synced_at",
+    ]
+    fields = readonly_fields
+    change_form_template = "admin/scheduler/job/change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        last = JobRun.objects.filter(job_id=OuterRef("pk")).exclude(status=JobRun.Status.QUEUED)
+        last = last.order_by("-scheduled_at", "-id")
+        return (
+            super()
+            .get_queryset(request)
+            .using(db.alias())
+            .annotate(
+                next_run_time=Subquery(
+                    DjangoJob.objects.filter(id=OuterRef("pk")).values("next_run_time")[:1]
+                ),
+                last_status=Subquery(last.values("status")[:1]),
+                last_duration_s=Subquery(last.values("duration")[:1]),
+            )
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs are declared in code
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False  # removing a job from code removes it at the next start
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False  # read-only; the buttons below need their own permissions
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("scheduler.run_job")
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("scheduler.pause_job")
+
+    @admin.display(description=_("schedule"))
+    def schedule_in_words(self, job: Job) -> str:
+        return describe.schedule_words(job.kind, job.schedule)
+
+    @admin.display(description=_("raw schedule"))
+    def raw_schedule(self, job: Job) -> str:
+        return format_html("<code>{}</code> ({})", job.schedule, job.timezone)
+
+    @admin.display(description=_("next run"), ordering="next_run_time")
+    def next_run(self, job: Job) -> str:
+        if not job.enabled:
+            return _("disabled")
+        if job.paused:
+            return _("paused")
+        return describe.when(getattr(job, "next_run_time", None))
+
+    @admin.display(description=_("last run"), ordering="last_status")
+    def last_run(self, job: Job) -> str:
+        status = getattr(job, "last_status", None)
+        return describe.status_badge(status, JobRun.Status(status).label if status else None)
+
+    @admin.display(description=_("last duration"))
+    def last_duration(self, job: Job) -> str:
+        return describe.duration_words(getattr(job, "last_duration_s", None))
+
+    @admin.display(description=_("state"))
+    def state(self, job: Job) -> str:
+        if not job.enabled:
+            label, status = _("disabled in code"), "skipped"
+        elif job.paused:
+            label, status = _("paused"), "missed"
+        else:
+            label, status = _("active"), "succeeded"
+        if job.pending_change:
+            label = format_html("{} ({})", label, _("waiting for the scheduler"))
+        return describe.status_badge(status, label)
+
+    # Actions -----------------------------------------------------------------
+
+    @admin.action(description=_("Run selected jobs now"), permissions=["run"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        runs = [queue_run(job, _user(request)) for job in queryset]
+        self.message_user(
+            request,
+            ngettext(
+                "Queued %(count)d run; the scheduler starts it within about a second.",
+                "Queued %(count)d runs; the scheduler starts them within about a second.",
+                len(runs),
+            )
+            % {"count": len(runs)},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Pause selected jobs"), permissions=["pause"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        count = set_paused(queryset, True)
+        self.message_user(
+            request,
+            ngettext("Paused %(count)d job.", "Paused %(count)d jobs.", count) % {"count": count},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Resume selected jobs"), permissions=["pause"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        count = set_paused(queryset, False)
+        self.message_user(
+            request,
+            ngettext("Resumed %(count)d job.", "Resumed %(count)d jobs.", count) % {"count": count},
+            messages.SUCCESS,
+        )
+
+    # Buttons on a job's page ------------------------------------------------
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/run/", view(self.run_view), name=f"{prefix}_run"),
+            path("<path:object_id>/pause/", view(self.pause_view), name=f"{prefix}_pause"),
+            path("<path:object_id>/resume/", view(self.resume_view), name=f"{prefix}_resume"),
+            *super().get_urls(),
+        ]
+
+    def _job(self, request: HttpRequest, object_id: str) -> Job:
+        return get_object_or_404(self.get_queryset(request), pk=object_id)
+
+    def _back(self, job: Job) -> HttpResponseRedirect:
+        return HttpResponseRedirect(
+            reverse("admin:scheduler_job_change", args=[job.pk], current_app=self.admin_site.name)
+        )
+
+    def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not self.has_run_permission(request):
+            raise PermissionDenied
+        job = self._job(request, object_id)
+        run = queue_run(job, _user(request))
+        self.message_user(
+            request,
+            _("Queued a run of %(job)s; the scheduler starts it within about a second.")
+            % {"job": job.id},
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(
+            reverse(
+                "admin:scheduler_jobrun_change", args=[run.pk], current_app=self.admin_site.name
+            )
+        )
+
+    def pause_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._set_paused_view(request, object_id, True)
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._set_paused_view(request, object_id, False)
+
+    def _set_paused_view(self, request: HttpRequest, object_id: str, paused: bool) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not self.has_pause_permission(request):
+            raise PermissionDenied
+        job = self._job(request, object_id)
+        if set_paused(Job.objects.using(db.alias()).filter(pk=job.pk), paused):
+            text = _("Paused %(job)s.") if paused else _("Resumed %(job)s.")
+            self.message_user(request, text % {"job": job.id}, messages.SUCCESS)
+        else:
+            self.message_user(request, _("Nothing to change."), messages.WARNING)
+        return self._back(job)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        runs = JobRun.objects.using(db.alias()).filter(job_id=object_id)
+        runs = runs.order_by("-scheduled_at", "-id")[:20]
+        extra_context = {
+            **(extra_context or {}),
+            "recent_runs": runs,
+            "can_run": self.has_run_permission(request),
+            "can_pause": self.has_pause_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class JobFilter(admin.SimpleListFilter):
+    """Jobs from the catalog: a DISTINCT over millions of runs would be slow."""
+
+    title = _("job")
+    parameter_name = "job_id__exact"
+
+    def lookups(self, request, model_admin):
+        ids = Job.objects.using(db.alias()).values_list("id", flat=True)
+        return [(job_id, job_id) for job_id in ids]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(job_id=self.value())
+        return queryset
+
+
+@admin.register(JobRun)
+class JobRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status_badge",
+        "job_id",
+        "trigger",
+        "scheduled",
+        "started",
+        "duration_text",
+        "hostname",
+    ]
+    list_display_links = ["id", "status_badge"]
+    list_filter = ["status", JobFilter, "trigger"]
+    date_hierarchy = "scheduled_at"
+    search_fields = ["=job_id", "exception"]
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+    list_per_page = 50
+    change_list_template = "admin/scheduler/jobrun/change_list.html"
+    change_form_template = "admin/scheduler/jobrun/change_form.html"
+    fields = [
+        "job_id",
+        "job_name",
+        "status_badge",
+        "trigger",
+        "requested_by",
+        "scheduled",
+        "started",
+        "finished",
+        "duration_text",
+        "lateness_text",
+        "hostname",
+        "pid",
+        "exception_text",
+        "traceback_text",
+        "output_text",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[JobRun]:
+        return super().get_queryset(request).using(db.alias())
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: JobRun | None = None) -> bool:
+        return False
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, run: JobRun) -> str:
+        return describe.status_badge(run.status, run.get_status_display())
+
+    @admin.display(description=_("scheduled at"), ordering="scheduled_at")
+    def scheduled(self, run: JobRun) -> str:
+        return describe.when(run.scheduled_at)
+
+    @admin.display(description=_("started at"), ordering="started_at")
+    def started(self, run: JobRun) -> str:
+        return describe.when(run.started_at)
+
+    @admin.display(description=_("finished at"))
+    def finished(self, run: JobRun) -> str:
+        return describe.when(run.finished_at)
+
+    @admin.display(description=_("duration"), ordering="duration")
+    def duration_text(self, run: JobRun) -> str:
+        return describe.duration_words(run.duration)
+
+    @admin.display(description=_("lateness"))
+    def lateness_text(self, run: JobRun) -> str:
+        return describe.duration_words(run.lateness)
+
+    @admin.display(description=_("exception"))
+    def exception_text(self, run: JobRun) -> str:
+        return _pre(run.exception)
+
+    @admin.display(description=_("traceback"))
+    def traceback_text(self, run: JobRun) -> str:
+        return _pre(run.traceback)
+
+    @admin.display(description=_("output"))
+    def output_text(self, run: JobRun) -> str:
+        return _pre(run.output)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = JobRun.objects.using(db.alias()).filter(pk=object_id).only("status").first()
+        extra_context = {
+            **(extra_context or {}),
+            "refresh": run is not None
+            and run.status in (JobRun.Status.QUEUED, JobRun.Status.RUNNING),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def _pre(text: str) -> str:
+    if not text:
+        return "—"
+    return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', text)

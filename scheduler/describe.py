@@ -1,0 +1,127 @@
+"""Human words for schedules, durations, statuses and times, in the active language."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from cron_descriptor import ExpressionDescriptor, Options
+from django.utils import timezone, translation
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from scheduler import crontab
+
+_CRON_LOCALES = {
+    "zh-hans": "zh_CN",
+    "zh-hant": "zh_TW",
+    "de": "de_DE",
+    "fr": "fr_FR",
+    "ja": "ja_JP",
+}
+_FIELD_ORDER = ["second", "minute", "hour", "day", "month", "day_of_week"]
+
+
+def _cron_words(expr: str) -> str:
+    options = Options()
+    options.use_24hour_time_format = True
+    options.locale_code = _CRON_LOCALES.get(translation.get_language() or "en", "en_US")
+    try:
+        return ExpressionDescriptor(expr, options).get_description()
+    except Exception:  # cron-descriptor raises bare exceptions on what it cannot word
+        return expr
+
+
+def _fields_to_expr(fields: dict[str, str]) -> str | None:
+    """APScheduler cron fields as a 6-field (seconds first) expression, where one exists."""
+    if set(fields) - set(_FIELD_ORDER):
+        return None
+    given = [name for name in _FIELD_ORDER if name in fields]
+    smallest = _FIELD_ORDER.index(given[0])
+    minimum = {"day": "1", "month": "1", "day_of_week": "*"}
+    parts = []
+    for index, name in enumerate(_FIELD_ORDER):
+        if name in fields:
+            parts.append(fields[name])
+        elif index < smallest:
+            # APScheduler: fields below the smallest given one start at their minimum.
+            parts.append(minimum.get(name, "0"))
+        else:
+            parts.append("*")
+    if any(ch.isdigit() for ch in fields.get("day_of_week", "")):
+        return None  # APScheduler counts weekdays from Monday = 0; cron words would mislead
+    return " ".join(parts)
+
+
+def schedule_words(kind: str, schedule: str) -> str:
+    if kind == "interval":
+        return interval_words(schedule)
+    if "=" not in schedule:
+        return _cron_words(crontab.MACROS.get(schedule.strip().lower(), schedule))
+    fields = dict(part.split("=", 1) for part in schedule.split(", "))
+    expr = _fields_to_expr(fields)
+    return _cron_words(expr) if expr else schedule
+
+
+def interval_words(schedule: str) -> str:
+    fields = dict(part.split("=", 1) for part in schedule.split(", "))
+    seconds = timedelta(**{key: float(value) for key, value in fields.items()}).total_seconds()
+    return _("every %(duration)s") % {"duration": duration_words(seconds)}
+
+
+def duration_words(seconds: float | None) -> str:
+    """``0.25 s``, ``1 min 5 s``, ``2 h 3 min``, ``3 days 4 h``."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return _("%(ms)d ms") % {"ms": round(seconds * 1000)}
+    if seconds < 60:
+        return _("%(s)s s") % {"s": f"{seconds:.1f}".removesuffix(".0")}
+    total = round(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = []
+    if days:
+        parts.append(ngettext("%(n)d day", "%(n)d days", days) % {"n": days})
+    if hours:
+        parts.append(_("%(n)d h") % {"n": hours})
+    if minutes and not days:
+        parts.append(_("%(n)d min") % {"n": minutes})
+    if secs and not days and not hours:
+        parts.append(_("%(n)d s") % {"n": secs})
+    return " ".join(parts)
+
+
+def when(value: datetime | None) -> str:
+    """A time in the active time zone, with the zone's name."""
+    if value is None:
+        return "—"
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
+
+
+STATUS_COLOURS = {
+    "queued": ("#475569", "#e2e8f0"),
+    "running": ("#1d4ed8", "#dbeafe"),
+    "succeeded": ("#166534", "#dcfce7"),
+    "failed": ("#991b1b", "#fee2e2"),
+    "missed": ("#92400e", "#fef3c7"),
+    "skipped": ("#6b21a8", "#f3e8ff"),
+    "interrupted": ("#9a3412", "#ffedd5"),
+}
+
+
+def status_badge(status: str | None, label: str | None = None) -> SafeString | str:
+    if not status:
+        return "—"
+    fg, bg = STATUS_COLOURS.get(status, ("#111827", "#f3f4f6"))
+    return format_html(
+        '<span class="scheduler-badge scheduler-{}" style="color:{};background:{};'
+        'padding:1px 8px;border-radius:9px;font-weight:600;white-space:nowrap">{}</span>',
+        status,
+        fg,
+        bg,
+        label or status,
+    )

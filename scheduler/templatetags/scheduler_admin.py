@@ -1,0 +1,127 @@
+"""Template tags of the scheduler's admin pages."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta
+
+from django import template
+from django.contrib.admin.templatetags.admin_list import date_hierarchy
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Max, Min
+from django.utils import formats, timezone
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
+
+from scheduler import describe
+
+register = template.Library()
+
+
+@register.simple_tag
+def status_badge(run) -> str:
+    return describe.status_badge(run.status, run.get_status_display())
+
+
+@register.simple_tag
+def when(value) -> str:
+    return describe.when(value)
+
+
+@register.simple_tag
+def duration(seconds) -> str:
+    return describe.duration_words(seconds)
+
+
+@register.inclusion_tag("admin/date_hierarchy.html")
+def bounded_date_hierarchy(cl: ChangeList) -> dict:
+    """Django's date hierarchy, with choices found by index probes instead of a DISTINCT.
+
+    Django lists the years, months or days that have rows with a
+    ``SELECT DISTINCT`` over every matching row, which takes seconds on
+    millions of runs. Here each candidate period is checked with an
+    ``EXISTS`` on the ``scheduled_at`` index: at most 31 cheap queries.
+    """
+    field = cl.date_hierarchy
+    params = cl.params
+    year = params.get(f"{field}__year")
+    month = params.get(f"{field}__month")
+    day = params.get(f"{field}__day")
+    if day:
+        return date_hierarchy(cl)  # a single day is chosen: Django runs no query for it
+    if year and month:
+        return _days(cl, field, int(year), int(month))
+    if year:
+        return _months(cl, field, int(year))
+    # Nothing chosen: like Django, open at the narrowest level the runs span.
+    bounds = cl.queryset.aggregate(first=Min(field), last=Max(field))
+    if not bounds["first"]:
+        return {"show": True, "back": None, "choices": []}
+    first, last = (timezone.localtime(v) for v in (bounds["first"], bounds["last"]))
+    if first.year != last.year:
+        return _years(cl, field, first.year, last.year)
+    if first.month != last.month:
+        return _months(cl, field, first.year)
+    return _days(cl, field, first.year, first.month)
+
+
+def _exists(cl: ChangeList, field: str, start: datetime, end: datetime) -> bool:
+    return cl.queryset.filter(**{f"{field}__gte": start, f"{field}__lt": end}).exists()
+
+
+def _aware(*args: int) -> datetime:
+    return timezone.make_aware(datetime(*args))
+
+
+def _link(cl: ChangeList, field: str, filters: dict) -> str:
+    return cl.get_query_string(filters, [f"{field}__"])
+
+
+def _years(cl, field, first: int, last: int) -> dict:
+    choices = [
+        {"link": _link(cl, field, {f"{field}__year": str(y)}), "title": str(y)}
+        for y in range(first, last + 1)
+        if _exists(cl, field, _aware(y, 1, 1), _aware(y + 1, 1, 1))
+    ]
+    return {"show": True, "back": None, "choices": choices}
+
+
+def _months(cl, field, year: int) -> dict:
+    choices = []
+    for m in range(1, 13):
+        start = _aware(year, m, 1)
+        end = _aware(year + 1, 1, 1) if m == 12 else _aware(year, m + 1, 1)
+        if _exists(cl, field, start, end):
+            choices.append(
+                {
+                    "link": _link(cl, field, {f"{field}__year": year, f"{field}__month": m}),
+                    "title": capfirst(formats.date_format(start, "YEAR_MONTH_FORMAT")),
+                }
+            )
+    return {
+        "show": True,
+        "back": {"link": _link(cl, field, {}), "title": _("All dates")},
+        "choices": choices,
+    }
+
+
+def _days(cl, field, year: int, month: int) -> dict:
+    choices = []
+    for d in range(1, calendar.monthrange(year, month)[1] + 1):
+        start = _aware(year, month, d)
+        if _exists(cl, field, start, start + timedelta(days=1)):
+            choices.append(
+                {
+                    "link": _link(
+                        cl,
+                        field,
+                        {f"{field}__year": year, f"{field}__month": month, f"{field}__day": d},
+                    ),
+                    "title": capfirst(formats.date_format(start, "MONTH_DAY_FORMAT")),
+                }
+            )
+    return {
+        "show": True,
+        "back": {"link": _link(cl, field, {f"{field}__year": year}), "title": str(year)},
+        "choices": choices,
+    }
