@@ -1,0 +1,13 @@
+.PHONY: demo test lint ci
+
+demo:  ## set up and start the demo (scheduler + admin on SQLite)
+	bash scripts/demo.sh
+
+test:  ## set up and run the whole test suite
+	bash scripts/test.sh
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+ci:
+	bash .ci/run
