@@ -71,13 +71,13 @@ def _expand_weekdays(field: str) -> str:
         elif "-" in rng:
             a, b = rng.split("-", 1)
             first, last = _day(a, field), _day(b, field)
-            if last == 0 and b.strip() in ("7",):
-                last = 7
             if last < first:
                 last += 7
         else:
             first = _day(rng, field)
             last = 6 if step_text else first
+            if last < first:
+                last += 7
         days.update(d % 7 for d in range(first, last + 1, step))
     return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
@@ -87,7 +87,7 @@ def _day(text: str, field: str) -> int:
     if text in _DAY_NUMBERS:
         return _DAY_NUMBERS[text]
     if text.isdigit() and 0 <= int(text) <= 7:
-        return int(text) % 7
+        return int(text)  # 7 stays 7 here so that ranges such as 5-7 and 7-7 work; mod 7 later
     raise ValueError(f"{text!r} is not a weekday (0-7 or sun-sat) in {field!r}")
 
 

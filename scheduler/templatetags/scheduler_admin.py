@@ -19,6 +19,14 @@ register = template.Library()
 
 
 @register.simple_tag
+def count_limit() -> int:
+    """How far the runs list counts (see BoundedCountPaginator)."""
+    from scheduler.admin import COUNT_LIMIT
+
+    return COUNT_LIMIT
+
+
+@register.simple_tag
 def status_badge(run) -> str:
     return describe.status_badge(run.status, run.get_status_display())
 
