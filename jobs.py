@@ -44,6 +44,14 @@ async def refresh_cache() -> None:
     print("cache refreshed")
 
 
+@interval(minutes=1)
+def rebuild_search_index() -> None:
+    """Rebuild a (pretend) search index; takes about 5 seconds."""
+    for step in range(5):
+        time.sleep(1)
+        print(f"indexed batch {step + 1}/5")
+
+
 @cron("0 3 * * *")
 def prune_history() -> None:
     """Delete run history older than SCHEDULER['HISTORY_DAYS']."""
