@@ -9,6 +9,9 @@ users trip over; this module fixes each:
 * daylight saving fall-back: a job at a fixed hour (``30 1 * * *``) ran twice in
   the repeated hour; like Vixie cron it now runs once (jobs whose hour field is
   ``*`` still run in both hours, since those are distinct real times).
+
+A field that starts with ``*`` (``*/2``) counts as unrestricted for the last two
+rules, as in Vixie cron.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class CronTrigger(_APSCronTrigger):
         return first.utcoffset() != fire_time.utcoffset()
 
     def _every_hour(self) -> bool:
+        # As in Vixie cron, an hour field starting with "*" ("*", "*/1", "*/2") is a wildcard.
         hour = next(field for field in self.fields if field.name == "hour")
-        return str(hour) == "*"
+        return str(hour).startswith("*")
 
 
 def _expand_weekdays(field: str) -> str:
@@ -108,7 +112,8 @@ def from_crontab(expr: str, tz: tzinfo, **options: Any) -> Any:
     minute, hour, day, month, weekday = values
     weekday = _expand_weekdays(weekday)
     fields = {"minute": minute, "hour": hour, "month": month, "timezone": tz}
-    if day != "*" and weekday != "*":
+    # As in Vixie cron, a day field starting with "*" ("*/2") does not count as restricted.
+    if not day.startswith("*") and not values[4].startswith("*"):
         # cron fires when either day field matches.
         return OrTrigger(
             [

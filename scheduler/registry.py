@@ -34,6 +34,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
+OPTIONS = (
+    "id",
+    "name",
+    "timezone",
+    "jitter",
+    "start_date",
+    "end_date",
+    "max_instances",
+    "coalesce",
+    "misfire_grace_time",
+    "args",
+    "kwargs",
+    "enabled",
+)
 
 
 @dataclass(frozen=True)
@@ -128,19 +142,33 @@ def _fail(job_id: str, message: str) -> ImproperlyConfigured:
     return ImproperlyConfigured(f"Scheduled job {job_id!r}: {message}")
 
 
+def _job_id(func: Any, options: dict[str, Any]) -> str:
+    """The id a declaration gets: ``id=...`` or ``<module>.<function>``."""
+    default = f"{getattr(func, '__module__', None)}.{getattr(func, '__name__', func)}"
+    return str(options.get("id") or default)
+
+
+def _unknown_hint(options: dict[str, Any], fields: tuple[str, ...]) -> str:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if not unknown:
+        return "."
+    return f"; unknown argument(s) {', '.join(unknown)} (fields are {', '.join(fields)})."
+
+
 def _register(
     func: Callable[..., Any], kind: str, schedule: dict[str, Any], **options: Any
 ) -> None:
     if not callable(func):
         raise ImproperlyConfigured(f"@{kind} must decorate a function, got {func!r}.")
-    if "<locals>" in func.__qualname__:
-        raise ImproperlyConfigured(
-            f"@{kind} on {func.__qualname__!r}: scheduled jobs must be module-level functions, "
-            "so that the scheduler can import them."
-        )
     job_id = options.pop("id", None) or f"{func.__module__}.{func.__name__}"
     if not isinstance(job_id, str) or len(job_id) > 255:
         raise _fail(str(job_id), "the id must be a string of at most 255 characters.")
+    if "<locals>" in func.__qualname__:
+        raise _fail(
+            job_id,
+            f"@{kind} on {func.__qualname__!r}: scheduled jobs must be module-level functions, "
+            "so that the scheduler can import them.",
+        )
     name = options.pop("name", None) or _first_docstring_line(func) or func.__name__
     tz_name = options.pop("timezone", None) or settings.TIME_ZONE
     if isinstance(tz_name, tzinfo):
@@ -166,13 +194,15 @@ def _register(
         raise _fail(job_id, f"kwargs={kwargs!r} must be a dict.")
 
     max_instances = options.pop("max_instances", 1)
-    if not isinstance(max_instances, int) or max_instances < 1:
+    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise _fail(job_id, f"max_instances={max_instances!r} must be a positive integer.")
     grace = options.pop("misfire_grace_time", None)
-    if grace is not None and (not isinstance(grace, int) or grace < 1):
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
         raise _fail(job_id, f"misfire_grace_time={grace!r} must be a positive number of seconds.")
     jitter = options.pop("jitter", None)
-    if jitter is not None and (not isinstance(jitter, int) or jitter < 0):
+    if jitter is not None and (
+        isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0
+    ):
         raise _fail(job_id, f"jitter={jitter!r} must be a non-negative number of seconds.")
     dates = {}
     for key in ("start_date", "end_date"):
@@ -244,16 +274,19 @@ def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]
     ``@cron(second="*/10")`` takes APScheduler's ``CronTrigger`` fields.
     """
     fields = {key: options.pop(key) for key in CRON_FIELDS if key in options}
+    # Mistakes are reported when the function is known, so that they can name the job id.
+    problem = None
     if crontab_expr is not None and fields:
-        raise ImproperlyConfigured(
+        problem = (
             f"@cron({crontab_expr!r}, {', '.join(fields)}=...): give a crontab string or "
             "cron fields, not both."
         )
-    if crontab_expr is not None and not isinstance(crontab_expr, str):
-        raise ImproperlyConfigured(f"@cron({crontab_expr!r}): the crontab must be a string.")
-    if crontab_expr is None and not fields:
-        raise ImproperlyConfigured(
-            "@cron() needs a crontab string such as '0 3 * * *' or fields such as minute='*/5'."
+    elif crontab_expr is not None and not isinstance(crontab_expr, str):
+        problem = f"@cron({crontab_expr!r}): the crontab must be a string."
+    elif crontab_expr is None and not fields:
+        problem = (
+            "@cron() needs a crontab string such as '0 3 * * *' or fields such as minute='*/5'"
+            + _unknown_hint(options, CRON_FIELDS)
         )
     schedule: dict[str, Any] = (
         {"crontab": crontab_expr}
@@ -262,6 +295,8 @@ def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]
     )
 
     def decorator(func: F) -> F:
+        if problem is not None:
+            raise _fail(_job_id(func, options), problem)
         _register(func, "cron", schedule, **options)
         return func
 
@@ -272,17 +307,22 @@ def interval(**options: Any) -> Callable[[F], F]:
     """Run the decorated function every ``weeks``/``days``/``hours``/``minutes``/``seconds``."""
     schedule = {key: options.pop(key) for key in INTERVAL_FIELDS if key in options}
     bad = {k: v for k, v in schedule.items() if not isinstance(v, (int, float)) or v < 0}
+    # Mistakes are reported when the function is known, so that they can name the job id.
+    problem = None
     if bad:
-        raise ImproperlyConfigured(
+        problem = (
             f"@interval({', '.join(f'{k}={v!r}' for k, v in bad.items())}): "
             "intervals must be non-negative numbers."
         )
-    if not schedule or timedelta(**schedule).total_seconds() <= 0:
-        raise ImproperlyConfigured(
-            "@interval() needs a positive interval, e.g. @interval(minutes=5)."
+    elif not schedule or timedelta(**schedule).total_seconds() <= 0:
+        problem = (
+            f"@interval({', '.join(f'{k}={v!r}' for k, v in schedule.items())}) needs a "
+            "positive interval, e.g. @interval(minutes=5)" + _unknown_hint(options, INTERVAL_FIELDS)
         )
 
     def decorator(func: F) -> F:
+        if problem is not None:
+            raise _fail(_job_id(func, options), problem)
         _register(func, "interval", schedule, **options)
         return func
 

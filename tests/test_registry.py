@@ -1,0 +1,515 @@
+"""The ``@cron`` and ``@interval`` decorators and the ``JobSpec`` they register."""
+
+import dataclasses
+import inspect
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from apscheduler.triggers.interval import IntervalTrigger
+from django.core.exceptions import ImproperlyConfigured
+
+from scheduler import cron, interval
+from scheduler import registry as registry_module
+
+MODULE = __name__  # "tests.test_registry"
+
+
+@pytest.fixture(autouse=True)
+def registry():
+    """The global registry, restored after each test."""
+    saved = dict(registry_module.registry)
+    yield registry_module.registry
+    registry_module.registry.clear()
+    registry_module.registry.update(saved)
+
+
+# Jobs must be module-level functions; the tests apply the decorators to these.
+
+
+def documented_job():
+    """Send the weekly newsletter.
+
+    The rest of the docstring is not part of the name.
+    """
+    return "newsletter sent"
+
+
+def undocumented_job():
+    return "done"
+
+
+def other_job():
+    """Another job."""
+
+
+def job_with_args(a, b=2):
+    return a + b
+
+
+def job_wants_time(scheduled_at):
+    return scheduled_at
+
+
+def job_with_args_and_time(a, *, scheduled_at=None):
+    return a, scheduled_at
+
+
+def flexible_job(*args, **kwargs):
+    return args, kwargs
+
+
+async def async_job(scheduled_at=None):
+    """Refresh the cache asynchronously."""
+    return scheduled_at
+
+
+# --- decorator behaviour --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "decorator",
+    [cron("0 3 * * *"), cron(minute="*/5"), interval(minutes=5)],
+    ids=["crontab", "fields", "interval"],
+)
+def test_decorator_returns_the_function_unchanged(registry, decorator):
+    decorated = decorator(documented_job)
+    assert decorated is documented_job
+    assert decorated() == "newsletter sent"
+    assert registry[f"{MODULE}.documented_job"].func is documented_job
+
+
+def test_default_id_name_and_options(registry, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    cron("0 3 * * *")(documented_job)
+    spec = registry[f"{MODULE}.documented_job"]
+    assert spec.id == f"{MODULE}.documented_job"
+    assert spec.name == "Send the weekly newsletter."
+    assert spec.kind == "cron"
+    assert spec.timezone == "Europe/Berlin"
+    assert spec.make_trigger().timezone == ZoneInfo("Europe/Berlin")
+    assert spec.func_ref == f"{MODULE}:documented_job"
+    assert (spec.max_instances, spec.coalesce, spec.enabled) == (1, True, True)
+    assert (spec.jitter, spec.start_date, spec.end_date, spec.misfire_grace_time) == (None,) * 4
+    assert (spec.args, spec.kwargs) == ((), {})
+
+
+def test_name_falls_back_to_the_function_name(registry):
+    interval(hours=1)(undocumented_job)
+    assert registry[f"{MODULE}.undocumented_job"].name == "undocumented_job"
+
+
+def test_explicit_id_name_and_timezone(registry):
+    cron("0 3 * * *", id="reports.nightly", name="Nightly report", timezone="Asia/Tokyo")(
+        documented_job
+    )
+    spec = registry["reports.nightly"]
+    assert (spec.id, spec.name, spec.timezone) == (
+        "reports.nightly",
+        "Nightly report",
+        "Asia/Tokyo",
+    )
+    assert f"{MODULE}.documented_job" not in registry
+    # 03:00 in Tokyo is 18:00 UTC the day before.
+    first = spec.make_trigger().get_next_fire_time(None, datetime(2026, 1, 1, tzinfo=UTC))
+    assert first.astimezone(UTC) == datetime(2026, 1, 1, 18, 0, tzinfo=UTC)
+
+
+def test_timezone_may_be_a_tzinfo(registry):
+    cron("0 3 * * *", id="tz.obj", timezone=ZoneInfo("America/Chicago"))(documented_job)
+    assert registry["tz.obj"].timezone == "America/Chicago"
+
+
+def test_long_name_is_truncated_to_the_column_size(registry):
+    cron("0 3 * * *", id="long", name="x" * 300)(documented_job)
+    assert registry["long"].name == "x" * 255
+
+
+def test_all_options_are_stored(registry):
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = datetime(2027, 1, 1, tzinfo=UTC)
+    cron(
+        "*/5 * * * *",
+        id="all.options",
+        jitter=10,
+        start_date=start,
+        end_date=end,
+        max_instances=3,
+        coalesce=False,
+        misfire_grace_time=60,
+        args=[1],
+        kwargs={"b": 5},
+        enabled=False,
+    )(job_with_args)
+    spec = registry["all.options"]
+    assert spec.jitter == 10
+    assert (spec.start_date, spec.end_date) == (start, end)
+    assert (spec.max_instances, spec.coalesce, spec.misfire_grace_time) == (3, False, 60)
+    assert spec.effective_grace_time == 60
+    assert (spec.args, spec.kwargs) == ((1,), {"b": 5})
+    assert spec.enabled is False
+    trigger = spec.make_trigger()
+    assert (trigger.jitter, trigger.start_date, trigger.end_date) == (10, start, end)
+    assert spec.func(*spec.args, **spec.call_kwargs(None)) == 6
+
+
+def test_disabled_job_is_still_registered(registry):
+    interval(minutes=5, id="off", enabled=False)(documented_job)
+    assert registry["off"].enabled is False
+
+
+def test_effective_grace_time_follows_the_setting(registry, settings):
+    settings.SCHEDULER = {"MISFIRE_GRACE_TIME": 120}
+    interval(minutes=5, id="default.grace")(documented_job)
+    interval(minutes=5, id="own.grace", misfire_grace_time=30)(documented_job)
+    assert registry["default.grace"].effective_grace_time == 120
+    assert registry["own.grace"].effective_grace_time == 30
+
+
+def test_iso_dates_are_parsed_and_naive_dates_get_the_job_timezone(registry):
+    cron(
+        "0 3 * * *",
+        id="dates",
+        timezone="Europe/Paris",
+        start_date="2026-02-01T08:00:00",
+        end_date=datetime(2026, 3, 1, 8, 0),
+    )(documented_job)
+    spec = registry["dates"]
+    paris = ZoneInfo("Europe/Paris")
+    assert spec.start_date == datetime(2026, 2, 1, 8, 0, tzinfo=paris)
+    assert spec.start_date.tzinfo == paris
+    assert spec.end_date == datetime(2026, 3, 1, 8, 0, tzinfo=paris)
+    first = spec.make_trigger().get_next_fire_time(None, datetime(2026, 1, 1, tzinfo=UTC))
+    assert first == datetime(2026, 2, 2, 3, 0, tzinfo=paris)
+
+
+def test_async_job(registry):
+    decorated = cron("0 * * * *")(async_job)
+    assert decorated is async_job
+    assert inspect.iscoroutinefunction(decorated)
+    spec = registry[f"{MODULE}.async_job"]
+    assert spec.is_async
+    assert spec.wants_scheduled_at
+    assert spec.name == "Refresh the cache asynchronously."
+
+
+def test_sync_job_is_not_async(registry):
+    cron("0 * * * *")(documented_job)
+    assert not registry[f"{MODULE}.documented_job"].is_async
+
+
+def test_scheduled_at_is_passed_only_to_functions_that_ask(registry):
+    when = datetime(2026, 5, 1, 3, 0, tzinfo=UTC)
+    cron("0 3 * * *")(job_wants_time)
+    cron("0 3 * * *")(documented_job)
+    cron("0 3 * * *", args=[7])(job_with_args_and_time)
+    wants = registry[f"{MODULE}.job_wants_time"]
+    plain = registry[f"{MODULE}.documented_job"]
+    mixed = registry[f"{MODULE}.job_with_args_and_time"]
+    assert wants.wants_scheduled_at and mixed.wants_scheduled_at
+    assert not plain.wants_scheduled_at
+    assert wants.call_kwargs(when) == {"scheduled_at": when}
+    assert plain.call_kwargs(when) == {}
+    assert wants.func(*wants.args, **wants.call_kwargs(when)) == when
+    assert mixed.func(*mixed.args, **mixed.call_kwargs(when)) == (7, when)
+
+
+def test_args_and_kwargs_reach_the_function(registry):
+    interval(minutes=1, id="with.args", args=[1, "two"], kwargs={"three": [3]})(flexible_job)
+    spec = registry["with.args"]
+    assert spec.args == (1, "two")
+    assert spec.kwargs == {"three": [3]}
+    assert spec.func(*spec.args, **spec.call_kwargs(None)) == ((1, "two"), {"three": [3]})
+
+
+def test_call_kwargs_is_a_fresh_dict(registry):
+    interval(minutes=1, id="fresh", kwargs={"x": 1})(flexible_job)
+    spec = registry["fresh"]
+    spec.call_kwargs(None)["x"] = 99
+    spec.call_kwargs(None)["y"] = 1
+    assert spec.kwargs == {"x": 1}
+    assert spec.call_kwargs(None) == {"x": 1}
+
+
+def test_call_kwargs_adds_scheduled_at_to_the_kwargs(registry):
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    cron("* * * * *", id="both.kw", kwargs={"a": 1})(job_with_args_and_time)
+    assert registry["both.kw"].call_kwargs(when) == {"a": 1, "scheduled_at": when}
+
+
+def test_spec_is_frozen(registry):
+    interval(minutes=1, id="frozen")(documented_job)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        registry["frozen"].enabled = False
+
+
+@pytest.mark.parametrize(
+    ("declare", "text"),
+    [
+        (cron("*/5 * * * mon-fri"), "*/5 * * * mon-fri"),
+        (cron("@daily"), "@daily"),
+        (cron(second="*/10", minute="*"), "minute=*, second=*/10"),
+        (cron(hour=3, minute=0), "hour=3, minute=0"),
+        (interval(minutes=5), "minutes=5"),
+        (interval(hours=1, seconds=30), "hours=1, seconds=30"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_schedule_text(registry, declare, text):
+    declare(documented_job)
+    assert registry[f"{MODULE}.documented_job"].schedule_text == text
+
+
+def test_cron_fields_make_a_cron_trigger(registry):
+    cron(second="*/10", minute="*", id="fields", timezone="UTC")(documented_job)
+    trigger = registry["fields"].make_trigger()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    first = trigger.get_next_fire_time(None, start + timedelta(seconds=1))
+    assert first == datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert trigger.get_next_fire_time(first, first) == first + timedelta(seconds=10)
+
+
+def test_interval_makes_an_interval_trigger(registry):
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    interval(hours=1, minutes=30, id="every90", start_date=start, timezone="UTC")(documented_job)
+    spec = registry["every90"]
+    assert spec.kind == "interval"
+    trigger = spec.make_trigger()
+    assert isinstance(trigger, IntervalTrigger)
+    assert trigger.interval == timedelta(minutes=90)
+    assert trigger.get_next_fire_time(None, start + timedelta(minutes=1)) == start + timedelta(
+        minutes=90
+    )
+
+
+def test_registering_the_same_function_again_replaces_it(registry):
+    """A module imported twice (autoreload, test runners) must not be a duplicate."""
+    cron("0 3 * * *", id="again")(documented_job)
+    cron("0 4 * * *", id="again")(documented_job)
+    assert registry["again"].schedule_text == "0 4 * * *"
+
+
+def test_one_function_under_two_ids(registry):
+    cron("0 3 * * *", id="morning", kwargs={})(documented_job)
+    cron("0 15 * * *", id="afternoon")(documented_job)
+    assert registry["morning"].func is registry["afternoon"].func is documented_job
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def nested_declaration(job_id):
+    def inner():
+        pass
+
+    cron("0 3 * * *", id=job_id)(inner)
+
+
+ERRORS = [
+    # invalid crontab strings
+    ("bad.minute", lambda i: cron("61 * * * *", id=i)(documented_job), "61"),
+    ("bad.weekday", lambda i: cron("0 0 * * 8", id=i)(documented_job), "8"),
+    ("bad.month", lambda i: cron("0 0 1 smarch *", id=i)(documented_job), "smarch"),
+    ("four.fields", lambda i: cron("0 0 * *", id=i)(documented_job), "0 0 * *"),
+    ("six.fields", lambda i: cron("0 0 0 * * *", id=i)(documented_job), "0 0 0 * * *"),
+    ("bad.macro", lambda i: cron("@reboot", id=i)(documented_job), "@reboot"),
+    ("bad.field.value", lambda i: cron(minute="75", id=i)(documented_job), "75"),
+    ("not.a.string", lambda i: cron(5, id=i)(documented_job), "5"),
+    ("both.forms", lambda i: cron("0 3 * * *", hour="3", id=i)(documented_job), "hour"),
+    # unknown fields and options
+    ("unknown.option", lambda i: cron("0 3 * * *", id=i, retries=3)(documented_job), "retries"),
+    ("unknown.ioption", lambda i: interval(minutes=5, id=i, every=3)(documented_job), "every"),
+    ("typo.field", lambda i: cron(minute="0", hours="3", id=i)(documented_job), "hours"),
+    ("only.typo.field", lambda i: cron(minutes="*/5", id=i)(documented_job), "minutes"),
+    ("interval.typo", lambda i: interval(minute=5, id=i)(documented_job), "minute"),
+    ("interval.negative", lambda i: interval(minutes=-5, id=i)(documented_job), "-5"),
+    ("interval.text", lambda i: interval(minutes="5", id=i)(documented_job), "'5'"),
+    ("interval.zero", lambda i: interval(seconds=0, id=i)(documented_job), "seconds=0"),
+    # args and kwargs
+    (
+        "args.json",
+        lambda i: cron("0 3 * * *", id=i, args=[datetime(2026, 1, 1)])(job_with_args),
+        "datetime.datetime(2026, 1, 1, 0, 0)",
+    ),
+    (
+        "kwargs.json",
+        lambda i: cron("0 3 * * *", id=i, kwargs={"a": {1, 2}})(job_with_args),
+        "{1, 2}",
+    ),
+    ("args.type", lambda i: cron("0 3 * * *", id=i, args="ab")(flexible_job), "'ab'"),
+    ("kwargs.type", lambda i: cron("0 3 * * *", id=i, kwargs=[1])(flexible_job), "[1]"),
+    (
+        "args.too.many",
+        lambda i: cron("0 3 * * *", id=i, args=[1, 2, 3])(job_with_args),
+        "[1, 2, 3]",
+    ),
+    ("args.missing", lambda i: cron("0 3 * * *", id=i)(job_with_args), "args=()"),
+    ("kwargs.unknown", lambda i: cron("0 3 * * *", id=i, kwargs={"c": 1})(job_with_args), "c"),
+    (
+        "args.clash.scheduled_at",
+        lambda i: cron("0 3 * * *", id=i, args=[1, 2])(job_wants_time),
+        "[1, 2]",
+    ),
+    # timezone
+    ("bad.tz", lambda i: cron("0 3 * * *", id=i, timezone="Mars/Olympus")(documented_job), "Mars"),
+    ("bad.tz.type", lambda i: cron("0 3 * * *", id=i, timezone=5)(documented_job), "5"),
+    # numeric options
+    ("instances.zero", lambda i: cron("0 3 * * *", id=i, max_instances=0)(documented_job), "0"),
+    ("instances.text", lambda i: cron("0 3 * * *", id=i, max_instances="2")(documented_job), "'2'"),
+    ("jitter.negative", lambda i: cron("0 3 * * *", id=i, jitter=-1)(documented_job), "-1"),
+    ("jitter.text", lambda i: cron("0 3 * * *", id=i, jitter="10s")(documented_job), "'10s'"),
+    ("grace.zero", lambda i: cron("0 3 * * *", id=i, misfire_grace_time=0)(documented_job), "0"),
+    (
+        "grace.text",
+        lambda i: interval(hours=1, id=i, misfire_grace_time="1h")(documented_job),
+        "1h",
+    ),
+    # dates
+    ("bad.start", lambda i: cron("0 3 * * *", id=i, start_date="soon")(documented_job), "'soon'"),
+    ("bad.end", lambda i: cron("0 3 * * *", id=i, end_date=20260101)(documented_job), "20260101"),
+    # schedules that never fire
+    ("feb.30", lambda i: cron("0 0 30 2 *", id=i)(documented_job), "0 0 30 2 *"),
+    ("past.year", lambda i: cron(year="2020", id=i)(documented_job), "2020"),
+    # not a module-level function
+    ("nested.job", nested_declaration, "inner"),
+    # the id itself
+    ("x" * 256, lambda i: cron("0 3 * * *", id=i)(documented_job), "x" * 256),
+]
+
+
+@pytest.mark.parametrize(("job_id", "declare", "bad_value"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_bad_declaration_names_the_job_and_the_value(registry, job_id, declare, bad_value):
+    before = dict(registry)
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        declare(job_id)
+    message = str(excinfo.value)
+    assert job_id in message
+    assert bad_value in message
+    assert registry == before, "a bad declaration must not be registered"
+
+
+@pytest.mark.parametrize(
+    "declare",
+    [
+        lambda: cron(minutes="*/5")(documented_job),
+        lambda: interval(minute=5)(documented_job),
+        lambda: cron("0 0 * * 9")(documented_job),
+    ],
+)
+def test_error_names_the_default_id(declare):
+    with pytest.raises(ImproperlyConfigured, match=f"{MODULE}.documented_job"):
+        declare()
+
+
+def test_nested_function_error_names_the_default_id():
+    def inner():
+        pass
+
+    with pytest.raises(ImproperlyConfigured, match="module-level") as excinfo:
+        cron("0 3 * * *")(inner)
+    assert f"{MODULE}.inner" in str(excinfo.value)
+
+
+def test_duplicate_id_is_rejected(registry):
+    cron("0 3 * * *", id="dup")(documented_job)
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        interval(minutes=5, id="dup")(other_job)
+    message = str(excinfo.value)
+    assert "'dup'" in message
+    assert "duplicate" in message
+    assert f"{MODULE}:documented_job" in message
+    assert f"{MODULE}:other_job" in message
+    assert registry["dup"].func is documented_job  # the first one stays
+
+
+def test_schedule_with_end_date_in_the_past_is_allowed(registry):
+    """A finished campaign may stay declared; it simply never fires again."""
+    cron("0 3 * * *", id="finished", end_date="2020-01-01T00:00:00+00:00")(documented_job)
+    trigger = registry["finished"].make_trigger()
+    assert trigger.get_next_fire_time(None, datetime.now(UTC)) is None
+
+
+# --- fingerprint ----------------------------------------------------------------------------
+
+BASE = {
+    "id": "fp",
+    "timezone": "UTC",
+    "kwargs": {"a": 1, "b": [2, 3]},
+    "start_date": datetime(2026, 1, 1, tzinfo=UTC),
+}
+
+
+def fingerprint(expr="0 3 * * *", func=flexible_job, **changes):
+    """Fingerprint of a declaration, leaving the registry as it was."""
+    saved = dict(registry_module.registry)
+    try:
+        cron(expr, **{**BASE, **changes})(func)
+        return registry_module.registry[changes.get("id", BASE["id"])].fingerprint
+    finally:
+        registry_module.registry.clear()
+        registry_module.registry.update(saved)
+
+
+def test_same_declaration_same_fingerprint():
+    assert fingerprint() == fingerprint()
+    assert len(fingerprint()) == 64
+
+
+def test_equivalent_declarations_have_the_same_fingerprint():
+    assert fingerprint(kwargs={"b": [2, 3], "a": 1}) == fingerprint()  # dict order
+    assert fingerprint(start_date="2026-01-01T00:00:00+00:00") == fingerprint()  # ISO string
+    assert fingerprint(args=[]) == fingerprint(args=())
+    assert fingerprint(misfire_grace_time=3600) == fingerprint()  # the default grace time
+
+
+def test_fingerprint_ignores_name_and_enabled():
+    """Renaming or disabling a job does not make its stored schedule stale."""
+    assert fingerprint(name="Another name") == fingerprint()
+    assert fingerprint(enabled=False) == fingerprint()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"expr": "0 4 * * *"},
+        {"expr": "0 3 * * 1"},
+        {"func": other_job, "kwargs": {}},
+        {"timezone": "Europe/Berlin"},
+        {"jitter": 5},
+        {"start_date": datetime(2026, 1, 2, tzinfo=UTC)},
+        {"end_date": datetime(2030, 1, 1, tzinfo=UTC)},
+        {"max_instances": 2},
+        {"coalesce": False},
+        {"misfire_grace_time": 60},
+        {"args": [1]},
+        {"kwargs": {"a": 2, "b": [2, 3]}},
+        {"kwargs": {"a": 1, "b": [3, 2]}},
+    ],
+    ids=lambda changes: ",".join(changes),
+)
+def test_changing_the_declaration_changes_the_fingerprint(changes):
+    assert fingerprint(**changes) != fingerprint()
+
+
+def test_cron_fields_and_interval_fingerprints_differ(registry):
+    cron(minute="*/5", id="fp.fields")(documented_job)
+    cron(minute="*/10", id="fp.fields2")(documented_job)
+    cron("*/5 * * * *", id="fp.crontab")(documented_job)
+    interval(minutes=5, id="fp.interval")(documented_job)
+    interval(seconds=300, id="fp.seconds")(documented_job)
+    fingerprints = {registry[i].fingerprint for i in registry if i.startswith("fp.")}
+    assert len(fingerprints) == 5
+
+
+def test_cron_field_values_are_normalised_to_text(registry):
+    cron(hour=3, minute=0, id="fp.int")(documented_job)
+    cron(hour="3", minute="0", id="fp.str")(documented_job)
+    assert registry["fp.int"].fingerprint == registry["fp.str"].fingerprint
+
+
+def test_changing_the_default_grace_time_changes_the_fingerprint(settings):
+    before = fingerprint(), fingerprint(misfire_grace_time=60)
+    settings.SCHEDULER = {"MISFIRE_GRACE_TIME": 10}
+    after = fingerprint(), fingerprint(misfire_grace_time=60)
+    assert after[0] != before[0]  # follows the setting
+    assert after[1] == before[1]  # its own grace time: unaffected
