@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+# This process's host, as recorded in the history and the instances table.
+HOSTNAME = socket.gethostname()[:255]
 
 DEFAULTS: dict[str, Any] = {
     # Dotted modules imported at start, besides the ``jobs`` module of every app.
@@ -27,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_OUTPUT": 65536,
     # Seconds to keep retrying a database write while the database is away.
     "DB_RETRY_TIMEOUT": 600,
+    # Seconds the leader lease lasts without renewal; a standby takes over after it.
+    "LEASE_SECONDS": 15,
+    # Seconds between heartbeats (lease renewals) of the active scheduler.
+    "HEARTBEAT_INTERVAL": 5,
     # Missed fire times recorded one row each, per catch-up; older ones are counted.
     "MAX_MISSED_ROWS": 1000,
 }

@@ -18,7 +18,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scheduler import conf, db, runner
+from scheduler import conf, db, lease, runner
 from scheduler.models import Job, JobRun
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class Control(threading.Thread):
                 logger.exception("Error while polling for admin requests")
 
     def poll(self) -> None:
+        if not lease.holds():
+            return  # the active scheduler carries out admin requests
         changed = self.apply_pause_changes()
         started = self.start_queued_runs()
         if changed or started:
@@ -63,6 +65,7 @@ class Control(threading.Thread):
                 started_at=timezone.now(),
                 hostname=runner.HOSTNAME,
                 pid=os.getpid(),
+                instance=lease.instance_id(),
             )
             if claimed:
                 run = runs.get(pk=run_id)

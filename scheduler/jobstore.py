@@ -24,7 +24,7 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
-from scheduler import db
+from scheduler import db, lease
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class JobStore(DjangoJobStore):
         return job
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
+        if not lease.holds():
+            # A scheduler that lost its lease must not advance the shared next run times.
+            return []
         return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
 
     def get_next_run_time(self) -> datetime | None:

@@ -81,6 +81,9 @@ class JobRun(models.Model):
     )
     hostname = models.CharField(_("host"), max_length=255, blank=True)
     pid = models.IntegerField(_("pid"), null=True, blank=True)
+    # The SchedulerInstance that ran it: a run left ``running`` by an instance
+    # whose heartbeat stopped is marked interrupted by the next leader.
+    instance = models.CharField(max_length=32, blank=True, db_index=True)
     requested_by = models.CharField(_("requested by"), max_length=150, blank=True)
     exception = models.TextField(_("exception"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
@@ -117,3 +120,47 @@ class JobRun(models.Model):
         if self.started_at is None or self.trigger != self.Trigger.SCHEDULE:
             return None
         return (self.started_at - self.scheduled_at).total_seconds()
+
+
+class SchedulerInstance(models.Model):
+    """A running ``runapscheduler`` process, as it last reported itself."""
+
+    class Role(models.TextChoices):
+        ACTIVE = "active", _("active")
+        STANDBY = "standby", _("standby")
+        STOPPED = "stopped", _("stopped")
+
+    id = models.CharField(_("id"), max_length=32, primary_key=True)
+    hostname = models.CharField(_("host"), max_length=255)
+    pid = models.IntegerField(_("pid"))
+    version = models.CharField(_("version"), max_length=32)
+    role = models.CharField(_("role"), max_length=8, choices=Role.choices)
+    started_at = models.DateTimeField(_("started at"))
+    heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
+    stopped_at = models.DateTimeField(_("stopped at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("scheduler instance")
+        verbose_name_plural = _("scheduler instances")
+        ordering = ["-heartbeat_at"]
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"
+
+
+class Lease(models.Model):
+    """The leader lease: whoever holds an unexpired lease is the one active scheduler."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=32)
+    # Grows by one each time the lease changes hands.
+    token = models.BigIntegerField(default=1)
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("leader lease")
+        verbose_name_plural = _("leader leases")
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder} until {self.expires_at}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -25,14 +24,14 @@ from apscheduler.job import Job
 from django.db import IntegrityError, close_old_connections
 from django.utils import timezone
 
-from scheduler import conf, db
+from scheduler import conf, db, lease
 from scheduler.capture import capture
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, registry
 
 logger = logging.getLogger(__name__)
 
-HOSTNAME = socket.gethostname()[:255]
+HOSTNAME = conf.HOSTNAME
 Status = JobRun.Status
 
 
@@ -52,6 +51,9 @@ def active_runs() -> dict[int, str]:
 
 def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
     """Insert the ``running`` row for a scheduled fire time; None if another process has it."""
+    if not lease.holds():
+        logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
+        return None
     run = JobRun(
         job_id=job_id,
         job_name=job_name,
@@ -61,6 +63,7 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
         started_at=timezone.now(),
         hostname=HOSTNAME,
         pid=os.getpid(),
+        instance=lease.instance_id(),
     )
 
     def insert() -> JobRun | None:
@@ -82,6 +85,8 @@ def record(
     trigger: str = JobRun.Trigger.SCHEDULE,
 ) -> None:
     """Record fire times that did not run, one row each, in one statement."""
+    if not lease.holds():
+        return  # the fire times are the active scheduler's to run or record
     cap = conf.get("MAX_MISSED_ROWS")
     if len(times) > cap:
         reason = (
@@ -100,6 +105,7 @@ def record(
             finished_at=now,
             hostname=HOSTNAME,
             pid=os.getpid(),
+            instance=lease.instance_id(),
             exception=reason,
         )
         for at in times

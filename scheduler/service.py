@@ -13,11 +13,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, conf, db, runner
+from scheduler import capture, conf, db, lease, runner
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
 from scheduler.models import JobRun
-from scheduler.registry import autodiscover
+from scheduler.registry import JobSpec, autodiscover
 from scheduler.sync import sync
 
 logger = logging.getLogger(__name__)
@@ -32,29 +32,23 @@ def make_scheduler() -> BackgroundScheduler:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def recover_local_orphans() -> int:
+    """Mark ``running`` rows left by a dead process on this host as interrupted.
 
-
-def recover_orphans() -> int:
-    """Mark ``running`` rows left by a dead scheduler on this host as interrupted."""
+    This catches what the lease cannot: ``runjob`` runs, which belong to no
+    scheduler instance.
+    """
     runs = JobRun.objects.using(db.alias()).filter(
         status=JobRun.Status.RUNNING, hostname=runner.HOSTNAME
     )
     pids = set(runs.exclude(pid=os.getpid()).values_list("pid", flat=True))
-    dead = [pid for pid in pids if pid is None or not _pid_alive(pid)]
+    dead = [pid for pid in pids if pid is None or not lease.pid_alive(pid)]
     if not dead:
         return 0
     return runs.filter(pid__in=dead).update(
         status=JobRun.Status.INTERRUPTED,
         finished_at=timezone.now(),
-        exception="Interrupted: the scheduler process running it died (found at the next start).",
+        exception="Interrupted: the process running it died (found at the next start).",
     )
 
 
@@ -63,6 +57,9 @@ class Service:
         self.write = write
         self.stop_event = threading.Event()
         self.reason = ""
+        self.grace_over = False
+        self.specs: dict[str, JobSpec] = {}
+        self.scheduler: BackgroundScheduler | None = None
 
     def request_stop(self, signum: int, frame: object = None) -> None:
         name = signal.Signals(signum).name
@@ -74,55 +71,68 @@ class Service:
         self.reason = name
         self.stop_event.set()
 
+    def elected(self) -> None:
+        """This process just took the lease: bring the store up to date and start running."""
+        recovered = lease.recover_orphans(float(conf.get("LEASE_SECONDS")))
+        report = sync(self.scheduler, self.scheduler._jobstores["default"], self.specs)
+        self.write(f"Active scheduler now; jobs: {report}.")
+        self.scheduler.resume()
+        if recovered:
+            self.write(f"Marked {recovered} orphaned run(s) as interrupted.")
+
+    def demoted(self) -> None:
+        self.scheduler.pause()
+        self.write("Lost the leader lease: standing by.")
+
     def run(self) -> None:
-        specs = autodiscover()
+        self.specs = autodiscover()
         capture.install()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
 
-        recovered = db.retrying(recover_orphans, "recover orphaned runs")
+        recovered = db.retrying(recover_local_orphans, "recover orphaned runs")
         if recovered:
-            logger.warning("Marked %d run(s) of a dead scheduler as interrupted.", recovered)
+            logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
 
-        scheduler = make_scheduler()
-        store = scheduler._jobstores["default"]
-        report = sync(scheduler, store, specs)
-        scheduler.start()
-        executor = scheduler._lookup_executor("default")
-        control = Control(scheduler, executor._pool, self.stop_event)
+        self.scheduler = make_scheduler()
+        # Paused until this process holds the lease.
+        self.scheduler.start(paused=True)
+        executor = self.scheduler._lookup_executor("default")
+        leadership = lease.Leadership(self.elected, self.demoted)
+        control = Control(self.scheduler, executor._pool, self.stop_event)
+        leadership.start()
         control.start()
         self.write(
-            f"Scheduler started (pid {os.getpid()}, database {db.alias()!r}): "
-            f"{len(specs)} job(s): {report}. Stop with Ctrl+C or SIGTERM."
+            f"Scheduler started (pid {os.getpid()}, instance {leadership.instance_id[:8]}, "
+            f"database {db.alias()!r}): {len(self.specs)} job(s) in code. "
+            "Stop with Ctrl+C or SIGTERM."
         )
 
         self.stop_event.wait()
-        self.shutdown(scheduler, executor, control)
-
-    grace_over = False
+        self.shutdown(executor, control, leadership)
 
     def shutdown(
-        self, scheduler: BackgroundScheduler, executor: runner.Executor, control: Control
+        self, executor: runner.Executor, control: Control, leadership: lease.Leadership
     ) -> None:
         control.join(timeout=5)
-        # Stop the main loop and cancel submissions no worker has picked up yet.
+        # Stop the main loop; submissions no worker has picked up yet are recorded missed.
         executor._pool.shutdown(wait=False, cancel_futures=True)
-        scheduler.shutdown(wait=False)
+        self.scheduler.shutdown(wait=False)
+        leadership.step_down()
 
         grace = conf.get("SHUTDOWN_GRACE")
         deadline = time.monotonic() + grace
         while runner.active_runs() and time.monotonic() < deadline and not self.grace_over:
             time.sleep(0.05)
         left = runner.active_runs()
-        interrupted = (
-            runner.interrupt(
+        interrupted = 0
+        if left:
+            interrupted = runner.interrupt(
                 list(left),
-                f"Interrupted: the scheduler received {self.reason or 'a stop signal'} and the run "
-                f"did not finish within the shutdown grace ({grace} s).",
+                f"Interrupted: the scheduler received {self.reason or 'a stop signal'} and the "
+                f"run did not finish within the shutdown grace ({grace} s).",
             )
-            if left
-            else 0
-        )
+        leadership.finish()
         self.write(
             f"Scheduler stopped ({self.reason or 'stop'}): "
             f"{interrupted} running job(s) marked interrupted."

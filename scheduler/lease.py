@@ -1,0 +1,286 @@
+"""The leader lease: one active scheduler per database, standbys ready to take over.
+
+Every ``runapscheduler`` process has a ``SchedulerInstance`` row that it
+heartbeats. The active one holds the ``Lease`` row and renews it every
+``HEARTBEAT_INTERVAL`` seconds; expiry times come from the database clock, so
+the hosts' clocks do not have to agree. Standbys try to take the lease every
+second and win it once it has expired.
+
+Locally, leadership ends ``LEASE_SECONDS`` after the start of the last
+successful renewal (monotonic clock, which keeps counting while a process is
+stopped or its VM paused), so a leader that cannot renew stops starting runs
+before anyone else may take over. Even when leadership is briefly split, the
+unique (job id, fire time) constraint on ``JobRun`` lets only one process run
+each fire time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Case, F, Q, When
+from django.db.models.functions import Now
+from django.utils import timezone
+
+import scheduler
+from scheduler import conf, db
+from scheduler.models import JobRun, Lease, SchedulerInstance
+
+logger = logging.getLogger(__name__)
+
+NAME = "scheduler"
+
+_current: Leadership | None = None
+
+
+def instance_id() -> str:
+    """This process's SchedulerInstance id, or "" outside ``runapscheduler``."""
+    return _current.instance_id if _current is not None else ""
+
+
+def holds() -> bool:
+    """True when this process may start scheduled runs.
+
+    Without a leadership loop (``runjob``, tests), the process is on its own.
+    """
+    return _current is None or _current.is_leader()
+
+
+class Leadership(threading.Thread):
+    def __init__(self, on_elected: Callable[[], None], on_demoted: Callable[[], None]) -> None:
+        super().__init__(name="scheduler-lease", daemon=True)
+        self.instance_id = uuid.uuid4().hex
+        self.on_elected = on_elected
+        self.on_demoted = on_demoted
+        self.stop = threading.Event()
+        # Set at shutdown: give the lease up but keep heartbeating while runs finish,
+        # so the next leader does not take them for orphans.
+        self.stepping_down = threading.Event()
+        self.lease_seconds = float(conf.get("LEASE_SECONDS"))
+        self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
+        if self.heartbeat * 2 > self.lease_seconds:
+            logger.warning(
+                "SCHEDULER['HEARTBEAT_INTERVAL'] (%s s) should be at most half of "
+                "LEASE_SECONDS (%s s), or the leader may lose its lease between renewals.",
+                self.heartbeat,
+                self.lease_seconds,
+            )
+        self._deadline = 0.0  # monotonic time when our lease ends, as far as we know
+        self._leader = False
+        self._last_heartbeat = 0.0
+
+    def is_leader(self) -> bool:
+        return self._leader and time.monotonic() < self._deadline
+
+    # -- the loop ---------------------------------------------------------------
+
+    def start(self) -> None:
+        global _current
+        _current = self
+        super().start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.step()
+            wait = self.heartbeat if self._leader else min(1.0, self.heartbeat)
+            # Wake before the lease could run out, whatever the heartbeat.
+            if self._leader:
+                wait = min(wait, max(0.05, self._deadline - time.monotonic() - 0.5))
+            self.stop.wait(wait)
+
+    def step(self) -> None:
+        started = time.monotonic()
+        try:
+            acquired = False if self.stepping_down.is_set() else self._try_acquire()
+            if acquired:
+                self._deadline = started + self.lease_seconds
+            if (
+                time.monotonic() - self._last_heartbeat >= self.heartbeat
+                or acquired != self._leader
+            ):
+                self._beat(acquired)
+        except db.TRANSIENT as exc:
+            db.close_broken()
+            logger.warning("Cannot reach the database to renew the lease: %s", exc)
+        except Exception:
+            logger.exception("Error in the leader lease loop")
+        self._update_role()
+
+    def _update_role(self) -> None:
+        leader_now = time.monotonic() < self._deadline
+        if leader_now and not self._leader:
+            self._leader = True
+            logger.info("This scheduler (%s) is now the active one.", self.instance_id[:8])
+            try:
+                self.on_elected()
+            except Exception:
+                # Not active until taking over succeeds; the next step tries again.
+                self._leader = False
+                logger.exception("Error while taking over as the active scheduler")
+        elif not leader_now and self._leader:
+            self._leader = False
+            logger.warning("This scheduler (%s) lost the lease: standing by.", self.instance_id[:8])
+            self.on_demoted()
+
+    def _try_acquire(self) -> bool:
+        leases = Lease.objects.using(db.alias())
+        me = self.instance_id
+        expires = Now() + timedelta(seconds=self.lease_seconds)
+        taken = (
+            leases.filter(name=NAME)
+            .filter(Q(holder=me) | Q(expires_at__lt=Now()))
+            .update(
+                holder=me,
+                expires_at=expires,
+                token=Case(When(holder=me, then=F("token")), default=F("token") + 1),
+                acquired_at=Case(When(holder=me, then=F("acquired_at")), default=Now()),
+            )
+        )
+        if taken:
+            return True
+        current = leases.filter(name=NAME).first()
+        if current is not None:
+            if self._holder_died_here(current.holder):
+                # A crashed process on this host cannot renew: no need to wait out its lease.
+                leases.filter(name=NAME, holder=current.holder).update(expires_at=Now())
+                logger.info("The previous active scheduler on this host died; taking over now.")
+            return False
+        _, created = leases.get_or_create(
+            name=NAME,
+            defaults={
+                "holder": me,
+                "acquired_at": timezone.now(),
+                "expires_at": timezone.now() + timedelta(seconds=self.lease_seconds),
+            },
+        )
+        return created
+
+    def _holder_died_here(self, holder: str) -> bool:
+        instance = SchedulerInstance.objects.using(db.alias()).filter(id=holder).first()
+        return (
+            instance is not None
+            and instance.hostname == conf.HOSTNAME
+            and instance.pid != os.getpid()
+            and not pid_alive(instance.pid)
+        )
+
+    def _beat(self, leader: bool) -> None:
+        role = SchedulerInstance.Role.ACTIVE if leader else SchedulerInstance.Role.STANDBY
+        instances = SchedulerInstance.objects.using(db.alias())
+        updated = instances.filter(id=self.instance_id).update(role=role, heartbeat_at=Now())
+        if not updated:
+            now = timezone.now()
+            instances.create(
+                id=self.instance_id,
+                hostname=conf.HOSTNAME,
+                pid=os.getpid(),
+                version=scheduler.__version__,
+                role=role,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        self._last_heartbeat = time.monotonic()
+        if leader:
+            recover_orphans(self.lease_seconds)
+
+    def step_down(self) -> None:
+        """At a clean stop: give the lease up at once, so a standby takes over."""
+        self.stepping_down.set()
+        self._leader = False
+        self._deadline = 0.0
+        try:
+            Lease.objects.using(db.alias()).filter(name=NAME, holder=self.instance_id).update(
+                expires_at=Now() - timedelta(seconds=1)
+            )
+        except db.TRANSIENT as exc:
+            logger.warning("Could not release the lease (it expires by itself): %s", exc)
+
+    def finish(self) -> None:
+        """The process is leaving: record it as stopped."""
+        global _current
+        self.stop.set()
+        self.join(timeout=5)
+        try:
+            SchedulerInstance.objects.using(db.alias()).filter(id=self.instance_id).update(
+                role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
+            )
+        except db.TRANSIENT as exc:
+            logger.warning("Could not record this scheduler as stopped: %s", exc)
+        _current = None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_orphans(lease_seconds: float) -> int:
+    """Mark runs whose scheduler stopped heartbeating as interrupted."""
+    stale = Now() - timedelta(seconds=lease_seconds)
+    alive = SchedulerInstance.objects.using(db.alias()).filter(
+        heartbeat_at__gte=stale, stopped_at__isnull=True
+    )
+    orphans = (
+        JobRun.objects.using(db.alias())
+        .filter(status=JobRun.Status.RUNNING)
+        .exclude(instance="")
+        .exclude(instance__in=alive.values("id"))
+    )
+    count = orphans.update(
+        status=JobRun.Status.INTERRUPTED,
+        finished_at=Now(),
+        exception="Interrupted: the scheduler instance running it stopped sending heartbeats.",
+    )
+    if count:
+        logger.warning("Marked %d run(s) of a dead scheduler instance as interrupted.", count)
+    return count
+
+
+def health() -> dict[str, Any]:
+    """Is an active scheduler alive? For ``schedulerstatus`` and the admin."""
+    lease_seconds = float(conf.get("LEASE_SECONDS"))
+    now = timezone.now()
+    instances = SchedulerInstance.objects.using(db.alias())
+    fresh = now - timedelta(seconds=lease_seconds)
+    lease = Lease.objects.using(db.alias()).filter(name=NAME).first()
+    active = None
+    if lease is not None and lease.expires_at > now:
+        active = instances.filter(id=lease.holder, heartbeat_at__gte=fresh).first()
+    standbys = instances.filter(
+        role=SchedulerInstance.Role.STANDBY, heartbeat_at__gte=fresh, stopped_at__isnull=True
+    ).count()
+    last = instances.order_by("-heartbeat_at").first()
+    return {
+        "ok": active is not None,
+        "active": _describe(active, now),
+        "standbys": standbys,
+        "last_seen": _describe(last, now),
+        "lease_seconds": lease_seconds,
+    }
+
+
+def _describe(instance: SchedulerInstance | None, now) -> dict[str, Any] | None:
+    if instance is None:
+        return None
+    return {
+        "id": instance.id,
+        "hostname": instance.hostname,
+        "pid": instance.pid,
+        "role": instance.role,
+        "version": instance.version,
+        "started_at": instance.started_at.isoformat(),
+        "heartbeat_at": instance.heartbeat_at.isoformat(),
+        "heartbeat_age": round((now - instance.heartbeat_at).total_seconds(), 1),
+    }
