@@ -23,7 +23,7 @@ from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from scheduler import db, describe
-from scheduler.models import Job, JobRun
+from scheduler.models import Job, JobRun, SchedulerInstance
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
@@ -379,3 +379,41 @@ def _pre(text: str) -> str:
     if not text:
         return "—"
     return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', text)
+
+
+@admin.register(SchedulerInstance)
+class SchedulerInstanceAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "role_badge", "started", "heartbeat", "version", "id"]
+    list_filter = ["role", "hostname"]
+    fields = ["id", "hostname", "pid", "role_badge", "version", "started", "heartbeat", "stopped"]
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerInstance]:
+        return super().get_queryset(request).using(db.alias())
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description=_("role"), ordering="role")
+    def role_badge(self, instance: SchedulerInstance) -> str:
+        status = {"active": "succeeded", "standby": "queued"}.get(instance.role, "skipped")
+        return describe.status_badge(status, instance.get_role_display())
+
+    @admin.display(description=_("started at"), ordering="started_at")
+    def started(self, instance: SchedulerInstance) -> str:
+        return describe.when(instance.started_at)
+
+    @admin.display(description=_("last heartbeat"), ordering="heartbeat_at")
+    def heartbeat(self, instance: SchedulerInstance) -> str:
+        age = (timezone.now() - instance.heartbeat_at).total_seconds()
+        return _("%(when)s (%(age)s ago)") % {
+            "when": describe.when(instance.heartbeat_at),
+            "age": describe.duration_words(age),
+        }
+
+    @admin.display(description=_("stopped at"))
+    def stopped(self, instance: SchedulerInstance) -> str:
+        return describe.when(instance.stopped_at)

@@ -19,6 +19,19 @@ register = template.Library()
 
 
 @register.simple_tag
+def scheduler_health() -> dict:
+    """Whether an active scheduler is alive, for the warning on the scheduler's pages."""
+    from django.db import DatabaseError
+
+    from scheduler import lease
+
+    try:
+        return lease.health()
+    except DatabaseError as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+@register.simple_tag
 def count_limit() -> int:
     """How far the runs list counts (see BoundedCountPaginator)."""
     from scheduler.admin import COUNT_LIMIT

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db import DatabaseError
+
+from scheduler import lease
+
+
+class Command(BaseCommand):
+    help = (
+        "Exit 0 when an active scheduler has a fresh heartbeat, 1 otherwise, with a one-line "
+        "summary. Fit for a liveness or readiness probe."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--json", action="store_true", help="Print the status as JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            status = lease.health()
+        except DatabaseError as exc:
+            status = {"ok": False, "error": f"database unavailable: {exc}".strip()}
+        if options["json"]:
+            self.stdout.write(json.dumps(status, sort_keys=True))
+        else:
+            self.stdout.write(summary(status))
+        sys.exit(0 if status["ok"] else 1)
+
+
+def summary(status: dict[str, Any]) -> str:
+    if "error" in status:
+        return f"FAIL: {status['error']}"
+    active, last = status["active"], status["last_seen"]
+    if active:
+        return (
+            f"OK: active scheduler {active['hostname']}:{active['pid']} "
+            f"(instance {active['id'][:8]}, version {active['version']}), heartbeat "
+            f"{active['heartbeat_age']} s ago; {status['standbys']} standby"
+        )
+    if last:
+        return (
+            f"FAIL: no active scheduler; last heartbeat {last['heartbeat_age']} s ago from "
+            f"{last['hostname']}:{last['pid']} ({last['role']})"
+        )
+    return "FAIL: no scheduler has ever started on this database"
