@@ -23,6 +23,7 @@ from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from scheduler import db, describe
+from scheduler.control import notify
 from scheduler.models import Job, JobRun, SchedulerInstance
 
 # django-apscheduler's pages show its own history, which this app replaces.
@@ -42,7 +43,7 @@ class BoundedCountPaginator(Paginator):
 
 
 def queue_run(job: Job, user: str) -> JobRun:
-    return JobRun.objects.using(db.alias()).create(
+    run = JobRun.objects.using(db.alias()).create(
         job_id=job.id,
         job_name=job.name,
         status=JobRun.Status.QUEUED,
@@ -50,12 +51,17 @@ def queue_run(job: Job, user: str) -> JobRun:
         scheduled_at=timezone.now(),
         requested_by=user[:150],
     )
+    notify()
+    return run
 
 
 def set_paused(jobs: QuerySet[Job], paused: bool) -> int:
-    return (
+    changed = (
         jobs.filter(enabled=True).exclude(paused=paused).update(paused=paused, pending_change=True)
     )
+    if changed:
+        notify()
+    return changed
 
 
 def _user(request: HttpRequest) -> str:

@@ -1,9 +1,11 @@
 """Requests from the admin, carried out by the running scheduler.
 
 The admin never runs a job in a web request. "Run now" inserts a ``queued``
-manual run; "pause"/"resume" set ``Job.paused`` and flag the change. This
-thread polls for both every ``SCHEDULER['POLL_INTERVAL']`` seconds (1 s by
-default), so a request takes effect within about a second.
+manual run; "pause"/"resume" set ``Job.paused`` and flag the change. The
+active scheduler's control thread looks for both every
+``SCHEDULER['POLL_INTERVAL']`` seconds (1 s by default). On PostgreSQL the
+admin also sends ``NOTIFY scheduler_control`` and the thread ``LISTEN``s, so a
+request is picked up at once; polling stays as the fallback.
 """
 
 from __future__ import annotations
@@ -15,13 +17,50 @@ from concurrent.futures import Executor
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from scheduler import conf, db, lease, runner
 from scheduler.models import Job, JobRun
 
 logger = logging.getLogger(__name__)
+
+CHANNEL = "scheduler_control"
+
+
+def notify() -> None:
+    """Wake the active scheduler now (PostgreSQL; elsewhere it finds the request by polling)."""
+    connection = connections[db.alias()]
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"NOTIFY {CHANNEL}")
+    except db.TRANSIENT as exc:
+        logger.warning("Could not notify the scheduler (it will poll): %s", exc)
+
+
+class _Listener:
+    """A dedicated PostgreSQL connection that LISTENs for admin requests."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        params = connections[db.alias()].get_connection_params()
+        for key in ("cursor_factory", "context", "prepare_threshold", "pool"):
+            params.pop(key, None)
+        self.connection = psycopg.connect(**params, autocommit=True)
+        self.connection.execute(f"LISTEN {CHANNEL}")
+
+    def wait(self, timeout: float) -> None:
+        for _ in self.connection.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # closing a broken connection may fail in any way; it is gone anyway
+            pass
 
 
 class Control(threading.Thread):
@@ -30,10 +69,27 @@ class Control(threading.Thread):
         self.scheduler = scheduler
         self.pool = pool
         self.stop = stop
+        self._listener: _Listener | None = None
+        self._listen = connections[db.alias()].vendor == "postgresql"
+
+    def wait(self, interval: float) -> bool:
+        """Wait for a notification or the poll interval; True when it is time to stop."""
+        if self._listen and lease.holds():
+            try:
+                if self._listener is None:
+                    self._listener = _Listener()
+                self._listener.wait(interval)
+                return self.stop.is_set()
+            except Exception as exc:
+                logger.warning("LISTEN connection lost, polling instead: %s", exc)
+                if self._listener is not None:
+                    self._listener.close()
+                self._listener = None
+        return self.stop.wait(interval)
 
     def run(self) -> None:
         interval = conf.get("POLL_INTERVAL")
-        while not self.stop.wait(interval):
+        while not self.wait(interval):
             close_old_connections()
             try:
                 self.poll()
@@ -42,6 +98,8 @@ class Control(threading.Thread):
                 logger.warning("Could not poll for admin requests, database unavailable: %s", exc)
             except Exception:
                 logger.exception("Error while polling for admin requests")
+        if self._listener is not None:
+            self._listener.close()
 
     def poll(self) -> None:
         if not lease.holds():
