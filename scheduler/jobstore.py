@@ -7,14 +7,19 @@ What changes against the parent class:
 * database errors are retried, and the calls APScheduler's main loop does not
   guard never raise, so a database restart cannot kill the scheduler;
 * a stored job that cannot be loaded is reported by id and removed;
-* many jobs are written in one statement (:meth:`put_jobs`) at start-up.
+* many jobs are written in one statement (:meth:`put_jobs`) at start-up;
+* inside the main loop (:meth:`batched`), the next run times of the due jobs
+  are written together in one transaction after all of them were submitted,
+  instead of one write between each submission and the next.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
@@ -36,6 +41,49 @@ LOOP_RETRY_TIMEOUT = 5.0
 
 
 class JobStore(DjangoJobStore):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._batch = threading.local()
+        self._pending: dict[str, Job] = {}
+        self._pending_lock = threading.Lock()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Defer this thread's ``update_job`` writes until :meth:`flush` (or the end)."""
+        self._batch.active = True
+        try:
+            yield
+        finally:
+            self._batch.active = False
+            self.flush()
+
+    def flush(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        rows = [
+            DjangoJob(
+                id=job.id,
+                next_run_time=get_django_internal_datetime(job.next_run_time),
+                job_state=self._dump(job),
+            )
+            for job in pending.values()
+        ]
+
+        def write() -> None:
+            with transaction.atomic(using=db.alias()):
+                self._objects.bulk_update(rows, ["next_run_time", "job_state"], batch_size=200)
+
+        try:
+            db.retrying(write, f"store the next run time of {len(rows)} jobs", LOOP_RETRY_TIMEOUT)
+        except db.TRANSIENT:
+            # The runs were already claimed in the history table, which fences off a
+            # repeat; keep the writes for the next wake-up.
+            with self._pending_lock:
+                self._pending = {**pending, **self._pending}
+            logger.error("Could not store the next run times of %d jobs; will retry.", len(rows))
+
     def register_event_listeners(self) -> None:
         # Our runner records every run itself, with the real start time;
         # django-apscheduler's listeners would write a second, less exact history.
@@ -64,6 +112,9 @@ class JobStore(DjangoJobStore):
         return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
 
     def get_next_run_time(self) -> datetime | None:
+        # The main loop asks this after handling the due jobs: write their new times first.
+        self.flush()
+
         def earliest() -> datetime | None:
             return (
                 self._objects.filter(next_run_time__isnull=False)
@@ -94,6 +145,11 @@ class JobStore(DjangoJobStore):
         db.retrying(add, f"add job {job.id!r}")
 
     def update_job(self, job: Job) -> None:
+        if getattr(self._batch, "active", False):
+            with self._pending_lock:
+                self._pending[job.id] = job
+            return
+
         def update() -> int:
             return self._objects.filter(id=job.id).update(
                 next_run_time=get_django_internal_datetime(job.next_run_time),

@@ -23,8 +23,15 @@ from scheduler.sync import sync
 logger = logging.getLogger(__name__)
 
 
+class Scheduler(BackgroundScheduler):
+    def _process_jobs(self) -> float | None:
+        # Submit every due job first, then store their next run times in one go.
+        with self._jobstores["default"].batched():
+            return super()._process_jobs()
+
+
 def make_scheduler() -> BackgroundScheduler:
-    return BackgroundScheduler(
+    return Scheduler(
         jobstores={"default": JobStore()},
         executors={"default": runner.Executor(conf.get("THREADS"))},
         timezone=settings.TIME_ZONE,
