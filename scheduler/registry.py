@@ -14,7 +14,8 @@ import logging
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import cached_property, lru_cache
 from importlib import import_module
 from typing import Any, TypeVar
 
@@ -74,7 +75,7 @@ class JobSpec:
     def func_ref(self) -> str:
         return f"{self.func.__module__}:{self.func.__qualname__}"
 
-    @property
+    @cached_property
     def wants_scheduled_at(self) -> bool:
         return "scheduled_at" in inspect.signature(self.func).parameters
 
@@ -96,17 +97,14 @@ class JobSpec:
         return ", ".join(f"{key}={value}" for key, value in self.schedule.items())
 
     def make_trigger(self) -> BaseTrigger:
-        tz = zoneinfo.ZoneInfo(self.timezone)
-        options = {
-            "jitter": self.jitter,
-            "start_date": self.start_date,
-            "end_date": self.end_date,
-        }
-        if self.kind == "interval":
-            return IntervalTrigger(timezone=tz, **self.schedule, **options)
-        if "crontab" in self.schedule:
-            return crontab.from_crontab(self.schedule["crontab"], tz, **options)
-        return crontab.CronTrigger(timezone=tz, **self.schedule, **options)
+        return _trigger(
+            self.kind,
+            tuple(self.schedule.items()),
+            self.timezone,
+            self.jitter,
+            self.start_date,
+            self.end_date,
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -133,6 +131,35 @@ class JobSpec:
         if self.misfire_grace_time is not None:
             return self.misfire_grace_time
         return conf.get("MISFIRE_GRACE_TIME")
+
+
+@lru_cache(maxsize=65536)
+def _trigger(
+    kind: str,
+    schedule: tuple[tuple[str, Any], ...],
+    tz_name: str,
+    jitter: int | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+) -> BaseTrigger:
+    """Build a trigger; shared between jobs with the same schedule (triggers are immutable).
+
+    Projects that declare thousands of jobs mostly repeat a few schedules, and
+    parsing each again dominated start-up.
+    """
+    tz = zoneinfo.ZoneInfo(tz_name)
+    options = {"jitter": jitter, "start_date": start_date, "end_date": end_date}
+    fields = dict(schedule)
+    if kind == "interval":
+        return IntervalTrigger(timezone=tz, **fields, **options)
+    if "crontab" in fields:
+        return crontab.from_crontab(fields["crontab"], tz, **options)
+    return crontab.CronTrigger(timezone=tz, **fields, **options)
+
+
+@lru_cache(maxsize=65536)
+def _never_fires(trigger: BaseTrigger) -> bool:
+    return trigger.get_next_fire_time(None, datetime.now(UTC)) is None
 
 
 registry: dict[str, JobSpec] = {}
@@ -248,8 +275,7 @@ def _register(
         trigger = spec.make_trigger()
     except (ValueError, TypeError) as exc:
         raise _fail(job_id, f"invalid {kind} schedule {spec.schedule_text!r}: {exc}") from None
-    now = datetime.now(zoneinfo.ZoneInfo(tz_name))
-    if not spec.end_date and trigger.get_next_fire_time(None, now) is None:
+    if not spec.end_date and _never_fires(trigger):
         raise _fail(job_id, f"schedule {spec.schedule_text!r} never fires.")
 
     existing = registry.get(job_id)
