@@ -191,13 +191,7 @@ class JobStore(DjangoJobStore):
 
         def put() -> None:
             with transaction.atomic(using=db.alias()):
-                self._objects.bulk_create(
-                    rows,
-                    batch_size=500,
-                    update_conflicts=True,
-                    unique_fields=["id"],
-                    update_fields=["next_run_time", "job_state"],
-                )
+                db.upsert(DjangoJob, rows, ["next_run_time", "job_state"])
 
         db.retrying(put, f"store {len(rows)} jobs")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.job import Job as APSJob
 from apscheduler.schedulers.base import BaseScheduler
@@ -38,8 +39,24 @@ class SyncReport:
         )
 
 
-def build_job(scheduler: BaseScheduler, spec: JobSpec, now: datetime, paused: bool) -> APSJob:
+def build_job(
+    scheduler: BaseScheduler,
+    spec: JobSpec,
+    now: datetime,
+    paused: bool,
+    first_fire_times: dict[int, datetime | None] | None = None,
+) -> APSJob:
     trigger = spec.make_trigger()
+    if paused:
+        next_run_time = None
+    elif first_fire_times is not None and not spec.jitter:
+        # Jobs with the same schedule share one trigger, and so their first fire time.
+        key = id(trigger)
+        if key not in first_fire_times:
+            first_fire_times[key] = trigger.get_next_fire_time(None, now)
+        next_run_time = first_fire_times[key]
+    else:
+        next_run_time = trigger.get_next_fire_time(None, now)
     return APSJob(
         scheduler,
         id=spec.id,
@@ -52,19 +69,19 @@ def build_job(scheduler: BaseScheduler, spec: JobSpec, now: datetime, paused: bo
         misfire_grace_time=spec.effective_grace_time,
         coalesce=spec.coalesce,
         max_instances=spec.max_instances,
-        next_run_time=None if paused else trigger.get_next_fire_time(None, now),
+        next_run_time=next_run_time,
     )
 
 
-def catalog_row(spec: JobSpec, paused: bool) -> Job:
-    return Job(
-        id=spec.id,
-        name=spec.name,
-        func=spec.func_ref,
-        kind=spec.kind,
-        schedule=spec.schedule_text,
-        timezone=spec.timezone,
-        options={
+def catalog_values(spec: JobSpec, fingerprint: str) -> dict[str, Any]:
+    """The catalog row of a job, but for ``paused`` (set in the admin) and ``synced_at``."""
+    return {
+        "name": spec.name,
+        "func": spec.func_ref,
+        "kind": spec.kind,
+        "schedule": spec.schedule_text,
+        "timezone": spec.timezone,
+        "options": {
             "jitter": spec.jitter,
             "start_date": spec.start_date.isoformat() if spec.start_date else None,
             "end_date": spec.end_date.isoformat() if spec.end_date else None,
@@ -74,11 +91,9 @@ def catalog_row(spec: JobSpec, paused: bool) -> Job:
             "args": list(spec.args),
             "kwargs": spec.kwargs,
         },
-        enabled=spec.enabled,
-        paused=paused,
-        fingerprint=spec.fingerprint,
-        synced_at=dj_timezone.now(),
-    )
+        "enabled": spec.enabled,
+        "fingerprint": fingerprint,
+    }
 
 
 _CATALOG_FIELDS = [
@@ -96,26 +111,37 @@ _CATALOG_FIELDS = [
 def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -> SyncReport:
     report = SyncReport()
     jobs = Job.objects.using(db.alias())
-    catalog = {row.id: row for row in db.retrying(lambda: list(jobs.all()), "read the job catalog")}
+
+    def read_catalog() -> dict[str, dict[str, Any]]:
+        # The fingerprint covers every other catalog field.
+        rows = jobs.values("id", "paused", "name", "enabled", "fingerprint")
+        return {row["id"]: row for row in rows}
+
+    catalog = db.retrying(read_catalog, "read the job catalog")
     stored = store.stored_ids()
     now = datetime.now(UTC)
+    synced_at = dj_timezone.now()
+    first_fire_times: dict[int, datetime | None] = {}
 
     to_store: list[APSJob] = []
     to_catalog: list[Job] = []
     for spec in specs.values():
         row = catalog.get(spec.id)
-        paused = row.paused if row else False
-        new_row = catalog_row(spec, paused)
-        catalog_changed = row is None or any(
-            getattr(row, name) != getattr(new_row, name) for name in _CATALOG_FIELDS
+        paused = row["paused"] if row else False
+        fingerprint = spec.fingerprint
+        catalog_changed = row is None or (row["fingerprint"], row["name"], row["enabled"]) != (
+            fingerprint,
+            spec.name,
+            spec.enabled,
         )
         store_stale = spec.enabled and (
-            row is None or row.fingerprint != spec.fingerprint or spec.id not in stored
+            row is None or row["fingerprint"] != fingerprint or spec.id not in stored
         )
         if catalog_changed:
-            to_catalog.append(new_row)
+            values = catalog_values(spec, fingerprint)
+            to_catalog.append(Job(id=spec.id, paused=paused, synced_at=synced_at, **values))
         if store_stale:
-            to_store.append(build_job(scheduler, spec, now, paused))
+            to_store.append(build_job(scheduler, spec, now, paused, first_fire_times))
         if row is None:
             report.added.append(spec.id)
         elif catalog_changed or store_stale:
@@ -132,14 +158,7 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
 
     def write() -> None:
         with transaction.atomic(using=db.alias()):
-            if to_catalog:
-                jobs.bulk_create(
-                    to_catalog,
-                    batch_size=500,
-                    update_conflicts=True,
-                    unique_fields=["id"],
-                    update_fields=[*_CATALOG_FIELDS, "synced_at"],
-                )
+            db.upsert(Job, to_catalog, [*_CATALOG_FIELDS, "synced_at"])
             if gone_from_code:
                 jobs.filter(id__in=gone_from_code).delete()
 
