@@ -13,6 +13,7 @@ from django.core.paginator import Paginator
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -22,9 +23,9 @@ from django.utils.translation import ngettext
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from scheduler import db, describe
+from scheduler import db, describe, lease, stats
 from scheduler.control import notify
-from scheduler.models import Job, JobRun, SchedulerInstance
+from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
@@ -261,9 +262,18 @@ class JobAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         runs = JobRun.objects.using(db.alias()).filter(job_id=object_id)
         runs = runs.order_by("-scheduled_at", "-id")[:20]
+        job = Job.objects.using(db.alias()).filter(pk=object_id).first()
+        summary = stats.job_summary(object_id)
+        fire_times = stats.next_fire_times(job) if job else []
         extra_context = {
             **(extra_context or {}),
             "recent_runs": runs,
+            "summary": summary,
+            "chart": describe.duration_chart(summary["runs"]),
+            "legend": [(s, JobRun.Status(s).label) for s in JobRun.FINAL],
+            "fire_times": [
+                (describe.when_in(at, job.timezone), describe.when(at)) for at in fire_times
+            ],
             "can_run": self.has_run_permission(request),
             "can_pause": self.has_pause_permission(request),
         }
@@ -423,3 +433,45 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
     @admin.display(description=_("stopped at"))
     def stopped(self, instance: SchedulerInstance) -> str:
         return describe.when(instance.stopped_at)
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin):
+    """Is the scheduler alive, what is failing, what ran, what comes next."""
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.has_perm("scheduler.view_jobrun")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.changelist_view)
+        return [path("", view, name="scheduler_dashboard_changelist")]
+
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        by_status = stats.last_day_by_status(now)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Scheduler dashboard"),
+            "opts": self.opts,
+            "health": lease.health_or_error(),
+            "by_status": [
+                (status, JobRun.Status(status).label, count) for status, count in by_status.items()
+            ],
+            "total_day": sum(by_status.values()),
+            "failing": stats.failing_jobs(),
+            "upcoming": stats.upcoming(),
+            "slowest": stats.slowest_jobs(now),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/scheduler/dashboard.html", context)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import datetime, timedelta
 
 from cron_descriptor import ExpressionDescriptor, Options
 from django.utils import timezone, translation
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -102,6 +103,16 @@ def when(value: datetime | None) -> str:
     return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
 
 
+def when_in(value: datetime, zone: str) -> str:
+    """A time in the given time zone, with the zone's name."""
+    local = value.astimezone(zoneinfo.ZoneInfo(zone))
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
+
+
+def percent(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{fraction * 100:.1f} %"
+
+
 STATUS_COLOURS = {
     "queued": ("#475569", "#e2e8f0"),
     "running": ("#1d4ed8", "#dbeafe"),
@@ -124,4 +135,51 @@ def status_badge(status: str | None, label: str | None = None) -> SafeString | s
         fg,
         bg,
         label or status,
+    )
+
+
+def duration_chart(runs: list[dict], width: int = 640, height: int = 120) -> SafeString:
+    """Recent run durations as an SVG bar chart, one bar per run, coloured by status.
+
+    Server-rendered, so it reads without JavaScript; each bar has a tooltip
+    (``<title>``) and the chart a text description for screen readers.
+    """
+    if not runs:
+        return format_html("<p>{}</p>", _("No finished runs yet."))
+    top = max((r["duration"] or 0) for r in runs) or 1.0
+    slot = width / len(runs)
+    bar = max(1.0, slot * 0.8)
+    parts = []
+    for index, run in enumerate(runs):
+        seconds = run["duration"]
+        h = max(2.0, (seconds or 0) / top * (height - 20)) if seconds is not None else 2.0
+        x = index * slot + (slot - bar) / 2
+        fg, _bg = STATUS_COLOURS.get(run["status"], ("#111827", "#f3f4f6"))
+        label = f"{when(run['scheduled_at'])}: {run['status']}, {duration_words(seconds)}"
+        parts.append(
+            format_html(
+                '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
+                f"{x:.1f}",
+                f"{height - h:.1f}",
+                f"{bar:.1f}",
+                f"{h:.1f}",
+                fg,
+                label,
+            )
+        )
+    title = _("Durations of the last %(count)d runs") % {"count": len(runs)}
+    desc = _("Longest: %(longest)s. Bars are coloured by status.") % {
+        "longest": duration_words(top)
+    }
+    return format_html(
+        '<svg class="scheduler-chart" role="img" aria-labelledby="chart-title chart-desc" '
+        'viewBox="0 0 {w} {h}" width="100%" height="{h}" preserveAspectRatio="none" '
+        'xmlns="http://www.w3.org/2000/svg"><title id="chart-title">{t}</title>'
+        '<desc id="chart-desc">{d}</desc>'
+        '<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#94a3b8"/>{bars}</svg>',
+        w=width,
+        h=height,
+        t=title,
+        d=desc,
+        bars=mark_safe("".join(parts)),  # noqa: S308 - each part was built by format_html
     )

@@ -271,6 +271,16 @@ def health() -> dict[str, Any]:
     }
 
 
+def health_or_error() -> dict[str, Any]:
+    """:func:`health`, or why it cannot be known (the database is away)."""
+    from django.db import DatabaseError
+
+    try:
+        return health()
+    except DatabaseError as exc:
+        return {"ok": False, "error": str(exc)}
+
+
 def _describe(instance: SchedulerInstance | None, now) -> dict[str, Any] | None:
     if instance is None:
         return None

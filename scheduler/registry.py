@@ -97,7 +97,7 @@ class JobSpec:
         return ", ".join(f"{key}={value}" for key, value in self.schedule.items())
 
     def make_trigger(self) -> BaseTrigger:
-        return _trigger(
+        return build_trigger(
             self.kind,
             tuple(self.schedule.items()),
             self.timezone,
@@ -134,7 +134,7 @@ class JobSpec:
 
 
 @lru_cache(maxsize=65536)
-def _trigger(
+def build_trigger(
     kind: str,
     schedule: tuple[tuple[str, Any], ...],
     tz_name: str,

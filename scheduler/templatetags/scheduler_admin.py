@@ -21,14 +21,19 @@ register = template.Library()
 @register.simple_tag
 def scheduler_health() -> dict:
     """Whether an active scheduler is alive, for the warning on the scheduler's pages."""
-    from django.db import DatabaseError
-
     from scheduler import lease
 
-    try:
-        return lease.health()
-    except DatabaseError as exc:
-        return {"ok": False, "error": str(exc)}
+    return lease.health_or_error()
+
+
+@register.simple_tag
+def percent(fraction) -> str:
+    return describe.percent(fraction)
+
+
+@register.simple_tag
+def badge(status: str, label: str) -> str:
+    return describe.status_badge(status, label)
 
 
 @register.simple_tag

@@ -5,7 +5,6 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand
-from django.db import DatabaseError
 
 from scheduler import lease
 
@@ -20,10 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the status as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            status = lease.health()
-        except DatabaseError as exc:
-            status = {"ok": False, "error": f"database unavailable: {exc}".strip()}
+        status = lease.health_or_error()
         if options["json"]:
             self.stdout.write(json.dumps(status, sort_keys=True))
         else:
@@ -33,7 +29,7 @@ class Command(BaseCommand):
 
 def summary(status: dict[str, Any]) -> str:
     if "error" in status:
-        return f"FAIL: {status['error']}"
+        return f"FAIL: database unavailable: {status['error']}"
     active, last = status["active"], status["last_seen"]
     if active:
         return (

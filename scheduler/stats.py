@@ -1,0 +1,162 @@
+"""Figures for the dashboard and the job pages, computed with index-friendly queries."""
+
+from __future__ import annotations
+
+import math
+import zoneinfo
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.triggers.interval import IntervalTrigger
+from django.db.models import Avg, Count, Max, OuterRef, Subquery
+from django.utils import timezone
+from django_apscheduler.models import DjangoJob
+
+from scheduler import db, registry
+from scheduler.models import Job, JobRun
+
+Status = JobRun.Status
+
+
+def _runs():
+    return JobRun.objects.using(db.alias())
+
+
+def last_day_by_status(now: datetime) -> dict[str, int]:
+    since = now - timedelta(hours=24)
+    counts = dict(
+        _runs()
+        .filter(scheduled_at__gte=since)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    return {status: counts.get(status, 0) for status in Status.values}
+
+
+def failing_jobs() -> list[Job]:
+    """Jobs whose latest finished run failed."""
+    last = (
+        _runs()
+        .filter(job_id=OuterRef("pk"), status__in=JobRun.FINAL)
+        .order_by("-scheduled_at", "-id")
+    )
+    jobs = Job.objects.using(db.alias()).annotate(
+        last_status=Subquery(last.values("status")[:1]),
+        last_failed_at=Subquery(last.values("finished_at")[:1]),
+        last_exception=Subquery(last.values("exception")[:1]),
+    )
+    return list(jobs.filter(last_status=Status.FAILED).order_by("-last_failed_at")[:20])
+
+
+def upcoming(limit: int = 10) -> list[dict[str, Any]]:
+    rows = list(
+        DjangoJob.objects.using(db.alias())
+        .filter(next_run_time__isnull=False)
+        .order_by("next_run_time")
+        .values("id", "next_run_time")[:limit]
+    )
+    names = dict(
+        Job.objects.using(db.alias())
+        .filter(id__in=[row["id"] for row in rows])
+        .values_list("id", "name")
+    )
+    return [{**row, "name": names.get(row["id"], row["id"])} for row in rows]
+
+
+def slowest_jobs(now: datetime, limit: int = 10) -> list[dict[str, Any]]:
+    since = now - timedelta(hours=24)
+    return list(
+        _runs()
+        .filter(scheduled_at__gte=since, duration__isnull=False)
+        .order_by()
+        .values("job_id")
+        .annotate(avg=Avg("duration"), longest=Max("duration"), runs=Count("id"))
+        .order_by("-avg")[:limit]
+    )
+
+
+def job_summary(job_id: str, sample: int = 100) -> dict[str, Any]:
+    """Success rate and durations over the job's last ``sample`` finished runs."""
+    runs = list(
+        _runs()
+        .filter(job_id=job_id, status__in=JobRun.FINAL)
+        .order_by("-scheduled_at", "-id")
+        .values("id", "status", "duration", "scheduled_at")[:sample]
+    )
+    durations = sorted(r["duration"] for r in runs if r["duration"] is not None)
+    succeeded = sum(r["status"] == Status.SUCCEEDED for r in runs)
+    attempted = sum(
+        r["status"] in (Status.SUCCEEDED, Status.FAILED, Status.INTERRUPTED) for r in runs
+    )
+    return {
+        "runs": list(reversed(runs)),
+        "count": len(runs),
+        "success_rate": succeeded / attempted if attempted else None,
+        "average": sum(durations) / len(durations) if durations else None,
+        "p95": _percentile(durations, 0.95),
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
+    """The next fire times, from the stored next run time (or now) on."""
+    if not job.enabled or job.paused:
+        return []
+    trigger = trigger_for(job)
+    stored = (
+        DjangoJob.objects.using(db.alias())
+        .filter(id=job.id)
+        .values_list("next_run_time", flat=True)
+        .first()
+    )
+    now = timezone.now()
+    at = stored
+    if at is None or at < now:
+        # Overdue (the scheduler is not running): show what comes after now.
+        if isinstance(trigger, IntervalTrigger) and at is not None:
+            steps = math.ceil((now - at).total_seconds() / trigger.interval_length)
+            at = at + steps * trigger.interval
+        else:
+            at = trigger.get_next_fire_time(None, now)
+    times = []
+    while at is not None and len(times) < count:
+        times.append(at)
+        at = trigger.get_next_fire_time(at, at)
+    return times
+
+
+def trigger_for(job: Job):
+    """Rebuild a job's trigger from its catalog row, without importing its code."""
+    options = job.options or {}
+    if job.kind == "cron" and "=" not in job.schedule:
+        schedule: tuple = (("crontab", job.schedule),)
+    else:
+        pairs = [part.split("=", 1) for part in job.schedule.split(", ")]
+        if job.kind == "interval":
+            schedule = tuple((k, float(v) if "." in v else int(v)) for k, v in pairs)
+        else:
+            schedule = tuple((k, v) for k, v in pairs)
+    dates = {
+        key: datetime.fromisoformat(options[key]) if options.get(key) else None
+        for key in ("start_date", "end_date")
+    }
+    return registry.build_trigger(
+        job.kind,
+        schedule,
+        job.timezone,
+        options.get("jitter"),
+        dates["start_date"],
+        dates["end_date"],
+    )
+
+
+def in_zone(value: datetime, zone: str) -> datetime:
+    return value.astimezone(zoneinfo.ZoneInfo(zone))
