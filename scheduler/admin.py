@@ -8,8 +8,9 @@ within about a second (see scheduler.control).
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
+from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -36,11 +37,37 @@ COUNT_LIMIT = 10_000
 
 
 class BoundedCountPaginator(Paginator):
-    """Counts at most COUNT_LIMIT + 1 rows, so a page never waits on a full-table COUNT."""
+    """Counts at most COUNT_LIMIT + 1 rows, so a page never waits on a full-table COUNT.
+
+    Past the limit the page links stop at the limit, but any page number
+    still works (``?p=N``); filters and the date hierarchy narrow the list.
+    """
 
     @cached_property
     def count(self) -> int:
         return self.object_list.order_by()[: COUNT_LIMIT + 1].count()
+
+    @property
+    def capped(self) -> bool:
+        return self.count > COUNT_LIMIT
+
+    def validate_number(self, number):
+        if not self.capped:
+            return super().validate_number(number)
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            raise PageNotAnInteger(_("That page number is not an integer")) from None
+        if number < 1:
+            raise EmptyPage(_("That page number is less than 1"))
+        return number
+
+    def page(self, number):
+        if not self.capped:
+            return super().page(number)
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        return self._get_page(self.object_list[bottom : bottom + self.per_page], number, self)
 
 
 def queue_run(job: Job, user: str) -> JobRun:
@@ -214,7 +241,7 @@ class JobAdmin(admin.ModelAdmin):
         ]
 
     def _job(self, request: HttpRequest, object_id: str) -> Job:
-        return get_object_or_404(self.get_queryset(request), pk=object_id)
+        return get_object_or_404(self.get_queryset(request), pk=unquote(object_id))
 
     def _back(self, job: Job) -> HttpResponseRedirect:
         return HttpResponseRedirect(
@@ -260,10 +287,11 @@ class JobAdmin(admin.ModelAdmin):
         return self._back(job)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        runs = JobRun.objects.using(db.alias()).filter(job_id=object_id)
+        job_id = unquote(object_id)  # the admin escapes "_" and other characters in URLs
+        runs = JobRun.objects.using(db.alias()).filter(job_id=job_id)
         runs = runs.order_by("-scheduled_at", "-id")[:20]
-        job = Job.objects.using(db.alias()).filter(pk=object_id).first()
-        summary = stats.job_summary(object_id)
+        job = Job.objects.using(db.alias()).filter(pk=job_id).first()
+        summary = stats.job_summary(job_id)
         fire_times = stats.next_fire_times(job) if job else []
         extra_context = {
             **(extra_context or {}),
@@ -314,6 +342,10 @@ class JobRunAdmin(admin.ModelAdmin):
     search_fields = ["=job_id", "exception"]
     paginator = BoundedCountPaginator
     show_full_result_count = False
+    # Facet counts would COUNT the whole table for every filter choice.
+    show_facets = admin.ShowFacets.NEVER
+    # History is read-only; the prune job (jobs.prune_history) deletes old runs.
+    actions = None
     list_per_page = 50
     change_list_template = "admin/scheduler/jobrun/change_list.html"
     change_form_template = "admin/scheduler/jobrun/change_form.html"
@@ -343,6 +375,9 @@ class JobRunAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: JobRun | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: JobRun | None = None) -> bool:
         return False
 
     @admin.display(description=_("status"), ordering="status")
@@ -382,7 +417,7 @@ class JobRunAdmin(admin.ModelAdmin):
         return _pre(run.output)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = JobRun.objects.using(db.alias()).filter(pk=object_id).only("status").first()
+        run = self.get_object(request, unquote(object_id))
         extra_context = {
             **(extra_context or {}),
             "refresh": run is not None

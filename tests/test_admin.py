@@ -1,0 +1,908 @@
+"""The admin: the job catalog, run history, run now / pause / resume, permissions, escaping."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.contrib.auth.models import Permission, User
+from django.db import connections
+from django.test import Client
+from django.test.utils import CaptureQueriesContext, override_settings
+from django.utils import timezone
+from django.utils.html import strip_tags
+from django_apscheduler.models import DjangoJob
+
+from scheduler import admin as scheduler_admin
+from scheduler import db as scheduler_db
+from scheduler.models import Job, JobRun
+from scheduler.registry import autodiscover
+from scheduler.service import make_scheduler
+from scheduler.sync import sync
+from tests import jobs
+
+pytestmark = pytest.mark.django_db
+
+JOBS_URL = "/admin/scheduler/job/"
+RUNS_URL = "/admin/scheduler/jobrun/"
+TEST_JOBS = ("tests.hourly", "tests.nightly", "tests.failing")
+XSS = "<script>alert(1)</script>"
+XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+REFRESH = '<meta http-equiv="refresh"'
+NIGHTLY_NEXT_RUN = datetime(2030, 1, 2, 3, 0, tzinfo=UTC)
+T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+# Fixtures and helpers ---------------------------------------------------------
+
+
+@pytest.fixture
+def catalog() -> dict[str, Job]:
+    """The test jobs synced into the catalog and the job store, as a scheduler start does."""
+    specs = autodiscover()
+    scheduler = make_scheduler()
+    sync(scheduler, scheduler._jobstores["default"], {i: specs[i] for i in TEST_JOBS})
+    # A known next run time for the nightly job, to check how it is displayed.
+    DjangoJob.objects.filter(id="tests.nightly").update(next_run_time=NIGHTLY_NEXT_RUN)
+    return {job.id: job for job in Job.objects.all()}
+
+
+@pytest.fixture
+def calls() -> Iterator[list]:
+    """The calls the test jobs record when they really run."""
+    jobs.CALLS.clear()
+    yield jobs.CALLS
+    jobs.CALLS.clear()
+
+
+@pytest.fixture
+def staff_client() -> Callable[..., Client]:
+    """A client logged in as a staff user holding exactly the given permissions."""
+    counter = iter(range(1000))
+
+    def make(*perms: str) -> Client:
+        user = User.objects.create_user(f"staff{next(counter)}", password="x", is_staff=True)
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        client = Client()
+        client.force_login(user)
+        client.user = user
+        return client
+
+    return make
+
+
+VIEW = ("scheduler.view_job", "scheduler.view_jobrun")
+
+
+def make_run(**fields) -> JobRun:
+    values = {
+        "job_id": "tests.nightly",
+        "job_name": "nightly",
+        "status": JobRun.Status.SUCCEEDED,
+        "trigger": JobRun.Trigger.SCHEDULE,
+        "scheduled_at": T0,
+    }
+    values.update(fields)
+    return JobRun.objects.create(**values)
+
+
+def text(response) -> str:
+    return response.content.decode()
+
+
+def listed_runs(response) -> list[int]:
+    """Ids of the runs on a run list page, in display order."""
+    assert response.status_code == 200
+    return [
+        int(i)
+        for i in re.findall(r'<th class="field-id"><a href="[^"]*/(\d+)/change/', text(response))
+    ]
+
+
+def job_rows(response) -> dict[str, dict[str, str]]:
+    """The job list as {job id: {column: cell HTML}}."""
+    assert response.status_code == 200
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", text(response), re.S):
+        cells = dict(re.findall(r'<t[dh] class="field-(\w+)">(.*?)</t[dh]>', row, re.S))
+        if "id" in cells:
+            rows[strip_tags(cells["id"])] = cells
+    return rows
+
+
+def hierarchy(response) -> list[tuple[str, str]]:
+    """The date hierarchy's links as (title, href), the back link included."""
+    match = re.search(r'<nav class="toplinks">(.*?)</nav>', text(response), re.S)
+    assert match, "no date hierarchy on the page"
+    links = re.findall(r'<a href="([^"]*)"[^>]*>(.*?)</a>', match.group(1), re.S)
+    return [(html_lib.unescape(title).strip(), html_lib.unescape(href)) for href, title in links]
+
+
+def hierarchy_link(response, title: str) -> str:
+    links = dict(hierarchy(response))
+    assert title in links, f"{title!r} not among {list(links)}"
+    return RUNS_URL + links[title]
+
+
+def capture():
+    return CaptureQueriesContext(connections[scheduler_db.alias()])
+
+
+def sqls(ctx) -> list[str]:
+    return [q["sql"] for q in ctx.captured_queries]
+
+
+def post_action(client: Client, action: str, ids: list[str]):
+    return client.post(
+        JOBS_URL, {"action": action, "_selected_action": ids, "index": "0"}, follow=True
+    )
+
+
+# Job list -----------------------------------------------------------------------
+
+
+def test_job_list_shows_schedule_next_run_and_last_run(admin_client, catalog):
+    make_run(job_id="tests.failing", status="succeeded", scheduled_at=T0, duration=70)
+    make_run(
+        job_id="tests.failing",
+        status="failed",
+        scheduled_at=T0 + timedelta(minutes=5),
+        duration=1.5,
+    )
+    # A queued run is not a result yet: the last run stays the failed one.
+    make_run(
+        job_id="tests.failing",
+        status="queued",
+        trigger="manual",
+        scheduled_at=T0 + timedelta(minutes=6),
+    )
+
+    rows = job_rows(admin_client.get(JOBS_URL))
+
+    assert set(rows) == set(TEST_JOBS)
+    nightly, hourly, failing = rows["tests.nightly"], rows["tests.hourly"], rows["tests.failing"]
+    assert strip_tags(nightly["name"]) == "nightly"
+    assert nightly["schedule_in_words"] == "At 03:00"
+    assert nightly["raw_schedule"] == "<code>0 3 * * *</code> (UTC)"
+    assert nightly["next_run"] == "2030-01-02 03:00:00 UTC"
+    assert nightly["last_run"] == "—"
+    assert nightly["last_duration"] == "—"
+
+    assert hourly["schedule_in_words"] == "every 1 h"
+    assert hourly["raw_schedule"] == "<code>hours=1</code> (UTC)"
+    stored = DjangoJob.objects.get(id="tests.hourly").next_run_time
+    assert hourly["next_run"] == f"{stored.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+    assert failing["schedule_in_words"] == "Every 5 minutes"
+    assert "scheduler-failed" in failing["last_run"]
+    assert strip_tags(failing["last_run"]) == "failed"
+    assert failing["last_duration"] == "1.5 s"
+    assert strip_tags(failing["state"]) == "active"
+
+
+def test_job_list_shows_paused_and_disabled_jobs(admin_client, catalog):
+    Job.objects.filter(id="tests.nightly").update(paused=True, pending_change=True)
+    Job.objects.filter(id="tests.failing").update(enabled=False)
+
+    rows = job_rows(admin_client.get(JOBS_URL))
+
+    assert rows["tests.nightly"]["next_run"] == "paused"
+    assert strip_tags(rows["tests.nightly"]["state"]) == "paused (waiting for the scheduler)"
+    assert rows["tests.failing"]["next_run"] == "disabled"
+    assert strip_tags(rows["tests.failing"]["state"]) == "disabled in code"
+    assert strip_tags(rows["tests.hourly"]["state"]) == "active"
+
+
+def test_job_list_queries_do_not_grow_with_the_number_of_jobs(admin_client, catalog):
+    for job_id in TEST_JOBS:
+        make_run(job_id=job_id, status="failed", duration=2)
+    with capture() as few:
+        assert len(job_rows(admin_client.get(JOBS_URL))) == 3
+
+    now = timezone.now()
+    for n in range(20):
+        Job.objects.create(
+            id=f"extra.job{n}",
+            name=f"extra {n}",
+            func="tests.jobs:hourly",
+            kind="cron",
+            schedule="0 3 * * *",
+            timezone="UTC",
+            fingerprint="x",
+            synced_at=now,
+        )
+        make_run(job_id=f"extra.job{n}", status="succeeded", duration=1)
+    with capture() as many:
+        assert len(job_rows(admin_client.get(JOBS_URL))) == 23
+
+    assert len(many.captured_queries) == len(few.captured_queries)
+
+
+# Run list: filters, search, date hierarchy, pagination, bounded queries --------------
+
+
+def test_run_list_filters_narrow_the_rows(admin_client, catalog):
+    ok = make_run(job_id="tests.nightly", status="succeeded", scheduled_at=T0)
+    failed = make_run(job_id="tests.failing", status="failed", scheduled_at=T0)
+    manual = make_run(
+        job_id="tests.nightly", status="failed", trigger="manual", scheduled_at=T0 + timedelta(1)
+    )
+    hourly = make_run(job_id="tests.hourly", status="missed", scheduled_at=T0 + timedelta(2))
+
+    response = admin_client.get(RUNS_URL)
+    assert sorted(listed_runs(response)) == sorted([ok.pk, failed.pk, manual.pk, hourly.pk])
+    # The job filter offers the jobs of the catalog.
+    for job_id in TEST_JOBS:
+        assert f'href="?job_id__exact={job_id}"' in text(response)
+
+    def ids(query: str) -> set[int]:
+        return set(listed_runs(admin_client.get(RUNS_URL + query)))
+
+    assert ids("?status__exact=failed") == {failed.pk, manual.pk}
+    assert ids("?status__exact=missed") == {hourly.pk}
+    assert ids("?job_id__exact=tests.nightly") == {ok.pk, manual.pk}
+    assert ids("?job_id__exact=tests.hourly") == {hourly.pk}
+    assert ids("?trigger__exact=manual") == {manual.pk}
+    assert ids("?trigger__exact=schedule") == {ok.pk, failed.pk, hourly.pk}
+    assert ids("?status__exact=failed&job_id__exact=tests.nightly") == {manual.pk}
+    assert ids("?status__exact=queued") == set()
+
+
+def test_run_list_search_by_exact_job_id_and_by_exception_text(admin_client, catalog):
+    nightly = make_run(job_id="tests.nightly", status="succeeded")
+    hourly = make_run(
+        job_id="tests.hourly",
+        status="failed",
+        exception="ZeroDivisionError: division by zero",
+    )
+    failing = make_run(
+        job_id="tests.failing", status="failed", exception="RuntimeError: boom <b>bold</b>"
+    )
+
+    def ids(q: str) -> set[int]:
+        return set(listed_runs(admin_client.get(RUNS_URL, {"q": q})))
+
+    assert ids("tests.nightly") == {nightly.pk}
+    assert ids("tests.hourly") == {hourly.pk}
+    assert ids("tests.night") == set()  # the job id must match exactly
+    assert ids("ZeroDivisionError") == {hourly.pk}
+    assert ids("division by") == {hourly.pk}
+    assert ids("<b>bold</b>") == {failing.pk}
+    assert ids("no such text") == set()
+
+
+def test_date_hierarchy_drills_down_to_year_month_and_day(admin_client, catalog):
+    y2023 = make_run(scheduled_at=datetime(2023, 12, 31, 23, 30, tzinfo=UTC))
+    may6 = make_run(scheduled_at=datetime(2024, 5, 6, 10, tzinfo=UTC))
+    may7 = make_run(scheduled_at=datetime(2024, 5, 7, 10, tzinfo=UTC))
+    june = make_run(scheduled_at=datetime(2024, 6, 1, 0, 0, tzinfo=UTC))
+
+    def get(url):
+        with capture() as ctx:
+            response = admin_client.get(url)
+        assert not [sql for sql in sqls(ctx) if "DISTINCT" in sql.upper()]
+        return response
+
+    top = get(RUNS_URL)
+    assert [title for title, _ in hierarchy(top)] == ["2023", "2024"]
+
+    year = get(hierarchy_link(top, "2024"))
+    assert set(listed_runs(year)) == {may6.pk, may7.pk, june.pk}
+    assert [title for title, _ in hierarchy(year)] == ["‹ All dates", "May 2024", "June 2024"]
+
+    month = get(hierarchy_link(year, "May 2024"))
+    assert set(listed_runs(month)) == {may6.pk, may7.pk}
+    assert [title for title, _ in hierarchy(month)] == ["‹ 2024", "May 6", "May 7"]
+
+    day = get(hierarchy_link(month, "May 6"))
+    assert listed_runs(day) == [may6.pk]
+    assert [title for title, _ in hierarchy(day)] == ["‹ May 2024"]
+
+    assert listed_runs(get(hierarchy_link(top, "2023"))) == [y2023.pk]
+    # Back links lead up again.
+    assert set(listed_runs(get(hierarchy_link(day, "‹ May 2024")))) == {may6.pk, may7.pk}
+
+
+def test_date_hierarchy_only_offers_periods_with_matching_runs(admin_client, catalog):
+    make_run(status="succeeded", scheduled_at=datetime(2023, 3, 1, tzinfo=UTC))
+    failed = make_run(status="failed", scheduled_at=datetime(2024, 2, 10, tzinfo=UTC))
+    make_run(status="succeeded", scheduled_at=datetime(2024, 7, 1, tzinfo=UTC))
+
+    response = admin_client.get(RUNS_URL, {"status__exact": "failed"})
+    # One failed run: the hierarchy opens at its month, and its links keep the filter.
+    assert hierarchy(response) == [
+        ("‹ 2024", "?scheduled_at__year=2024&status__exact=failed"),
+        (
+            "February 10",
+            "?scheduled_at__day=10&scheduled_at__month=2&scheduled_at__year=2024"
+            "&status__exact=failed",
+        ),
+    ]
+    year = admin_client.get(hierarchy_link(response, "‹ 2024"))
+    assert [title for title, _ in hierarchy(year)] == ["‹ All dates", "February 2024"]
+    assert listed_runs(year) == [failed.pk]
+
+
+def test_date_hierarchy_follows_the_active_time_zone(admin_client, catalog):
+    # 2024-12-31 20:00 UTC is 2025-01-01 04:00 in Shanghai.
+    new_year = make_run(scheduled_at=datetime(2024, 12, 31, 20, tzinfo=UTC))
+    june = make_run(scheduled_at=datetime(2024, 6, 1, tzinfo=UTC))
+
+    with override_settings(TIME_ZONE="Asia/Shanghai"):
+        top = admin_client.get(RUNS_URL)
+        assert [title for title, _ in hierarchy(top)] == ["2024", "2025"]
+        year = admin_client.get(hierarchy_link(top, "2025"))
+        assert listed_runs(year) == [new_year.pk]
+        assert [title for title, _ in hierarchy(year)] == ["‹ All dates", "January 2025"]
+        month = admin_client.get(hierarchy_link(year, "January 2025"))
+        assert [title for title, _ in hierarchy(month)] == ["‹ 2025", "January 1"]
+        day = admin_client.get(hierarchy_link(month, "January 1"))
+        assert listed_runs(day) == [new_year.pk]
+        assert "2025-01-01 04:00:00 CST" in text(day)
+        assert listed_runs(admin_client.get(hierarchy_link(top, "2024"))) == [june.pk]
+
+    # In UTC the same run belongs to 2024.
+    top = admin_client.get(RUNS_URL)
+    assert [title for title, _ in hierarchy(top)] == ["‹ All dates", "June 2024", "December 2024"]
+
+
+def _many_runs(count: int, **fields) -> list[JobRun]:
+    base = datetime(2024, 5, 1, tzinfo=UTC)
+    JobRun.objects.bulk_create(
+        JobRun(
+            job_id=fields.get("job_id", "tests.failing"),
+            job_name="Always fails.",
+            status=JobRun.Status.FAILED if n % 2 else JobRun.Status.SUCCEEDED,
+            trigger=JobRun.Trigger.SCHEDULE,
+            scheduled_at=base + timedelta(minutes=5 * n),
+        )
+        for n in range(count)
+    )
+    return list(JobRun.objects.order_by("-scheduled_at", "-id"))
+
+
+def test_run_list_pagination(admin_client, catalog):
+    runs = _many_runs(120)
+
+    first = admin_client.get(RUNS_URL)
+    assert first.context["cl"].result_count == 120
+    assert "120 runs" in text(first)
+    assert 'href="?p=3"' in text(first)
+    assert 'href="?p=4"' not in text(first)
+
+    pages = [listed_runs(first)] + [
+        listed_runs(admin_client.get(RUNS_URL, {"p": p})) for p in (2, 3)
+    ]
+    assert [len(page) for page in pages] == [50, 50, 20]
+    # Newest first, every run exactly once.
+    assert [pk for page in pages for pk in page] == [run.pk for run in runs]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?p=2",
+        "?status__exact=failed",
+        "?job_id__exact=tests.failing",
+        "?trigger__exact=schedule",
+        "?q=tests.failing",
+        "?q=boom",
+        "?scheduled_at__year=2024",
+        "?scheduled_at__year=2024&scheduled_at__month=5",
+        "?scheduled_at__year=2024&scheduled_at__month=5&scheduled_at__day=1",
+    ],
+)
+def test_run_list_queries_are_bounded(admin_client, catalog, query):
+    _many_runs(120)
+
+    with capture() as ctx:
+        response = admin_client.get(RUNS_URL + query)
+    assert response.status_code == 200
+
+    statements = sqls(ctx)
+    counts = [sql for sql in statements if "COUNT(" in sql.upper() and "scheduler_jobrun" in sql]
+    assert counts, "the page counts its rows"
+    for sql in counts:
+        assert "LIMIT 10001" in sql, f"unbounded count: {sql}"
+    assert not [sql for sql in statements if "DISTINCT" in sql.upper()]
+    # The date hierarchy probes at most 31 days; nothing grows with the number of runs.
+    assert len(statements) <= 45
+
+
+def test_run_list_count_stops_at_the_limit(admin_client, catalog, monkeypatch):
+    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    _many_runs(120)
+
+    response = admin_client.get(RUNS_URL)
+
+    assert response.context["cl"].result_count == 61
+    paginator = re.search(r'<p class="paginator">(.*?)</p>', text(response), re.S).group(1)
+    assert "more than 60 runs" in paginator
+    assert "61" not in paginator
+    assert len(listed_runs(response)) == 50
+    assert 'href="?p=2"' in text(response)
+
+
+def test_runs_past_the_count_limit_can_be_paged_to(admin_client, catalog, monkeypatch):
+    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    runs = _many_runs(120)
+
+    page2 = listed_runs(admin_client.get(RUNS_URL, {"p": 2}))
+    assert page2 == [run.pk for run in runs[50:100]]
+    page3 = admin_client.get(RUNS_URL, {"p": 3})
+    assert listed_runs(page3) == [run.pk for run in runs[100:]]
+
+
+def test_run_list_states_no_count_it_did_not_make(admin_client, catalog, monkeypatch):
+    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    _many_runs(120)
+
+    page = text(admin_client.get(RUNS_URL))
+
+    assert "61" not in strip_tags(page)
+
+
+def test_run_list_offers_no_unbounded_facet_counts(admin_client, catalog):
+    _many_runs(60)
+
+    response = admin_client.get(RUNS_URL)
+    with capture() as ctx:
+        admin_client.get(RUNS_URL, {"_facets": "True"})
+
+    unbounded = [
+        sql
+        for sql in sqls(ctx)
+        if "COUNT(" in sql.upper() and "scheduler_jobrun" in sql and "LIMIT" not in sql
+    ]
+    assert not unbounded
+    assert "_facets" not in text(response)
+
+
+# Escaping ------------------------------------------------------------------------
+
+
+def test_run_page_shows_exception_traceback_and_output_escaped(admin_client, catalog):
+    run = make_run(
+        status="failed",
+        exception=f"RuntimeError: {XSS}",
+        traceback=f'Traceback (most recent call last):\n  File "x.py"\nRuntimeError: {XSS}',
+        output=f"printed {XSS}\nsecond line",
+    )
+
+    page = text(admin_client.get(f"{RUNS_URL}{run.pk}/change/"))
+
+    assert XSS not in page
+    pres = re.findall(r"<pre[^>]*>(.*?)</pre>", page, re.S)
+    assert f"RuntimeError: {XSS_ESCAPED}" in pres
+    assert any(pre.startswith("Traceback") and pre.endswith(XSS_ESCAPED) for pre in pres)
+    assert f"printed {XSS_ESCAPED}\nsecond line" in pres
+
+
+def test_lists_show_run_text_escaped(admin_client, catalog):
+    run = make_run(status="failed", hostname=XSS, exception=f"RuntimeError: {XSS}")
+
+    run_list = admin_client.get(RUNS_URL)
+    assert listed_runs(run_list) == [run.pk]
+    assert XSS not in text(run_list)
+    assert XSS_ESCAPED in text(run_list)
+
+    # Found by its exception text, and the search term is echoed escaped.
+    search = admin_client.get(RUNS_URL, {"q": XSS})
+    assert listed_runs(search) == [run.pk]
+    assert XSS not in text(search)
+
+    job_page = text(admin_client.get(f"{JOBS_URL}tests.nightly/change/"))
+    assert XSS not in job_page
+    assert f"RuntimeError: {XSS_ESCAPED}" in job_page
+
+
+# Run now ------------------------------------------------------------------------------
+
+
+def test_run_now_button_queues_a_manual_run_and_does_not_run_the_job(
+    admin_client, admin_user, catalog, calls
+):
+    response = admin_client.post(f"{JOBS_URL}tests.nightly/run/")
+
+    run = JobRun.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"{RUNS_URL}{run.pk}/change/"
+    assert run.job_id == "tests.nightly"
+    assert run.job_name == "nightly"
+    assert run.status == JobRun.Status.QUEUED
+    assert run.trigger == JobRun.Trigger.MANUAL
+    assert run.requested_by == admin_user.username
+    assert run.started_at is None
+    assert abs(run.scheduled_at - timezone.now()) < timedelta(minutes=1)
+    assert calls == []
+
+    page = admin_client.get(response["Location"])
+    assert page.status_code == 200
+    assert "Queued a run of tests.nightly" in text(page)
+    assert REFRESH in text(page)
+    assert calls == []
+
+
+def test_run_now_button_rejects_get(admin_client, catalog, calls):
+    assert admin_client.get(f"{JOBS_URL}tests.nightly/run/").status_code == 405
+    assert not JobRun.objects.exists()
+
+
+def test_run_now_button_needs_the_run_permission(staff_client, catalog, calls):
+    viewer = staff_client(*VIEW, "scheduler.pause_job")
+    assert viewer.post(f"{JOBS_URL}tests.nightly/run/").status_code == 403
+    assert not JobRun.objects.exists()
+
+    runner = staff_client(*VIEW, "scheduler.run_job")
+    response = runner.post(f"{JOBS_URL}tests.nightly/run/")
+    assert response.status_code == 302
+    assert JobRun.objects.get().requested_by == runner.user.username
+    assert calls == []
+
+
+def test_run_now_of_an_unknown_job_is_404(admin_client, catalog):
+    assert admin_client.post(f"{JOBS_URL}no.such.job/run/").status_code == 404
+    assert not JobRun.objects.exists()
+
+
+def test_run_now_button_needs_the_csrf_token(admin_user, catalog):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+
+    assert client.post(f"{JOBS_URL}tests.nightly/run/").status_code == 403
+    assert not JobRun.objects.exists()
+
+    page = text(client.get(f"{JOBS_URL}tests.nightly/change/"))
+    form = re.search(r'<form method="post" action="([^"]*/run/)".*?</form>', page, re.S)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.group(0)).group(1)
+    response = client.post(form.group(1), {"csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    assert JobRun.objects.count() == 1
+
+
+def test_run_now_action_queues_one_run_per_selected_job(admin_client, admin_user, catalog, calls):
+    response = post_action(admin_client, "run_now", ["tests.nightly", "tests.hourly"])
+
+    assert response.status_code == 200
+    assert "Queued 2 runs" in text(response)
+    runs = JobRun.objects.order_by("job_id")
+    assert [(r.job_id, r.status, r.trigger, r.requested_by) for r in runs] == [
+        ("tests.hourly", "queued", "manual", admin_user.username),
+        ("tests.nightly", "queued", "manual", admin_user.username),
+    ]
+    assert calls == []
+
+
+def test_run_now_action_is_not_offered_without_the_run_permission(staff_client, catalog, calls):
+    viewer = staff_client(*VIEW, "scheduler.pause_job")
+    page = text(viewer.get(JOBS_URL))
+    assert 'value="run_now"' not in page
+    assert 'value="pause"' in page
+
+    post_action(viewer, "run_now", ["tests.nightly"])
+    assert not JobRun.objects.exists()
+
+    runner = staff_client(*VIEW, "scheduler.run_job")
+    assert 'value="run_now"' in text(runner.get(JOBS_URL))
+    post_action(runner, "run_now", ["tests.nightly"])
+    assert JobRun.objects.get().requested_by == runner.user.username
+    assert calls == []
+
+
+# Pause and resume --------------------------------------------------------------------
+
+
+def test_pause_and_resume_buttons(admin_client, catalog):
+    job_page = f"{JOBS_URL}tests.nightly/change/"
+    before = text(admin_client.get(job_page))
+    assert "/tests.nightly/pause/" in before
+    assert "/tests.nightly/resume/" not in before
+
+    response = admin_client.post(f"{JOBS_URL}tests.nightly/pause/")
+    assert response.status_code == 302
+    assert response["Location"] == job_page
+    job = Job.objects.get(id="tests.nightly")
+    assert (job.paused, job.pending_change) == (True, True)
+    assert not Job.objects.exclude(id="tests.nightly").filter(paused=True).exists()
+
+    after = text(admin_client.get(job_page))
+    assert "Paused tests.nightly." in after
+    assert "/tests.nightly/resume/" in after
+    assert "/tests.nightly/pause/" not in after
+
+    Job.objects.filter(id="tests.nightly").update(pending_change=False)  # the scheduler applied it
+    response = admin_client.post(f"{JOBS_URL}tests.nightly/resume/")
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert (job.paused, job.pending_change) == (False, True)
+    assert "Resumed tests.nightly." in text(admin_client.get(job_page))
+
+
+def test_pausing_a_paused_job_changes_nothing(admin_client, catalog):
+    Job.objects.filter(id="tests.nightly").update(paused=True)
+    response = admin_client.post(f"{JOBS_URL}tests.nightly/pause/", follow=True)
+    assert "Nothing to change." in text(response)
+    assert Job.objects.get(id="tests.nightly").pending_change is False
+
+
+def test_disabled_job_cannot_be_paused(admin_client, catalog):
+    Job.objects.filter(id="tests.failing").update(enabled=False)
+    page = text(admin_client.get(f"{JOBS_URL}tests.failing/change/"))
+    assert "/pause/" not in page
+    assert "/resume/" not in page
+
+    admin_client.post(f"{JOBS_URL}tests.failing/pause/")
+    job = Job.objects.get(id="tests.failing")
+    assert (job.paused, job.pending_change) == (False, False)
+
+
+@pytest.mark.parametrize("button", ["pause", "resume"])
+def test_pause_buttons_reject_get(admin_client, catalog, button):
+    Job.objects.filter(id="tests.nightly").update(paused=button == "resume")
+    assert admin_client.get(f"{JOBS_URL}tests.nightly/{button}/").status_code == 405
+    assert Job.objects.get(id="tests.nightly").paused is (button == "resume")
+
+
+@pytest.mark.parametrize("button", ["pause", "resume"])
+def test_pause_buttons_need_the_pause_permission(staff_client, catalog, button):
+    paused = button == "resume"
+    Job.objects.filter(id="tests.nightly").update(paused=paused)
+
+    runner = staff_client(*VIEW, "scheduler.run_job")
+    assert runner.post(f"{JOBS_URL}tests.nightly/{button}/").status_code == 403
+    job = Job.objects.get(id="tests.nightly")
+    assert (job.paused, job.pending_change) == (paused, False)
+
+    pauser = staff_client(*VIEW, "scheduler.pause_job")
+    assert pauser.post(f"{JOBS_URL}tests.nightly/{button}/").status_code == 302
+    job.refresh_from_db()
+    assert (job.paused, job.pending_change) == (not paused, True)
+
+
+def test_pause_and_resume_actions(admin_client, catalog):
+    response = post_action(admin_client, "pause", ["tests.nightly", "tests.hourly"])
+    assert "Paused 2 jobs." in text(response)
+    states = dict(Job.objects.values_list("id", "paused"))
+    assert states == {"tests.nightly": True, "tests.hourly": True, "tests.failing": False}
+    assert set(Job.objects.filter(pending_change=True).values_list("id", flat=True)) == {
+        "tests.nightly",
+        "tests.hourly",
+    }
+
+    Job.objects.update(pending_change=False)
+    response = post_action(admin_client, "resume", ["tests.nightly"])
+    assert "Resumed 1 job." in text(response)
+    nightly = Job.objects.get(id="tests.nightly")
+    assert (nightly.paused, nightly.pending_change) == (False, True)
+    assert Job.objects.get(id="tests.hourly").paused is True
+
+
+def test_pause_actions_are_not_offered_without_the_pause_permission(staff_client, catalog):
+    runner = staff_client(*VIEW, "scheduler.run_job")
+    page = text(runner.get(JOBS_URL))
+    assert 'value="pause"' not in page
+    assert 'value="resume"' not in page
+
+    post_action(runner, "pause", ["tests.nightly"])
+    assert not Job.objects.filter(paused=True).exists()
+
+
+# Permissions -----------------------------------------------------------------------
+
+
+def test_view_only_staff_sees_the_lists_but_no_buttons(staff_client, catalog):
+    run = make_run(status="failed")
+    viewer = staff_client(*VIEW)
+
+    assert set(job_rows(viewer.get(JOBS_URL))) == set(TEST_JOBS)
+    assert listed_runs(viewer.get(RUNS_URL)) == [run.pk]
+    assert viewer.get(f"{RUNS_URL}{run.pk}/change/").status_code == 200
+
+    job_list = text(viewer.get(JOBS_URL))
+    for action in ("run_now", "pause", "resume"):
+        assert f'value="{action}"' not in job_list
+
+    response = viewer.get(f"{JOBS_URL}tests.nightly/change/")
+    assert response.status_code == 200
+    page = text(response)
+    assert "Recent runs" in page
+    assert f"{RUNS_URL}{run.pk}/change/" in page
+    for button in ("run", "pause", "resume"):
+        assert f"/tests.nightly/{button}/" not in page
+        assert f"scheduler-{button}" not in page
+
+
+def test_buttons_follow_each_permission(staff_client, catalog):
+    runner = text(staff_client(*VIEW, "scheduler.run_job").get(f"{JOBS_URL}tests.nightly/change/"))
+    assert "/tests.nightly/run/" in runner
+    assert "/tests.nightly/pause/" not in runner
+
+    pauser = text(
+        staff_client(*VIEW, "scheduler.pause_job").get(f"{JOBS_URL}tests.nightly/change/")
+    )
+    assert "/tests.nightly/run/" not in pauser
+    assert "/tests.nightly/pause/" in pauser
+
+
+def test_staff_without_view_permissions_cannot_see_the_lists(staff_client, catalog):
+    nobody = staff_client("scheduler.run_job")
+    assert nobody.get(JOBS_URL).status_code == 403
+    assert nobody.get(RUNS_URL).status_code == 403
+
+
+# Job page ----------------------------------------------------------------------------
+
+
+def test_job_page_shows_the_recent_runs_of_that_job_only(admin_client, catalog):
+    nightly = [
+        make_run(job_id="tests.nightly", scheduled_at=T0 + timedelta(days=n)) for n in range(25)
+    ]
+    hourly = make_run(job_id="tests.hourly", scheduled_at=T0 + timedelta(days=30))
+
+    page = text(admin_client.get(f"{JOBS_URL}tests.nightly/change/"))
+    table = re.search(r'<table class="scheduler-recent-runs".*?</table>', page, re.S).group(0)
+    shown = [int(pk) for pk in re.findall(rf'href="{RUNS_URL}(\d+)/change/"', table)]
+    # The 20 newest, newest first.
+    assert shown == [run.pk for run in reversed(nightly)][:20]
+    assert hourly.pk not in shown
+
+    hourly_page = text(admin_client.get(f"{JOBS_URL}tests.hourly/change/"))
+    table = re.search(r'<table class="scheduler-recent-runs".*?</table>', hourly_page, re.S)
+    assert re.findall(rf'href="{RUNS_URL}(\d+)/change/"', table.group(0)) == [str(hourly.pk)]
+
+    empty = text(admin_client.get(f"{JOBS_URL}tests.failing/change/"))
+    assert "This job has not run yet." in empty
+    assert "scheduler-recent-runs" not in empty
+
+
+# Run page --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, refreshes",
+    [
+        ("queued", True),
+        ("running", True),
+        ("succeeded", False),
+        ("failed", False),
+        ("missed", False),
+        ("skipped", False),
+        ("interrupted", False),
+    ],
+)
+def test_run_page_refreshes_while_the_run_is_not_finished(admin_client, status, refreshes):
+    run = make_run(status=status)
+    response = admin_client.get(f"{RUNS_URL}{run.pk}/change/")
+    assert response.status_code == 200
+    assert (REFRESH in text(response)) is refreshes
+
+
+# django-apscheduler's pages ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/django_apscheduler/djangojob/",
+        "/admin/django_apscheduler/djangojobexecution/",
+        "/admin/django_apscheduler/",
+    ],
+)
+def test_django_apscheduler_admin_pages_are_gone(admin_client, url):
+    assert admin_client.get(url).status_code == 404
+
+
+def test_admin_index_lists_the_scheduler_but_not_django_apscheduler(admin_client):
+    page = text(admin_client.get("/admin/"))
+    assert JOBS_URL in page
+    assert RUNS_URL in page
+    assert "django_apscheduler" not in page
+
+
+# Time zones ------------------------------------------------------------------------
+
+
+def _timed_run() -> JobRun:
+    return make_run(
+        status="succeeded",
+        scheduled_at=T0,
+        started_at=T0 + timedelta(seconds=2),
+        finished_at=T0 + timedelta(seconds=65),
+        duration=63,
+    )
+
+
+def test_times_are_shown_with_the_time_zone_name(admin_client, catalog):
+    run = _timed_run()
+
+    run_list = text(admin_client.get(RUNS_URL))
+    assert '<td class="field-scheduled">2024-05-06 07:08:09 UTC</td>' in run_list
+    assert '<td class="field-started">2024-05-06 07:08:11 UTC</td>' in run_list
+    assert '<td class="field-duration_text">1 min 3 s</td>' in run_list
+
+    page = text(admin_client.get(f"{RUNS_URL}{run.pk}/change/"))
+    for value in ("2024-05-06 07:08:09 UTC", "2024-05-06 07:08:11 UTC", "2024-05-06 07:09:14 UTC"):
+        assert f'<div class="readonly">{value}</div>' in page
+    assert '<div class="readonly">2 s</div>' in page  # lateness
+
+    job_page = text(admin_client.get(f"{JOBS_URL}tests.nightly/change/"))
+    assert "<td>2024-05-06 07:08:09 UTC</td>" in job_page
+    assert '<div class="readonly">2030-01-02 03:00:00 UTC</div>' in job_page
+
+
+def test_times_are_shown_in_the_configured_time_zone(admin_client, catalog):
+    run = _timed_run()
+
+    with override_settings(TIME_ZONE="Asia/Shanghai"):
+        run_list = text(admin_client.get(RUNS_URL))
+        page = text(admin_client.get(f"{RUNS_URL}{run.pk}/change/"))
+        job_page = text(admin_client.get(f"{JOBS_URL}tests.nightly/change/"))
+        job_list = job_rows(admin_client.get(JOBS_URL))
+
+    assert '<td class="field-scheduled">2024-05-06 15:08:09 CST</td>' in run_list
+    assert '<td class="field-started">2024-05-06 15:08:11 CST</td>' in run_list
+    for value in ("2024-05-06 15:08:09 CST", "2024-05-06 15:08:11 CST", "2024-05-06 15:09:14 CST"):
+        assert f'<div class="readonly">{value}</div>' in page
+    assert "UTC</div>" not in page
+    assert "<td>2024-05-06 15:08:09 CST</td>" in job_page
+    assert job_list["tests.nightly"]["next_run"] == "2030-01-02 11:00:00 CST"
+
+
+# Bugs --------------------------------------------------------------------------------
+
+
+def _job_with_underscore() -> str:
+    job_id = "tests.send_emails"  # the default id of a function send_emails in tests.py
+    Job.objects.create(
+        id=job_id,
+        name="Send e-mails",
+        func="tests.jobs:hourly",
+        kind="cron",
+        schedule="0 3 * * *",
+        timezone="UTC",
+        fingerprint="x",
+        synced_at=timezone.now(),
+    )
+    return job_id
+
+
+def _job_page_url(client: Client, job_id: str) -> str:
+    """The job's page, found the way a user finds it: through its link on the job list."""
+    links = re.findall(r'href="(/admin/scheduler/job/[^"]+/change/)"', text(client.get(JOBS_URL)))
+    assert links == [f"{JOBS_URL}{quote(job_id)}/change/"]
+    return links[0]
+
+
+def test_job_page_shows_recent_runs_of_a_job_id_with_underscore(admin_client):
+    job_id = _job_with_underscore()
+    run = make_run(job_id=job_id, status="failed")
+
+    page = text(admin_client.get(_job_page_url(admin_client, job_id)))
+
+    assert f"{RUNS_URL}{run.pk}/change/" in page
+
+
+def test_buttons_work_for_a_job_id_with_underscore(admin_client, calls):
+    job_id = _job_with_underscore()
+    page = text(admin_client.get(_job_page_url(admin_client, job_id)))
+    run_url = re.search(r'action="([^"]*/run/)"', page).group(1)
+    pause_url = re.search(r'action="([^"]*/pause/)"', page).group(1)
+
+    assert admin_client.post(run_url).status_code == 302
+    assert JobRun.objects.get().job_id == job_id
+    assert admin_client.post(pause_url).status_code == 302
+    assert Job.objects.get(id=job_id).paused is True
+
+
+def test_run_page_with_a_malformed_id_redirects(admin_client):
+    response = admin_client.get(f"{RUNS_URL}abc/change/")
+    assert response.status_code == 302
