@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
@@ -189,7 +189,7 @@ class JobAdmin(admin.ModelAdmin):
         elif job.paused:
             label, status = _("paused"), "missed"
         else:
-            label, status = _("active"), "succeeded"
+            label, status = pgettext_lazy("job state", "active"), "succeeded"
         if job.pending_change:
             label = format_html("{} ({})", label, _("waiting for the scheduler"))
         return describe.status_badge(status, label)

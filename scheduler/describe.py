@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from scheduler import crontab
+from scheduler.models import RunStatus
 
 _CRON_LOCALES = {
     "zh-hans": "zh_CN",
@@ -155,7 +156,11 @@ def duration_chart(runs: list[dict], width: int = 640, height: int = 120) -> Saf
         h = max(2.0, (seconds or 0) / top * (height - 20)) if seconds is not None else 2.0
         x = index * slot + (slot - bar) / 2
         fg, _bg = STATUS_COLOURS.get(run["status"], ("#111827", "#f3f4f6"))
-        label = f"{when(run['scheduled_at'])}: {run['status']}, {duration_words(seconds)}"
+        label = _("%(when)s: %(status)s, %(duration)s") % {
+            "when": when(run["scheduled_at"]),
+            "status": RunStatus(run["status"]).label,
+            "duration": duration_words(seconds),
+        }
         parts.append(
             format_html(
                 '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class Job(models.Model):
@@ -126,7 +127,7 @@ class SchedulerInstance(models.Model):
     """A running ``runapscheduler`` process, as it last reported itself."""
 
     class Role(models.TextChoices):
-        ACTIVE = "active", _("active")
+        ACTIVE = "active", pgettext_lazy("scheduler instance role", "active")
         STANDBY = "standby", _("standby")
         STOPPED = "stopped", _("stopped")
 
