@@ -120,7 +120,7 @@ def job_rows(response) -> dict[str, dict[str, str]]:
 
 def hierarchy(response) -> list[tuple[str, str]]:
     """The date hierarchy's links as (title, href), the back link included."""
-    match = re.search(r'<nav class="toplinks">(.*?)</nav>', text(response), re.S)
+    match = re.search(r'<nav class="toplinks"[^>]*>(.*?)</nav>', text(response), re.S)
     assert match, "no date hierarchy on the page"
     links = re.findall(r'<a href="([^"]*)"[^>]*>(.*?)</a>', match.group(1), re.S)
     return [(html_lib.unescape(title).strip(), html_lib.unescape(href)) for href, title in links]

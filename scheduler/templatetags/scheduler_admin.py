@@ -68,6 +68,13 @@ def bounded_date_hierarchy(cl: ChangeList) -> dict:
     millions of runs. Here each candidate period is checked with an
     ``EXISTS`` on the ``scheduled_at`` index: at most 31 cheap queries.
     """
+    context = _bounded_date_hierarchy(cl)
+    # Django 6 labels the links "Filter by <field>".
+    context.setdefault("field_name", cl.model._meta.get_field(cl.date_hierarchy).verbose_name)
+    return context
+
+
+def _bounded_date_hierarchy(cl: ChangeList) -> dict:
     field = cl.date_hierarchy
     params = cl.params
     year = params.get(f"{field}__year")
