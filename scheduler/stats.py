@@ -67,7 +67,7 @@ def upcoming(limit: int = 10) -> list[dict[str, Any]]:
 
 def slowest_jobs(now: datetime, limit: int = 10) -> list[dict[str, Any]]:
     since = now - timedelta(hours=24)
-    return list(
+    rows = list(
         _runs()
         .filter(scheduled_at__gte=since, duration__isnull=False)
         .order_by()
@@ -75,6 +75,12 @@ def slowest_jobs(now: datetime, limit: int = 10) -> list[dict[str, Any]]:
         .annotate(avg=Avg("duration"), longest=Max("duration"), runs=Count("id"))
         .order_by("-avg")[:limit]
     )
+    names = dict(
+        Job.objects.using(db.alias())
+        .filter(id__in=[row["job_id"] for row in rows])
+        .values_list("id", "name")
+    )
+    return [{**row, "name": names.get(row["job_id"], row["job_id"])} for row in rows]
 
 
 def job_summary(job_id: str, sample: int = 100) -> dict[str, Any]:
