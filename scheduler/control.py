@@ -89,13 +89,17 @@ class Control(threading.Thread):
 
     def run(self) -> None:
         interval = conf.get("POLL_INTERVAL")
+        failing = False
         while not self.wait(interval):
             close_old_connections()
             try:
                 self.poll()
+                failing = False
             except db.TRANSIENT as exc:
                 db.close_broken()
-                logger.warning("Could not poll for admin requests, database unavailable: %s", exc)
+                if not failing:  # once per outage; the lease loop reports it too
+                    logger.warning("Cannot poll for admin requests, database unavailable: %s", exc)
+                failing = True
             except Exception:
                 logger.exception("Error while polling for admin requests")
         if self._listener is not None:

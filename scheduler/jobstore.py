@@ -62,6 +62,10 @@ class JobStore(DjangoJobStore):
             pending, self._pending = self._pending, {}
         if not pending:
             return
+        if not lease.holds():
+            # The store now belongs to the new leader: our old next run times would undo its work.
+            logger.warning("Lost the lease: dropping %d unsaved next run times.", len(pending))
+            return
         rows = [
             DjangoJob(
                 id=job.id,

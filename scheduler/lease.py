@@ -75,6 +75,8 @@ class Leadership(threading.Thread):
         self._deadline = 0.0  # monotonic time when our lease ends, as far as we know
         self._leader = False
         self._last_heartbeat = 0.0
+        # Since when (monotonic) this process has reached the database without a failure.
+        self._in_contact_since: float | None = None
 
     def is_leader(self) -> bool:
         return self._leader and time.monotonic() < self._deadline
@@ -88,15 +90,20 @@ class Leadership(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.step()
+            reached = self.step()
             wait = self.heartbeat if self._leader else min(1.0, self.heartbeat)
-            # Wake before the lease could run out, whatever the heartbeat.
-            if self._leader:
+            # Wake before the lease could run out, whatever the heartbeat; but while
+            # the database is away, try once a second, not in a tight loop.
+            if self._leader and reached:
                 wait = min(wait, max(0.05, self._deadline - time.monotonic() - 0.5))
+            elif not reached:
+                wait = min(wait, 1.0)
             self.stop.wait(wait)
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """One round of renewing (or trying to take) the lease; False if the database failed."""
         started = time.monotonic()
+        reached = True
         try:
             acquired = False if self.stepping_down.is_set() else self._try_acquire()
             if acquired:
@@ -107,11 +114,17 @@ class Leadership(threading.Thread):
             ):
                 self._beat(acquired)
         except db.TRANSIENT as exc:
+            reached = False
             db.close_broken()
-            logger.warning("Cannot reach the database to renew the lease: %s", exc)
+            if self._in_contact_since is not None:
+                logger.warning("Cannot reach the database to renew the lease: %s", exc)
+            self._in_contact_since = None
         except Exception:
             logger.exception("Error in the leader lease loop")
+        if reached and self._in_contact_since is None:
+            self._in_contact_since = started
         self._update_role()
+        return reached
 
     def _update_role(self) -> None:
         leader_now = time.monotonic() < self._deadline
@@ -187,8 +200,17 @@ class Leadership(threading.Thread):
                 heartbeat_at=now,
             )
         self._last_heartbeat = time.monotonic()
-        if leader:
+        if leader and self._may_judge_others():
             recover_orphans(self.lease_seconds)
+
+    def _may_judge_others(self) -> bool:
+        """Only after a lease length of contact may silence of others mean they are dead.
+
+        After a database outage every heartbeat is stale; the live instances
+        need a lease length to beat again before their runs count as orphans.
+        """
+        since = self._in_contact_since
+        return since is not None and time.monotonic() - since >= self.lease_seconds
 
     def step_down(self) -> None:
         """At a clean stop: give the lease up at once, so a standby takes over."""
@@ -227,11 +249,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def recover_orphans(lease_seconds: float) -> int:
-    """Mark runs whose scheduler stopped heartbeating as interrupted."""
+    """Mark runs whose scheduler stopped heartbeating as interrupted, and it as stopped."""
     stale = Now() - timedelta(seconds=lease_seconds)
-    alive = SchedulerInstance.objects.using(db.alias()).filter(
-        heartbeat_at__gte=stale, stopped_at__isnull=True
-    )
+    instances = SchedulerInstance.objects.using(db.alias())
+    alive = instances.filter(heartbeat_at__gte=stale, stopped_at__isnull=True)
     orphans = (
         JobRun.objects.using(db.alias())
         .filter(status=JobRun.Status.RUNNING)
@@ -245,6 +266,10 @@ def recover_orphans(lease_seconds: float) -> int:
     )
     if count:
         logger.warning("Marked %d run(s) of a dead scheduler instance as interrupted.", count)
+    # Dead instances must not look active in the admin forever.
+    instances.filter(heartbeat_at__lt=stale, stopped_at__isnull=True).exclude(
+        role=SchedulerInstance.Role.STOPPED
+    ).update(role=SchedulerInstance.Role.STOPPED)
     return count
 
 

@@ -156,9 +156,14 @@ def finish(run: JobRun) -> None:
         "traceback": run.traceback,
         "output": run.output,
     }
-    # Only a row still running is finished: shutdown may have marked it interrupted.
+    # A row another scheduler marked interrupted (it could not see our heartbeat,
+    # say while the database was away) still gets the outcome the run really had.
     db.retrying(
-        lambda: _runs().filter(pk=run.pk, status=Status.RUNNING).update(**fields),
+        lambda: (
+            _runs()
+            .filter(pk=run.pk, status__in=[Status.RUNNING, Status.INTERRUPTED])
+            .update(**fields)
+        ),
         f"record the result of {run.job_id!r}",
     )
 

@@ -80,12 +80,9 @@ class Service:
 
     def elected(self) -> None:
         """This process just took the lease: bring the store up to date and start running."""
-        recovered = lease.recover_orphans(float(conf.get("LEASE_SECONDS")))
         report = sync(self.scheduler, self.scheduler._jobstores["default"], self.specs)
         self.write(f"Active scheduler now; jobs: {report}.")
         self.scheduler.resume()
-        if recovered:
-            self.write(f"Marked {recovered} orphaned run(s) as interrupted.")
 
     def demoted(self) -> None:
         self.scheduler.pause()
