@@ -70,10 +70,16 @@ class _Tee(io.TextIOBase):
         return getattr(self._stream, "encoding", "utf-8")
 
 
+def _is_ours(logger_name: str) -> bool:
+    """The scheduler's own log lines are not part of a job's output."""
+    root = logger_name.split(".", 1)[0]
+    return root in ("apscheduler", "scheduler")
+
+
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         buffer = getattr(_local, "buffer", None)
-        if buffer is not None and not record.name.startswith(("apscheduler", "scheduler")):
+        if buffer is not None and not _is_ours(record.name):
             buffer.write(self.format(record) + "\n")
 
 

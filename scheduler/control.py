@@ -18,7 +18,6 @@ from concurrent.futures import Executor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import close_old_connections, connections
-from django.utils import timezone
 
 from scheduler import conf, db, lease, runner
 from scheduler.models import Job, JobRun
@@ -38,6 +37,17 @@ def notify() -> None:
             cursor.execute(f"NOTIFY {CHANNEL}")
     except db.TRANSIENT as exc:
         logger.warning("Could not notify the scheduler (it will poll): %s", exc)
+
+
+def _requeue_if_cancelled(run: JobRun):
+    def callback(future) -> None:
+        if future.cancelled():
+            # The scheduler stopped before a worker was free: the next one runs it.
+            JobRun.objects.using(db.alias()).filter(pk=run.pk, status=JobRun.Status.RUNNING).update(
+                status=JobRun.Status.QUEUED, hostname="", pid=None, instance=""
+            )
+
+    return callback
 
 
 class _Listener:
@@ -122,9 +132,9 @@ class Control(threading.Thread):
         )
         started = 0
         for run_id in queued:
+            # Claimed: ours alone now. started_at is set when a worker really starts it.
             claimed = runs.filter(pk=run_id, status=JobRun.Status.QUEUED).update(
                 status=JobRun.Status.RUNNING,
-                started_at=timezone.now(),
                 hostname=runner.HOSTNAME,
                 pid=os.getpid(),
                 instance=lease.instance_id(),
@@ -134,7 +144,8 @@ class Control(threading.Thread):
                 logger.info(
                     "Running %r now, as requested by %s", run.job_id, run.requested_by or "?"
                 )
-                self.pool.submit(runner.run_manual, run)
+                future = self.pool.submit(runner.run_manual, run)
+                future.add_done_callback(_requeue_if_cancelled(run))
                 started += 1
         return started
 

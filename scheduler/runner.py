@@ -87,7 +87,7 @@ def record(
     """Record fire times that did not run, one row each, in one statement."""
     if not lease.holds():
         return  # the fire times are the active scheduler's to run or record
-    cap = conf.get("MAX_MISSED_ROWS")
+    cap = max(1, conf.get("MAX_MISSED_ROWS"))
     if len(times) > cap:
         reason = (
             f"{reason} ({len(times) - cap} earlier fire times were missed too, "
@@ -150,6 +150,7 @@ def execute(run: JobRun, call: Callable[[], Any]) -> JobRun:
 def finish(run: JobRun) -> None:
     fields = {
         "status": run.status,
+        "started_at": run.started_at,
         "finished_at": run.finished_at,
         "duration": run.duration,
         "exception": run.exception,
@@ -196,10 +197,11 @@ def run_manual(run: JobRun) -> JobRun:
     """Run a claimed manual run (status ``running``) of a registered job."""
     close_old_connections()
     try:
+        run.started_at = timezone.now()
         spec = registry.get(run.job_id)
         if spec is None:
             run.status = Status.FAILED
-            run.finished_at = timezone.now()
+            run.finished_at = run.started_at
             run.exception = f"Job {run.job_id!r} is not registered in this scheduler's code."
             finish(run)
             return run

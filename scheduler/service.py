@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +68,7 @@ class Service:
         self.grace_over = False
         self.specs: dict[str, JobSpec] = {}
         self.scheduler: BackgroundScheduler | None = None
+        self.control: Control | None = None
 
     def request_stop(self, signum: int, frame: object = None) -> None:
         name = signal.Signals(signum).name
@@ -81,6 +83,8 @@ class Service:
     def elected(self) -> None:
         """This process just took the lease: bring the store up to date and start running."""
         report = sync(self.scheduler, self.scheduler._jobstores["default"], self.specs)
+        # Pauses made in the admin while no scheduler was active apply before any catch-up.
+        self.control.apply_pause_changes()
         self.write(f"Active scheduler now; jobs: {report}.")
         self.scheduler.resume()
 
@@ -103,7 +107,7 @@ class Service:
         self.scheduler.start(paused=True)
         executor = self.scheduler._lookup_executor("default")
         leadership = lease.Leadership(self.elected, self.demoted)
-        control = Control(self.scheduler, executor._pool, self.stop_event)
+        control = self.control = Control(self.scheduler, executor._pool, self.stop_event)
         leadership.start()
         control.start()
         self.write(
@@ -119,9 +123,11 @@ class Service:
         self, executor: runner.Executor, control: Control, leadership: lease.Leadership
     ) -> None:
         control.join(timeout=5)
-        # Stop the main loop; submissions no worker has picked up yet are recorded missed.
-        executor._pool.shutdown(wait=False, cancel_futures=True)
+        # Stop the main loop first (this waits for its current pass), so that nothing is
+        # submitted to a pool that is shutting down; then cancel the submissions no worker
+        # has picked up yet: they are recorded missed, or queued again if manual.
         self.scheduler.shutdown(wait=False)
+        executor._pool.shutdown(wait=False, cancel_futures=True)
         leadership.step_down()
 
         grace = conf.get("SHUTDOWN_GRACE")
@@ -145,4 +151,6 @@ class Service:
             # Worker threads still inside a job cannot be stopped from Python;
             # their rows are final, so leave without waiting for them.
             logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(0)

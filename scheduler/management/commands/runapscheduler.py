@@ -27,7 +27,13 @@ class Command(BaseCommand):
             return
         from scheduler.service import Service
 
-        Service(write=lambda text: self.stdout.write(text)).run()
+        Service(write=self.say).run()
+
+    def say(self, text: str) -> None:
+        # Flushed at once: under systemd or docker stdout is a pipe, and the
+        # process may leave through os._exit.
+        self.stdout.write(text)
+        self.stdout.flush()
 
     def list_jobs(self) -> None:
         specs = autodiscover()
