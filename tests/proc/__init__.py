@@ -1,0 +1,1 @@
+"""Settings and job modules for the scheduler processes started by the integration tests."""

@@ -1,0 +1,27 @@
+"""Settings of the ``runapscheduler``/``runjob`` processes started by the integration tests.
+
+The example project's settings (``DATABASE_URL`` picks the database), with
+``SCHEDULER`` keys overridden from environment variables:
+
+SCHEDULER_JOB_MODULES   comma-separated dotted modules (default ``tests.proc.jobs``)
+SCHEDULER_<KEY>         any other key of scheduler/conf.py, as JSON
+                        (SCHEDULER_SHUTDOWN_GRACE=1, SCHEDULER_POLL_INTERVAL=0.2, ...)
+"""
+
+import json
+import os
+
+from scheduler.conf import DEFAULTS
+from settings import *  # noqa: F403
+
+SCHEDULER = {
+    "JOB_MODULES": [
+        module.strip()
+        for module in os.environ.get("SCHEDULER_JOB_MODULES", "tests.proc.jobs").split(",")
+        if module.strip()
+    ],
+}
+for _key in DEFAULTS:
+    _value = os.environ.get(f"SCHEDULER_{_key}")
+    if _value and _key != "JOB_MODULES":
+        SCHEDULER[_key] = json.loads(_value)

@@ -1,0 +1,541 @@
+"""The runner, the job store and the start-up sync, in process, on the test database.
+
+Tests where worker threads touch the database use ``transactional_db``: each
+thread has its own connection, as in the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from apscheduler.job import Job as APSJob
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from django.db import connection
+from django_apscheduler.models import DjangoJob
+
+import tests.jobs
+from scheduler import runner
+from scheduler.crontab import CronTrigger
+from scheduler.jobstore import JobStore
+from scheduler.models import Job, JobRun
+from scheduler.registry import JobSpec
+from scheduler.sync import sync
+
+T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+class CustomError(Exception):
+    pass
+
+
+def row(run: JobRun) -> JobRun:
+    return JobRun.objects.get(pk=run.pk)
+
+
+def claimed(job_id: str = "t.job", at: datetime = T0) -> JobRun:
+    run = runner.claim(job_id, "A job", at)
+    assert run is not None
+    return run
+
+
+# -- claim: the fence -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_inserts_a_running_row_and_fences_the_fire_time() -> None:
+    run = runner.claim("t.job", "A job", T0)
+    assert run is not None
+    stored = row(run)
+    assert (stored.status, stored.trigger) == ("running", "schedule")
+    assert (stored.job_id, stored.job_name, stored.scheduled_at) == ("t.job", "A job", T0)
+    assert stored.started_at is not None and stored.pid == os.getpid() and stored.hostname
+
+    assert runner.claim("t.job", "A job", T0) is None
+    assert JobRun.objects.filter(job_id="t.job", scheduled_at=T0).count() == 1
+    # Another fire time, another job, or a manual run at the same time are not fenced.
+    assert runner.claim("t.job", "A job", T0 + SECOND) is not None
+    assert runner.claim("t.other", "Other", T0) is not None
+    JobRun.objects.create(
+        job_id="t.job", status="queued", trigger="manual", scheduled_at=T0, requested_by="me"
+    )
+    assert JobRun.objects.filter(job_id="t.job", scheduled_at=T0).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_from_many_threads_at_once_has_one_winner() -> None:
+    barrier = threading.Barrier(8)
+    results: list[JobRun | None] = []
+    lock = threading.Lock()
+
+    def contender() -> None:
+        try:
+            barrier.wait()
+            result = runner.claim("t.race", "Race", T0)
+            with lock:
+                results.append(result)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=contender) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 8
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert list(JobRun.objects.filter(job_id="t.race").values_list("pk", flat=True)) == [
+        winners[0].pk
+    ]
+
+
+# -- execute: outcome and output ----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_execute_records_success_with_printed_and_logged_output() -> None:
+    run = claimed()
+
+    def job() -> None:
+        print("hello from the job")
+        logging.getLogger("myapp.jobs").warning("careful: %d", 42)
+        logging.getLogger("myapp.jobs").debug("below the root level: not kept")
+
+    result = runner.execute(run, job)
+    stored = row(run)
+    assert stored.status == result.status == "succeeded"
+    assert stored.output.startswith("hello from the job\n")
+    assert "WARNING myapp.jobs: careful: 42\n" in stored.output
+    assert "below the root level" not in stored.output
+    assert stored.exception == stored.traceback == ""
+    assert 0 <= stored.duration < 5
+    assert stored.finished_at == stored.started_at + timedelta(seconds=stored.duration)
+    assert runner.active_runs() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ValueError("bad value"), "ValueError: bad value"),
+        (CustomError("custom"), "tests.test_runner.CustomError: custom"),
+        (SystemExit(3), "SystemExit: 3"),
+    ],
+    ids=["builtin", "custom", "SystemExit"],
+)
+def test_execute_records_failure_with_exception_and_traceback(
+    error: BaseException, expected: str
+) -> None:
+    run = claimed()
+
+    def job() -> None:
+        print("partial work")
+        raise error
+
+    runner.execute(run, job)
+    stored = row(run)
+    assert stored.status == "failed"
+    assert stored.exception == expected
+    assert stored.traceback.startswith("Traceback (most recent call last):")
+    assert "raise error" in stored.traceback
+    assert stored.traceback.rstrip().endswith(expected)
+    # What the job printed is kept; the scheduler's own log line about it is not.
+    assert stored.output == "partial work\n"
+    assert stored.duration is not None and stored.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_execute_records_the_real_outcome_of_a_run_marked_interrupted_meanwhile() -> None:
+    """Another scheduler may take a live run for an orphan (it could not see this one's
+    heartbeat); the run still gets the outcome it really had."""
+    run = claimed()
+
+    def job() -> None:
+        runner.interrupt([run.pk], "Interrupted: the scheduler instance stopped heartbeating.")
+        print("finished anyway")
+
+    runner.execute(run, job)
+    stored = row(run)
+    assert (stored.status, stored.exception) == ("succeeded", "")
+    assert stored.output == "finished anyway\n"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_output_is_captured_per_thread() -> None:
+    """Two jobs running at once, and the main thread printing meanwhile: each run
+    keeps what its own thread printed and logged, nothing else."""
+    runs = {name: claimed(f"t.{name}") for name in ("left", "right")}
+    barrier = threading.Barrier(3)
+
+    def job(name: str) -> None:
+        barrier.wait()
+        for i in range(50):
+            print(f"{name} {i}")
+            logging.getLogger("myapp").warning("%s logged %d", name, i)
+            if i % 10 == 0:
+                threading.Event().wait(0.001)  # let the other thread interleave
+
+    def worker(name: str) -> None:
+        try:
+            runner.execute(runs[name], lambda: job(name))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in runs]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for i in range(50):
+        print(f"main {i}")
+        logging.getLogger("myapp").warning("main logged %d", i)
+    for thread in threads:
+        thread.join(30)
+
+    for name, run in runs.items():
+        output = row(run).output
+        lines = output.splitlines()
+        assert [line for line in lines if " logged " not in line] == [
+            f"{name} {i}" for i in range(50)
+        ]
+        assert len([line for line in lines if f"WARNING myapp: {name} logged" in line]) == 50
+        assert "main" not in output
+        other = "right" if name == "left" else "left"
+        assert other not in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_output_beyond_max_output_keeps_the_tail(settings) -> None:
+    settings.SCHEDULER = {**settings.SCHEDULER, "MAX_OUTPUT": 100}
+    text = "".join(f"line {i:04d}\n" for i in range(1000))  # 10,000 characters
+
+    def chatty() -> None:
+        for line in text.splitlines(keepends=True):
+            sys.stdout.write(line)
+
+    run = claimed()
+    runner.execute(run, chatty)
+    assert row(run).output == f"[… {len(text) - 100} earlier characters not kept …]\n" + text[-100:]
+
+    # Output within the limit is kept whole, without the marker.
+    run = claimed(at=T0 + SECOND)
+    runner.execute(run, lambda: sys.stdout.write("x" * 100))
+    assert row(run).output == "x" * 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logging_of_a_project_logger_named_like_scheduler_is_captured() -> None:
+    run = claimed()
+    runner.execute(run, lambda: logging.getLogger("schedulerapp.reports").warning("sent"))
+    assert "WARNING schedulerapp.reports: sent" in row(run).output
+
+
+# -- record: missed and skipped fire times ------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_record_writes_one_row_per_fire_time_and_ignores_conflicts() -> None:
+    times = [T0, T0 + SECOND, T0 + 2 * SECOND]
+    taken = claimed(at=times[1])
+    runner.record("t.job", "A job", "missed", times, "Missed: the scheduler was down.")
+
+    rows = {r.scheduled_at: r for r in JobRun.objects.filter(job_id="t.job")}
+    assert sorted(rows) == times
+    assert rows[times[1]].pk == taken.pk and rows[times[1]].status == "running"
+    for at in (times[0], times[2]):
+        missed = rows[at]
+        assert (missed.status, missed.trigger) == ("missed", "schedule")
+        assert missed.exception == "Missed: the scheduler was down."
+        assert missed.started_at is None and missed.finished_at is not None
+        assert missed.job_name == "A job" and missed.pid == os.getpid()
+
+    # Recording the same fire times again changes nothing and does not raise.
+    runner.record("t.job", "A job", "skipped", times, "Skipped.")
+    assert JobRun.objects.filter(job_id="t.job").count() == 3
+    assert not JobRun.objects.filter(status="skipped").exists()
+
+
+@pytest.mark.django_db
+def test_record_keeps_only_the_latest_max_missed_rows(settings) -> None:
+    settings.SCHEDULER = {**settings.SCHEDULER, "MAX_MISSED_ROWS": 2}
+    times = [T0 + i * SECOND for i in range(5)]
+    runner.record("t.job", "A job", "missed", times, "Missed: down.")
+    rows = list(JobRun.objects.filter(job_id="t.job").order_by("scheduled_at"))
+    assert [r.scheduled_at for r in rows] == times[-2:]
+    assert rows[0].exception == (
+        "Missed: down. (3 earlier fire times were missed too, not recorded one by one)"
+    )
+
+
+# -- coalescing ---------------------------------------------------------------------------------
+
+
+def aps_job(trigger, next_run_time: datetime, coalesce: bool = True) -> APSJob:
+    return APSJob(
+        BackgroundScheduler(timezone="UTC"),
+        id="t.coalesce",
+        name="Coalesce",
+        func=tests.jobs.hourly,
+        args=(),
+        kwargs={},
+        trigger=trigger,
+        executor="default",
+        misfire_grace_time=3600,
+        coalesce=coalesce,
+        max_instances=1,
+        next_run_time=next_run_time,
+    )
+
+
+EVERY_SECOND = CronTrigger(second="*", timezone=UTC)
+EVERY_FIVE = IntervalTrigger(seconds=5, start_date=T0, timezone=UTC)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "run_times", "expected"),
+    [
+        (EVERY_SECOND, [T0 + 3 * SECOND], [T0, T0 + SECOND, T0 + 2 * SECOND]),
+        (EVERY_FIVE, [T0 + 15 * SECOND], [T0, T0 + 5 * SECOND, T0 + 10 * SECOND]),
+        (EVERY_SECOND, [T0], []),  # on time: nothing folded
+        (EVERY_SECOND, [], []),
+    ],
+    ids=["cron", "interval", "on-time", "nothing-due"],
+)
+def test_coalesced_times_are_the_fire_times_folded_into_the_run(
+    trigger, run_times: list[datetime], expected: list[datetime]
+) -> None:
+    job = aps_job(trigger, T0)
+    assert runner.Executor._coalesced_times(job, run_times) == expected
+
+
+def test_coalesced_times_match_what_apscheduler_folds_away() -> None:
+    """APScheduler computes all due times and passes only the last when coalescing:
+    the folded ones are exactly the others."""
+    for trigger in (EVERY_SECOND, EVERY_FIVE):
+        job = aps_job(trigger, T0)
+        due = job._get_run_times(T0 + 42 * SECOND)
+        assert len(due) > 2
+        assert runner.Executor._coalesced_times(job, due[-1:]) == due[:-1]
+
+
+def test_no_coalesced_times_without_coalesce() -> None:
+    job = aps_job(EVERY_SECOND, T0, coalesce=False)
+    due = job._get_run_times(T0 + 3 * SECOND)
+    assert runner.Executor._coalesced_times(job, due) == []
+
+
+# -- run_scheduled and run_manual ------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_scheduled_runs_a_fire_time_once_and_records_late_ones_missed() -> None:
+    tests.jobs.CALLS.clear()
+    now = datetime.now(UTC).replace(microsecond=0)
+    job = APSJob(
+        BackgroundScheduler(timezone="UTC"),
+        id="tests.nightly",
+        name="nightly",
+        func=tests.jobs.nightly,
+        args=(),
+        kwargs={"scheduled_at": None},
+        trigger=CronTrigger(hour=3, timezone=UTC),
+        executor="default",
+        misfire_grace_time=60,
+        coalesce=False,
+        max_instances=1,
+        next_run_time=now,
+    )
+    too_late = now - timedelta(minutes=5)
+    runner.run_scheduled(job, [too_late, now])
+    runner.run_scheduled(job, [now])  # a second scheduler on the same fire time
+
+    runs = {r.scheduled_at: r for r in JobRun.objects.filter(job_id="tests.nightly")}
+    assert runs[too_late].status == "missed"
+    assert "beyond misfire_grace_time (60 s)" in runs[too_late].exception
+    assert runs[now].status == "succeeded"
+    assert runs[now].output == "nightly ran\n"
+    # The function ran once, and got the fire time it serves.
+    assert tests.jobs.CALLS == [("nightly", now)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_manual_runs_a_registered_job_and_fails_an_unknown_one() -> None:
+    tests.jobs.CALLS.clear()
+    at = datetime.now(UTC)
+    known = JobRun.objects.create(
+        job_id="tests.nightly", status="running", trigger="manual", scheduled_at=at
+    )
+    runner.run_manual(known)
+    known = row(known)
+    assert known.status == "succeeded" and known.output == "nightly ran\n"
+    assert tests.jobs.CALLS == [("nightly", at)]
+
+    unknown = JobRun.objects.create(
+        job_id="t.gone", status="running", trigger="manual", scheduled_at=at
+    )
+    runner.run_manual(unknown)
+    unknown = row(unknown)
+    assert unknown.status == "failed"
+    assert unknown.exception == "Job 't.gone' is not registered in this scheduler's code."
+    assert unknown.finished_at is not None
+
+
+# -- sync: code registry -> job store and catalog --------------------------------------------------
+
+
+@pytest.fixture
+def store() -> JobStore:
+    scheduler = BackgroundScheduler(timezone="UTC")
+    store = JobStore()
+    store.start(scheduler, "default")
+    store.test_scheduler = scheduler
+    return store
+
+
+def spec(job_id: str, **changes) -> JobSpec:
+    base = JobSpec(
+        id=job_id,
+        name=f"Job {job_id}",
+        func=tests.jobs.hourly,
+        kind="cron",
+        schedule={"second": "*/10"},
+        timezone="UTC",
+    )
+    return replace(base, **changes)
+
+
+def specs_of(*items: JobSpec) -> dict[str, JobSpec]:
+    return {item.id: item for item in items}
+
+
+def stored_next(job_id: str) -> datetime | None:
+    return DjangoJob.objects.get(id=job_id).next_run_time
+
+
+@pytest.mark.django_db
+def test_sync_adds_new_jobs_to_store_and_catalog(store: JobStore) -> None:
+    cron_spec = spec("t.cron")
+    interval_spec = spec("t.interval", kind="interval", schedule={"minutes": 5})
+    before = datetime.now(UTC)
+    report = sync(store.test_scheduler, store, specs_of(cron_spec, interval_spec))
+
+    assert sorted(report.added) == ["t.cron", "t.interval"]
+    assert (report.updated, report.removed, report.unchanged) == ([], [], 0)
+    assert store.stored_ids() == {"t.cron", "t.interval"}
+    catalog = {row.id: row for row in Job.objects.all()}
+    assert catalog["t.cron"].schedule == "second=*/10"
+    assert catalog["t.cron"].fingerprint == cron_spec.fingerprint
+    assert catalog["t.cron"].func == "tests.jobs:hourly"
+    assert (catalog["t.cron"].paused, catalog["t.cron"].enabled) == (False, True)
+    next_cron = stored_next("t.cron")
+    assert before < next_cron <= before + 10 * SECOND and next_cron.second % 10 == 0
+    assert before < stored_next("t.interval") <= datetime.now(UTC) + timedelta(minutes=5)
+    # The stored job loads back as APScheduler's job for the same function.
+    loaded = store.lookup_job("t.cron")
+    assert loaded.func is tests.jobs.hourly and loaded.coalesce is True
+
+
+@pytest.mark.django_db
+def test_sync_again_keeps_unchanged_jobs_and_their_next_run_time(store: JobStore) -> None:
+    specs = specs_of(spec("t.cron"), spec("t.interval", kind="interval", schedule={"hours": 1}))
+    sync(store.test_scheduler, store, specs)
+    # As if the scheduler had been running: the stored next run times moved on.
+    moved = datetime(2029, 1, 1, 0, 0, 10, tzinfo=UTC)
+    DjangoJob.objects.update(next_run_time=moved)
+    states = dict(DjangoJob.objects.values_list("id", "job_state"))
+
+    report = sync(store.test_scheduler, store, specs)
+    assert (report.added, report.updated, report.removed) == ([], [], [])
+    assert report.unchanged == 2
+    assert {stored_next(job_id) for job_id in specs} == {moved}
+    assert dict(DjangoJob.objects.values_list("id", "job_state")) == states
+
+
+@pytest.mark.django_db
+def test_sync_replaces_a_job_whose_schedule_changed(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.cron"), spec("t.other")))
+    moved = datetime(2029, 1, 1, 0, 0, 10, tzinfo=UTC)
+    DjangoJob.objects.update(next_run_time=moved)
+
+    changed = spec("t.cron", schedule={"second": "*/7"})
+    report = sync(store.test_scheduler, store, specs_of(changed, spec("t.other")))
+    assert report.updated == ["t.cron"] and report.unchanged == 1
+    assert stored_next("t.other") == moved  # untouched
+    new_next = stored_next("t.cron")
+    assert new_next != moved and new_next.second % 7 == 0
+    assert "second='*/7'" in str(store.lookup_job("t.cron").trigger)
+    catalog = Job.objects.get(id="t.cron")
+    assert (catalog.schedule, catalog.fingerprint) == ("second=*/7", changed.fingerprint)
+
+
+@pytest.mark.django_db
+def test_sync_keeps_a_paused_job_paused_when_it_is_replaced(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.cron")))
+    Job.objects.filter(id="t.cron").update(paused=True)
+    report = sync(store.test_scheduler, store, specs_of(spec("t.cron", schedule={"second": "5"})))
+    assert report.updated == ["t.cron"]
+    assert stored_next("t.cron") is None
+    assert Job.objects.get(id="t.cron").paused is True
+
+
+@pytest.mark.django_db
+def test_sync_removes_a_job_gone_from_code_but_keeps_its_history(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.keep"), spec("t.gone")))
+    JobRun.objects.create(job_id="t.gone", status="succeeded", trigger="schedule", scheduled_at=T0)
+
+    report = sync(store.test_scheduler, store, specs_of(spec("t.keep")))
+    assert report.removed == ["t.gone"] and report.unchanged == 1
+    assert store.stored_ids() == {"t.keep"}
+    assert list(Job.objects.values_list("id", flat=True)) == ["t.keep"]
+    assert JobRun.objects.filter(job_id="t.gone").count() == 1
+
+
+@pytest.mark.django_db
+def test_sync_catalogs_a_disabled_job_without_scheduling_it(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.cron")))
+    report = sync(store.test_scheduler, store, specs_of(spec("t.cron", enabled=False)))
+    assert report.updated == ["t.cron"]
+    assert store.stored_ids() == set()
+    assert Job.objects.get(id="t.cron").enabled is False
+    # Enabled again: back in the store.
+    sync(store.test_scheduler, store, specs_of(spec("t.cron")))
+    assert store.stored_ids() == {"t.cron"}
+
+
+# -- the job store: stored jobs that cannot be loaded -------------------------------------------
+
+
+@pytest.mark.django_db
+def test_stored_jobs_that_cannot_be_loaded_are_reported_and_removed(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.good")))
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    DjangoJob.objects.update(next_run_time=past)
+    state = pickle.loads(DjangoJob.objects.get(id="t.good").job_state)
+    gone = {**state, "id": "t.moved", "func": "tests.no_such_module:vanished"}
+    DjangoJob.objects.create(id="t.garbage", next_run_time=past, job_state=b"not a pickle")
+    DjangoJob.objects.create(id="t.moved", next_run_time=past, job_state=pickle.dumps(gone))
+
+    with caplog.at_level(logging.ERROR, logger="scheduler.jobstore"):
+        due = store.get_due_jobs(datetime.now(UTC))
+    assert [job.id for job in due] == ["t.good"]
+    assert store.stored_ids() == {"t.good"}
+    messages = [r.getMessage() for r in caplog.records if r.name == "scheduler.jobstore"]
+    for job_id in ("t.garbage", "t.moved"):
+        assert any(f"Stored job {job_id!r} cannot be loaded" in m for m in messages), messages
+
+    # lookup_job and get_all_jobs take the same care.
+    DjangoJob.objects.create(id="t.garbage", next_run_time=past, job_state=b"\x80garbage")
+    assert store.lookup_job("t.garbage") is None
+    DjangoJob.objects.create(id="t.garbage2", next_run_time=None, job_state=b"garbage")
+    assert [job.id for job in store.get_all_jobs()] == ["t.good"]
+    assert store.stored_ids() == {"t.good"}
