@@ -1,4 +1,4 @@
-.PHONY: demo test lint ci
+.PHONY: demo test lint ci bench
 
 demo:  ## set up and start the demo (scheduler + admin on SQLite)
 	bash scripts/demo.sh
@@ -11,3 +11,7 @@ lint:
 
 ci:
 	bash .ci/run
+
+bench:  ## benchmarks against APScheduler and django-apscheduler -> docs/benchmarks.md
+	.venv/bin/pip install -q -r requirements-bench.txt
+	.venv/bin/python -m bench

@@ -1,0 +1,67 @@
+"""The benchmark suite runs end to end: ``python -m bench --smoke --db sqlite``.
+
+Seconds-long sizes, one repeat; the figures mean nothing, but every scenario
+must run against every system and write numbers. The JSON goes to a temporary
+file, not over bench/results/latest.json, and --smoke writes no docs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import MODULES
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+# Keys every scenario must report, per database-backed system (and the floor where it runs).
+REQUIRED = {
+    "accuracy": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
+    "load": {"seen": ("floor", "dja", "ours"), "cpu_s": ("floor", "ours")},
+    "store": {"first_start_s": ("floor", "dja", "ours"), "wakeup_ms": ("floor", "dja", "ours")},
+    "admin": {"list_ms": ("dja", "ours"), "by_job_ms": ("dja", "ours")},
+    "history": {"statements_per_run": ("dja", "ours"), "overhead_us": ("floor", "dja", "ours")},
+}
+
+
+def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
+    output = tmp_path / "smoke.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", "--smoke", "--db", "sqlite", "--output", str(output)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            # Well under a minute on a quiet machine; generous for a busy one. On a
+            # timeout the bench is killed, and its children die with it (PDEATHSIG).
+            timeout=240,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"python -m bench --smoke timed out:\n{exc.stderr}")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    data = json.loads(output.read_text())
+    assert set(data["scenarios"]) == set(MODULES)
+    for name, scenario in data["scenarios"].items():
+        assert "error" not in scenario, f"{name}: {scenario.get('error')}"
+        medians = {
+            system: values["median"] for system, values in scenario["results"]["sqlite"].items()
+        }
+        for key, systems in REQUIRED[name].items():
+            for system in systems:
+                value = medians[system].get(key)
+                assert isinstance(value, (int, float)), f"{name}: {system} has no {key}: {value!r}"
+    # The database-backed systems really ran jobs and wrote history.
+    assert data["scenarios"]["accuracy"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
+    assert data["scenarios"]["load"]["results"]["sqlite"]["ours"]["median"]["history_rows"] > 0
+    assert {t["scenario"] for t in data["targets"]} == set(MODULES)
+    assert "Targets" in result.stdout
