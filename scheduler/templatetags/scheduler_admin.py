@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from django import template
 from django.contrib.admin.templatetags.admin_list import date_hierarchy
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Max, Min
 from django.utils import formats, timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
@@ -87,10 +86,12 @@ def _bounded_date_hierarchy(cl: ChangeList) -> dict:
     if year:
         return _months(cl, field, int(year))
     # Nothing chosen: like Django, open at the narrowest level the runs span.
-    bounds = cl.queryset.aggregate(first=Min(field), last=Max(field))
-    if not bounds["first"]:
+    # Two index lookups: SQLite scans the table for MIN() and MAX() in one query.
+    dates = cl.queryset.order_by(field).values_list(field, flat=True)
+    first, last = dates.first(), dates.order_by(f"-{field}").first()
+    if first is None:
         return {"show": True, "back": None, "choices": []}
-    first, last = (timezone.localtime(v) for v in (bounds["first"], bounds["last"]))
+    first, last = timezone.localtime(first), timezone.localtime(last)
     if first.year != last.year:
         return _years(cl, field, first.year, last.year)
     if first.month != last.month:
@@ -99,7 +100,15 @@ def _bounded_date_hierarchy(cl: ChangeList) -> dict:
 
 
 def _exists(cl: ChangeList, field: str, start: datetime, end: datetime) -> bool:
-    return cl.queryset.filter(**{f"{field}__gte": start, f"{field}__lt": end}).exists()
+    # The first row at or after the start, found by walking the index, then compared
+    # with the end: a range EXISTS may be planned as a table scan on a large table.
+    following = (
+        cl.queryset.filter(**{f"{field}__gte": start})
+        .order_by(field)
+        .values_list(field, flat=True)
+        .first()
+    )
+    return following is not None and following < end
 
 
 def _aware(*args: int) -> datetime:
