@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
-from django.db import close_old_connections, connections
+from django.db import connections
 
 from scheduler import conf, db, lease, runner
 from scheduler.models import Job, JobRun
@@ -101,7 +101,7 @@ class Control(threading.Thread):
         interval = conf.get("POLL_INTERVAL")
         failing = False
         while not self.wait(interval):
-            close_old_connections()
+            db.close_old_connections()
             try:
                 self.poll()
                 failing = False

@@ -72,11 +72,11 @@ def retrying(
 
 
 def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> None:
-    """Insert or update many rows by primary key, in batches of one ``executemany``.
+    """Insert or update many rows by primary key; call inside a transaction.
 
     Django's ``bulk_create(update_conflicts=True)`` compiles SQL for every
     batch and row; at start-up with thousands of jobs that was most of the
-    time. SQLite and PostgreSQL share the ``ON CONFLICT`` syntax; other
+    time. SQLite gets multi-row statements, PostgreSQL a COPY; other
     databases go through ``bulk_create``.
     """
     if not objs:
@@ -98,14 +98,97 @@ def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> N
     updates = ", ".join(
         f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f.name in update_fields
     )
-    sql = (
-        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({qn(meta.pk.column)}) DO UPDATE SET {updates}"
-    )
+    columns = ", ".join(qn(f.column) for f in fields)
     rows = [
         [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields] for obj in objs
     ]
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), 1000):
-            cursor.executemany(sql, rows[start : start + 1000])
+    conflict = f"ON CONFLICT ({qn(meta.pk.column)}) DO UPDATE SET {updates}"
+    if connection.vendor == "postgresql":
+        _copy_upsert(qn(meta.db_table), columns, conflict, rows)
+        return
+    # Many rows per statement: SQLite runs each statement in a fraction of the time
+    # Django's bulk_create spends compiling it.
+    row_marks = f"({', '.join(['%s'] * len(fields))})"
+    batch = max(1, 4000 // len(fields))
+    statements = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        values = ", ".join([row_marks] * len(chunk))
+        sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES {values} {conflict}"
+        statements.append((sql, [value for row in chunk for value in row]))
+    execute_all(statements)
+
+
+def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> None:
+    """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT."""
+    with _cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE scheduler_upsert (LIKE {table}) ON COMMIT DROP")
+        with cursor.copy(f"COPY scheduler_upsert ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM scheduler_upsert {conflict}"
+        )
+        cursor.execute("DROP TABLE scheduler_upsert")
+
+
+def update_many(model: type[Model], objs: list[Model], fields: list[str]) -> None:
+    """``UPDATE ... WHERE pk = %s`` for many rows in one ``executemany``.
+
+    ``bulk_update`` builds a CASE WHEN per row and field; on the scheduler's
+    main loop that cost more than the statement.
+    """
+    if not objs:
+        return
+    connection = connections[alias()]
+    meta = model._meta
+    qn = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in fields]
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in columns)} "
+        f"WHERE {qn(meta.pk.column)} = %s"
+    )
+    rows = [
+        [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns]
+        + [meta.pk.get_db_prep_save(obj.pk, connection)]
+        for obj in objs
+    ]
+    executemany(sql, rows)
+
+
+def _cursor():
+    connection = connections[alias()]
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        # Django's cursors bind on the client, quoting every pickle as a literal;
+        # a plain psycopg cursor binds on the server (and pipelines executemany).
+        connection.ensure_connection()
+        return psycopg.Cursor(connection.connection)
+    return connection.cursor()
+
+
+def executemany(sql: str, rows: list[list]) -> None:
+    with _cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def execute_all(statements: list[tuple[str, list]]) -> None:
+    with _cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+
+
+def close_old_connections() -> None:
+    """Django's clean-up around a request, done around each run.
+
+    Closes connections that broke or outlived ``CONN_MAX_AGE``, like
+    ``django.db.close_old_connections``, but does not re-arm the
+    ``CONN_HEALTH_CHECKS`` ping for the next query: that would be one more
+    round trip per run, and the scheduler's writes retry on a dead
+    connection anyway.
+    """
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+        if connection.connection is not None:
+            connection.health_check_done = True

@@ -77,7 +77,7 @@ class JobStore(DjangoJobStore):
 
         def write() -> None:
             with transaction.atomic(using=db.alias()):
-                self._objects.bulk_update(rows, ["next_run_time", "job_state"], batch_size=200)
+                db.update_many(DjangoJob, rows, ["next_run_time", "job_state"])
 
         try:
             db.retrying(write, f"store the next run time of {len(rows)} jobs", LOOP_RETRY_TIMEOUT)

@@ -21,7 +21,7 @@ from typing import Any
 from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
-from django.db import IntegrityError, close_old_connections
+from django.db import IntegrityError
 from django.utils import timezone
 
 from scheduler import conf, db, lease
@@ -195,7 +195,7 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
 
 def run_manual(run: JobRun) -> JobRun:
     """Run a claimed manual run (status ``running``) of a registered job."""
-    close_old_connections()
+    db.close_old_connections()
     try:
         run.started_at = timezone.now()
         spec = registry.get(run.job_id)
@@ -207,7 +207,7 @@ def run_manual(run: JobRun) -> JobRun:
             return run
         return execute(run, make_call(spec, None, run.scheduled_at))
     finally:
-        close_old_connections()
+        db.close_old_connections()
 
 
 class Executor(ThreadPoolExecutor):
@@ -275,7 +275,7 @@ class Executor(ThreadPoolExecutor):
 
 def run_scheduled(job: Job, run_times: list[datetime]) -> None:
     """Worker-thread body for one submission of a scheduled job."""
-    close_old_connections()
+    db.close_old_connections()
     try:
         spec = registry.get(job.id)
         name = spec.name if spec else job.name
@@ -302,4 +302,4 @@ def run_scheduled(job: Job, run_times: list[datetime]) -> None:
                 continue
             execute(run, make_call(spec, job, run_time))
     finally:
-        close_old_connections()
+        db.close_old_connections()
