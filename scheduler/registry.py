@@ -15,7 +15,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from importlib import import_module
 from typing import Any, TypeVar
 
@@ -75,9 +75,9 @@ class JobSpec:
     def func_ref(self) -> str:
         return f"{self.func.__module__}:{self.func.__qualname__}"
 
-    @cached_property
+    @property
     def wants_scheduled_at(self) -> bool:
-        return "scheduled_at" in inspect.signature(self.func).parameters
+        return _wants_scheduled_at(self.func)
 
     @property
     def is_async(self) -> bool:
@@ -266,7 +266,7 @@ def _register(
         **dates,
     )
     try:
-        check_callable_args(func, spec.args, spec.call_kwargs(None))
+        _check_call(func, spec.args, spec.call_kwargs(None))
     except ValueError as exc:
         raise _fail(
             job_id, f"the function cannot be called with args={args!r}, kwargs={kwargs!r}: {exc}"
@@ -288,9 +288,29 @@ def _register(
     registry[job_id] = spec
 
 
+# Projects that declare thousands of jobs often register one function many
+# times; inspecting its signature and docstring once is enough.
+
+
+@lru_cache(maxsize=4096)
 def _first_docstring_line(func: Callable[..., Any]) -> str:
     doc = inspect.getdoc(func) or ""
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+@lru_cache(maxsize=4096)
+def _wants_scheduled_at(func: Callable[..., Any]) -> bool:
+    return "scheduled_at" in inspect.signature(func).parameters
+
+
+@lru_cache(maxsize=4096)
+def _check_call_cached(func: Callable[..., Any], arg_count: int, kwarg_names: frozenset) -> None:
+    check_callable_args(func, (None,) * arg_count, dict.fromkeys(kwarg_names))
+
+
+def _check_call(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+    """APScheduler's check that the function accepts these arguments (names and count only)."""
+    _check_call_cached(func, len(args), frozenset(kwargs))
 
 
 def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]:
