@@ -120,6 +120,8 @@ class Control(threading.Thread):
             return  # the active scheduler carries out admin requests
         changed = self.apply_pause_changes()
         started = self.start_queued_runs()
+        # The active scheduler's next run times live in memory; write them back.
+        self.scheduler._jobstores["default"].flush()
         if changed or started:
             self.scheduler.wakeup()
 

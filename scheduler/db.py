@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections
 from django.db.models import Model
@@ -156,16 +157,22 @@ def update_many(model: type[Model], objs: list[Model], fields: list[str]) -> Non
     executemany(sql, rows)
 
 
-def _cursor():
+@contextmanager
+def _cursor() -> Iterator[Any]:
     connection = connections[alias()]
-    if connection.vendor == "postgresql":
-        import psycopg
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    import psycopg
 
-        # Django's cursors bind on the client, quoting every pickle as a literal;
-        # a plain psycopg cursor binds on the server (and pipelines executemany).
+    # Django's cursors bind on the client, quoting every pickle as a literal; a
+    # plain psycopg cursor binds on the server (and pipelines executemany). Its
+    # errors are turned into Django's, which the retries know.
+    with connection.wrap_database_errors:
         connection.ensure_connection()
-        return psycopg.Cursor(connection.connection)
-    return connection.cursor()
+        with psycopg.Cursor(connection.connection) as cursor:
+            yield cursor
 
 
 def executemany(sql: str, rows: list[list]) -> None:
@@ -192,3 +199,50 @@ def close_old_connections() -> None:
         connection.close_if_unusable_or_obsolete()
         if connection.connection is not None:
             connection.health_check_done = True
+
+
+# The two statements of every run (its claim and its result) skip the ORM's
+# per-call query compilation, which cost more than the statements themselves.
+
+
+def insert(obj: Model) -> int:
+    """INSERT one row and set its primary key (IntegrityError as from ``save()``)."""
+    connection = connections[alias()]
+    meta = obj._meta
+    qn = connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    sql = (
+        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    params = [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
+    returning = connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {qn(meta.pk.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        obj.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+    return obj.pk
+
+
+def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, list]) -> int:
+    """UPDATE one row by primary key, if its ``where_in`` columns hold one of the values."""
+    connection = connections[alias()]
+    meta = model._meta
+    qn = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in values]
+    conditions = [f"{qn(meta.pk.column)} = %s"]
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    params.append(pk)
+    for name, allowed in where_in.items():
+        conditions.append(
+            f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * len(allowed))})"
+        )
+        params.extend(allowed)
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
+        f"WHERE {' AND '.join(conditions)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount

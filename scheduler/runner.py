@@ -68,9 +68,11 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
 
     def insert() -> JobRun | None:
         try:
-            run.save(using=db.alias(), force_insert=True)
+            db.insert(run)
         except IntegrityError:
             return None
+        run._state.adding = False
+        run._state.db = db.alias()
         return run
 
     return db.retrying(insert, f"record the start of {job_id!r}")
@@ -160,10 +162,8 @@ def finish(run: JobRun) -> None:
     # A row another scheduler marked interrupted (it could not see our heartbeat,
     # say while the database was away) still gets the outcome the run really had.
     db.retrying(
-        lambda: (
-            _runs()
-            .filter(pk=run.pk, status__in=[Status.RUNNING, Status.INTERRUPTED])
-            .update(**fields)
+        lambda: db.update_one(
+            JobRun, run.pk, fields, {"status": [Status.RUNNING, Status.INTERRUPTED]}
         ),
         f"record the result of {run.job_id!r}",
     )

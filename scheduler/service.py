@@ -24,15 +24,8 @@ from scheduler.sync import sync
 logger = logging.getLogger(__name__)
 
 
-class Scheduler(BackgroundScheduler):
-    def _process_jobs(self) -> float | None:
-        # Submit every due job first, then store their next run times in one go.
-        with self._jobstores["default"].batched():
-            return super()._process_jobs()
-
-
 def make_scheduler() -> BackgroundScheduler:
-    return Scheduler(
+    return BackgroundScheduler(
         jobstores={"default": JobStore()},
         executors={"default": runner.Executor(conf.get("THREADS"))},
         timezone=settings.TIME_ZONE,
@@ -82,7 +75,9 @@ class Service:
 
     def elected(self) -> None:
         """This process just took the lease: bring the store up to date and start running."""
-        report = sync(self.scheduler, self.scheduler._jobstores["default"], self.specs)
+        store = self.scheduler._jobstores["default"]
+        report = sync(self.scheduler, store, self.specs)
+        store.activate()
         # Pauses made in the admin while no scheduler was active apply before any catch-up.
         self.control.apply_pause_changes()
         self.write(f"Active scheduler now; jobs: {report}.")
@@ -90,6 +85,7 @@ class Service:
 
     def demoted(self) -> None:
         self.scheduler.pause()
+        self.scheduler._jobstores["default"].deactivate()
         self.write("Lost the leader lease: standing by.")
 
     def run(self) -> None:
@@ -123,9 +119,13 @@ class Service:
         self, executor: runner.Executor, control: Control, leadership: lease.Leadership
     ) -> None:
         control.join(timeout=5)
-        # Stop the main loop first (this waits for its current pass), so that nothing is
-        # submitted to a pool that is shutting down; then cancel the submissions no worker
-        # has picked up yet: they are recorded missed, or queued again if manual.
+        # Pause the main loop and wait for its current pass (it holds the job stores'
+        # lock), so that nothing is submitted to a pool that is shutting down; then cancel
+        # the submissions no worker has picked up yet: they are recorded missed, or
+        # queued again if manual.
+        self.scheduler.pause()
+        with self.scheduler._jobstores_lock:
+            pass
         self.scheduler.shutdown(wait=False)
         executor._pool.shutdown(wait=False, cancel_futures=True)
         leadership.step_down()
