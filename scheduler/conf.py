@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 # This process's host, as recorded in the history and the instances table.
 HOSTNAME = socket.gethostname()[:255]
@@ -16,8 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "JOB_MODULES": ["jobs"],
     # Database alias that holds jobs and run history.
     "DATABASE": "default",
-    # Worker threads that run jobs.
-    "THREADS": 10,
+    # Worker threads that run jobs: jobs due at the same moment start together up to this many.
+    "THREADS": 20,
     # Seconds a run may start late before it is recorded as missed instead.
     # APScheduler's own default (1 s) silently drops runs after any hiccup.
     "MISFIRE_GRACE_TIME": 3600,
@@ -40,7 +42,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_cache: dict[str, Any] = {}
+
+
 def get(name: str) -> Any:
+    # Read on every run's hot path: validated once, until the settings change.
+    if not _cache:
+        _cache.update(_load())
+    return _cache[name]
+
+
+def _load() -> dict[str, Any]:
     configured = getattr(settings, "SCHEDULER", {}) or {}
     if not isinstance(configured, dict):
         raise ImproperlyConfigured("The SCHEDULER setting must be a dict.")
@@ -50,13 +62,19 @@ def get(name: str) -> Any:
             f"Unknown key(s) in the SCHEDULER setting: {', '.join(sorted(unknown))}. "
             f"Known keys: {', '.join(sorted(DEFAULTS))}."
         )
-    return configured.get(name, DEFAULTS[name])
+    values = {**DEFAULTS, **configured}
+    if values["DATABASE"] not in settings.DATABASES:
+        raise ImproperlyConfigured(
+            f"SCHEDULER['DATABASE'] is {values['DATABASE']!r}, which is not a key of DATABASES."
+        )
+    return values
 
 
 def database() -> str:
-    alias = get("DATABASE")
-    if alias not in settings.DATABASES:
-        raise ImproperlyConfigured(
-            f"SCHEDULER['DATABASE'] is {alias!r}, which is not a key of DATABASES."
-        )
-    return alias
+    return get("DATABASE")
+
+
+@receiver(setting_changed)
+def _forget(setting: str, **kwargs: Any) -> None:
+    if setting in ("SCHEDULER", "DATABASES"):
+        _cache.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,24 @@ TRANSIENT = (OperationalError, InterfaceError)
 
 def alias() -> str:
     return conf.database()
+
+
+_sqlite_writer = threading.RLock()
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Around a write: on SQLite, this process's threads take turns.
+
+    SQLite has one writer at a time, and a connection that finds the database
+    locked sleeps in its busy handler (1, 2, 5, 10, ... ms) before it looks
+    again; taking turns on a lock wakes the next writer at once.
+    """
+    if connections[alias()].vendor != "sqlite":
+        yield
+        return
+    with _sqlite_writer:
+        yield
 
 
 def close_broken() -> None:
@@ -219,7 +238,7 @@ def insert(obj: Model) -> int:
     returning = connection.features.can_return_columns_from_insert
     if returning:
         sql += f" RETURNING {qn(meta.pk.column)}"
-    with connection.cursor() as cursor:
+    with writing(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         obj.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
     return obj.pk
@@ -243,6 +262,6 @@ def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, li
         f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
         f"WHERE {' AND '.join(conditions)}"
     )
-    with connection.cursor() as cursor:
+    with writing(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

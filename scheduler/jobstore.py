@@ -140,7 +140,7 @@ class JobStore(DjangoJobStore):
             ]
 
         def write() -> None:
-            with transaction.atomic(using=db.alias()):
+            with db.writing(), transaction.atomic(using=db.alias()):
                 db.update_many(DjangoJob, rows, ["next_run_time", "job_state"])
 
         try:

@@ -21,10 +21,9 @@ from typing import Any
 from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
-from django.db import IntegrityError
 from django.utils import timezone
 
-from scheduler import conf, db, lease
+from scheduler import claims, conf, db, lease
 from scheduler.capture import capture
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, registry
@@ -66,16 +65,7 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
         instance=lease.instance_id(),
     )
 
-    def insert() -> JobRun | None:
-        try:
-            db.insert(run)
-        except IntegrityError:
-            return None
-        run._state.adding = False
-        run._state.db = db.alias()
-        return run
-
-    return db.retrying(insert, f"record the start of {job_id!r}")
+    return run if claims.claim(run) else None
 
 
 def record(
@@ -112,9 +102,14 @@ def record(
         )
         for at in times
     ]
+
     # A conflict means another scheduler already ran or recorded that fire time.
+    def write() -> None:
+        with db.writing():
+            _runs().bulk_create(rows, batch_size=500, ignore_conflicts=True)
+
     db.retrying(
-        lambda: _runs().bulk_create(rows, batch_size=500, ignore_conflicts=True),
+        write,
         f"record {status} runs of {job_id!r}",
     )
 
