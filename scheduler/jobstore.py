@@ -129,15 +129,7 @@ class JobStore(DjangoJobStore):
                 return
             dirty, self._dirty = self._dirty, set()
             jobs = [self._job(job_id) for job_id in dirty if job_id in self._index.jobs]
-            rows = [
-                DjangoJob(
-                    id=job.id,
-                    next_run_time=get_django_internal_datetime(job.next_run_time),
-                    job_state=self._dump(job),
-                )
-                for job in jobs
-                if job is not None
-            ]
+            rows = [self._row(job) for job in jobs if job is not None]
 
         def write() -> None:
             with db.writing(), transaction.atomic(using=db.alias()):
@@ -289,14 +281,7 @@ class JobStore(DjangoJobStore):
 
     def put_jobs(self, jobs: Iterable[Job]) -> None:
         """Insert or replace many jobs at once."""
-        rows = [
-            DjangoJob(
-                id=job.id,
-                next_run_time=get_django_internal_datetime(job.next_run_time),
-                job_state=self._dump(job),
-            )
-            for job in jobs
-        ]
+        rows = [self._row(job) for job in jobs]
         if not rows:
             return
 
@@ -319,6 +304,13 @@ class JobStore(DjangoJobStore):
     def shutdown(self) -> None:
         self.flush()
         db.close_broken()
+
+    def _row(self, job: Job) -> DjangoJob:
+        return DjangoJob(
+            id=job.id,
+            next_run_time=get_django_internal_datetime(job.next_run_time),
+            job_state=self._dump(job),
+        )
 
     def _dump(self, job: Job) -> bytes:
         return pickle.dumps(job.__getstate__(), self.pickle_protocol)

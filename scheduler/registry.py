@@ -114,6 +114,15 @@ class JobSpec:
             "kind": self.kind,
             "schedule": self.schedule,
             "timezone": self.timezone,
+            **self.options,
+        }
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options, JSON-ready (for the fingerprint and the admin's catalog)."""
+        return {
             "jitter": self.jitter,
             "start_date": self.start_date.isoformat() if self.start_date else None,
             "end_date": self.end_date.isoformat() if self.end_date else None,
@@ -123,8 +132,6 @@ class JobSpec:
             "args": list(self.args),
             "kwargs": self.kwargs,
         }
-        text = json.dumps(data, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def effective_grace_time(self) -> int | None:

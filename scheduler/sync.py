@@ -81,16 +81,7 @@ def catalog_values(spec: JobSpec, fingerprint: str) -> dict[str, Any]:
         "kind": spec.kind,
         "schedule": spec.schedule_text,
         "timezone": spec.timezone,
-        "options": {
-            "jitter": spec.jitter,
-            "start_date": spec.start_date.isoformat() if spec.start_date else None,
-            "end_date": spec.end_date.isoformat() if spec.end_date else None,
-            "max_instances": spec.max_instances,
-            "coalesce": spec.coalesce,
-            "misfire_grace_time": spec.effective_grace_time,
-            "args": list(spec.args),
-            "kwargs": spec.kwargs,
-        },
+        "options": spec.options,
         "enabled": spec.enabled,
         "fingerprint": fingerprint,
     }
