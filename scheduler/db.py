@@ -220,28 +220,8 @@ def close_old_connections() -> None:
             connection.health_check_done = True
 
 
-# The two statements of every run (its claim and its result) skip the ORM's
-# per-call query compilation, which cost more than the statements themselves.
-
-
-def insert(obj: Model) -> int:
-    """INSERT one row and set its primary key (IntegrityError as from ``save()``)."""
-    connection = connections[alias()]
-    meta = obj._meta
-    qn = connection.ops.quote_name
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
-    sql = (
-        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
-    )
-    params = [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
-    returning = connection.features.can_return_columns_from_insert
-    if returning:
-        sql += f" RETURNING {qn(meta.pk.column)}"
-    with writing(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        obj.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
-    return obj.pk
+# A run's result skips the ORM's per-call query compilation, which cost more
+# than the statement itself (its claim: scheduler/claims.py).
 
 
 def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, list]) -> int:
