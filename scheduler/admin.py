@@ -416,15 +416,6 @@ class JobRunAdmin(admin.ModelAdmin):
     def output_text(self, run: JobRun) -> str:
         return _pre(run.output)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = self.get_object(request, unquote(object_id))
-        extra_context = {
-            **(extra_context or {}),
-            "refresh": run is not None
-            and run.status in (JobRun.Status.QUEUED, JobRun.Status.RUNNING),
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
-
 
 def _pre(text: str) -> str:
     if not text:

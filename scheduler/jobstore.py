@@ -108,12 +108,8 @@ class JobStore(DjangoJobStore):
     def deactivate(self) -> None:
         """Forget the index: the lease is gone, and the store belongs to the next leader."""
         with self._lock:
-            if self._dirty:
-                logger.warning(
-                    "Lost the lease: dropping %d unsaved next run times.", len(self._dirty)
-                )
+            self._drop_dirty()
             self._index = None
-            self._dirty = set()
 
     def flush(self) -> None:
         """Write the changed next run times back, in one transaction."""
@@ -122,10 +118,7 @@ class JobStore(DjangoJobStore):
                 return
             if not lease.holds():
                 # The store now belongs to the new leader: our old times would undo its work.
-                logger.warning(
-                    "Lost the lease: dropping %d unsaved next run times.", len(self._dirty)
-                )
-                self._dirty = set()
+                self._drop_dirty()
                 return
             dirty, self._dirty = self._dirty, set()
             jobs = [self._job(job_id) for job_id in dirty if job_id in self._index.jobs]
@@ -141,6 +134,11 @@ class JobStore(DjangoJobStore):
             with self._lock:
                 self._dirty |= {row.id for row in rows}
             logger.error("Could not store the next run times of %d jobs; will retry.", len(rows))
+
+    def _drop_dirty(self) -> None:
+        if self._dirty:
+            logger.warning("Lost the lease: dropping %d unsaved next run times.", len(self._dirty))
+        self._dirty = set()
 
     def _job(self, job_id: str) -> Job | None:
         """A job of the index, unpickled on first use (None, and removed, if it cannot be)."""
