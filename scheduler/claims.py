@@ -8,10 +8,15 @@ starts late. Here the threads that want a claim at the same time share one
 multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the first thread
 writes what has gathered, and hands the next group to the first thread that
 arrived meanwhile.
+
+The active scheduler's main loop claims the runs it is about to hand to free
+workers itself, all in one statement (``claim_many``), so that twenty jobs
+due together start without waiting on the database twenty times.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from datetime import UTC, datetime
 
@@ -57,15 +62,22 @@ def claim(run: JobRun) -> bool:
     return mine.won
 
 
+def claim_many(runs: list[JobRun]) -> list[JobRun]:
+    """Insert the rows in one statement, in this thread, without retrying; the runs that won."""
+    won = _insert(runs)
+    return [run for run in runs if id(run) in won]
+
+
 def _write_group() -> None:
     global _writing
     with _lock:
         group = list(_pending)
         _pending.clear()
     try:
-        won = db.retrying(lambda: _insert(group), "record the start of runs")
+        runs = [entry.run for entry in group]
+        won = db.retrying(lambda: _insert(runs), "record the start of runs")
         for entry in group:
-            entry.won = id(entry) in won
+            entry.won = id(entry.run) in won
     except BaseException as exc:  # every waiting thread must learn of it, whatever it is
         for entry in group:
             entry.error = exc
@@ -82,34 +94,48 @@ def _write_group() -> None:
         entry.ready.set()
 
 
-def _insert(group: list[_Claim]) -> set[int]:
-    """One INSERT for the group; the ids (of the Python objects) of the claims that won."""
-    connection = connections[db.alias()]
-    meta = JobRun._meta
-    qn = connection.ops.quote_name
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
-    row = f"({', '.join(['%s'] * len(fields))})"
-    sql = (
-        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-        f"VALUES {', '.join([row] * len(group))} ON CONFLICT DO NOTHING "
-        f"RETURNING {qn(meta.pk.column)}, {qn('job_id')}, {qn('scheduled_at')}"
+# The columns a claim writes; the other text columns are empty and the rest NULL.
+_COLUMNS = ("job_id", "job_name", "status", "trigger", "scheduled_at", "started_at")
+_COLUMNS += ("hostname", "pid", "instance")
+_EMPTY = ("requested_by", "exception", "traceback", "output")
+
+
+@functools.lru_cache(maxsize=64)
+def _sql(vendor: str, count: int) -> str:
+    # Built once per number of rows: composing SQL through the ORM for every
+    # claim cost more than running it.
+    qn = connections[db.alias()].ops.quote_name
+    marks = ["%s"] * len(_COLUMNS) + ["''"] * len(_EMPTY)
+    row = f"({', '.join(marks)})"
+    return (
+        f"INSERT INTO {qn(JobRun._meta.db_table)} "
+        f"({', '.join(qn(column) for column in _COLUMNS + _EMPTY)}) "
+        f"VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING "
+        f"RETURNING {qn('id')}, {qn('job_id')}, {qn('scheduled_at')}"
     )
+
+
+def _insert(runs: list[JobRun]) -> set[int]:
+    """One INSERT for the runs; the ids (of the Python objects) of the runs that won."""
+    connection = connections[db.alias()]
+    when = connection.ops.adapt_datetimefield_value
     params, keys = [], {}
-    for entry in group:
-        values = [f.get_db_prep_save(getattr(entry.run, f.attname), connection) for f in fields]
-        params.extend(values)
-        keys[(entry.run.job_id, _key(values[fields.index(meta.get_field("scheduled_at"))]))] = entry
+    for run in runs:
+        scheduled_at = when(run.scheduled_at)
+        params += (run.job_id, run.job_name, run.status, run.trigger, scheduled_at)
+        params += (when(run.started_at), run.hostname, run.pid, run.instance)
+        keys[(run.job_id, _key(scheduled_at))] = run
     with db.writing(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_sql(connection.vendor, len(runs)), params)
         returned = cursor.fetchall()
     won = set()
     for pk, job_id, scheduled_at in returned:
-        entry = keys.get((job_id, _key(scheduled_at)))
-        if entry is not None:
-            entry.run.pk = pk
-            entry.run._state.adding = False
-            entry.run._state.db = db.alias()
-            won.add(id(entry))
+        run = keys.get((job_id, _key(scheduled_at)))
+        if run is not None:
+            run.pk = pk
+            run._state.adding = False
+            run._state.db = db.alias()
+            won.add(id(run))
     return won
 
 

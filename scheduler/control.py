@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import Executor
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
@@ -74,10 +73,12 @@ class _Listener:
 
 
 class Control(threading.Thread):
-    def __init__(self, scheduler: BaseScheduler, pool: Executor, stop: threading.Event) -> None:
+    def __init__(
+        self, scheduler: BaseScheduler, executor: runner.Executor, stop: threading.Event
+    ) -> None:
         super().__init__(name="scheduler-control", daemon=True)
         self.scheduler = scheduler
-        self.pool = pool
+        self.executor = executor
         self.stop = stop
         self._listener: _Listener | None = None
         self._listen = connections[db.alias()].vendor == "postgresql"
@@ -146,7 +147,7 @@ class Control(threading.Thread):
                 logger.info(
                     "Running %r now, as requested by %s", run.job_id, run.requested_by or "?"
                 )
-                future = self.pool.submit(runner.run_manual, run)
+                future = self.executor.submit_manual(run)
                 future.add_done_callback(_requeue_if_cancelled(run))
                 started += 1
         return started

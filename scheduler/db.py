@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections, models
 from django.db.models import Model
 
 from scheduler import conf
@@ -223,25 +224,37 @@ def close_old_connections() -> None:
 # A run's result skips the ORM's per-call query compilation, which cost more
 # than the statement itself (its claim: scheduler/claims.py).
 
+_PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)
+
+
+def _prep(field: models.Field, value: Any, connection: Any) -> Any:
+    if value is None or isinstance(field, _PLAIN):
+        return value
+    if isinstance(field, models.DateTimeField):
+        return connection.ops.adapt_datetimefield_value(value)
+    return field.get_db_prep_save(value, connection)
+
+
+@functools.lru_cache(maxsize=32)
+def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
+    qn = connections[alias()].ops.quote_name
+    meta = model._meta
+    conditions = [f"{qn(meta.pk.column)} = %s"]
+    for name, count in where_in:
+        conditions.append(f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * count)})")
+    assignments = ", ".join(f"{qn(meta.get_field(name).column)} = %s" for name in fields)
+    return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
+
 
 def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, list]) -> int:
     """UPDATE one row by primary key, if its ``where_in`` columns hold one of the values."""
     connection = connections[alias()]
     meta = model._meta
-    qn = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in values]
-    conditions = [f"{qn(meta.pk.column)} = %s"]
-    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    params = [_prep(meta.get_field(name), value, connection) for name, value in values.items()]
     params.append(pk)
-    for name, allowed in where_in.items():
-        conditions.append(
-            f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * len(allowed))})"
-        )
+    for allowed in where_in.values():
         params.extend(allowed)
-    sql = (
-        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
-        f"WHERE {' AND '.join(conditions)}"
-    )
+    sql = _update_sql(model, tuple(values), tuple((k, len(v)) for k, v in where_in.items()))
     with writing(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

@@ -23,7 +23,7 @@ import bisect
 import logging
 import pickle
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
@@ -91,6 +91,8 @@ class JobStore(DjangoJobStore):
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._dirty: set[str] = set()
+        # Called with the due jobs the index hands to the main loop, before it submits them.
+        self.on_due: Callable[[list[Job], datetime], None] | None = None
 
     # -- the active scheduler's in-memory index ------------------------------------
 
@@ -182,10 +184,19 @@ class JobStore(DjangoJobStore):
             # A scheduler that lost its lease must not advance the shared next run times.
             return []
         with self._lock:
+            due = None
             if self._index is not None:
                 jobs = (self._job(job_id) for job_id in self._index.due(now.timestamp()))
-                return [job for job in jobs if job is not None]
-        return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
+                due = [job for job in jobs if job is not None]
+        if due is None:
+            return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
+        if due and self.on_due is not None:
+            try:
+                self.on_due(due, now)
+            except Exception:
+                # The due jobs still run: each worker claims its own fire time.
+                logger.exception("Could not claim %d due jobs ahead of their workers.", len(due))
+        return due
 
     def get_next_run_time(self) -> datetime | None:
         with self._lock:

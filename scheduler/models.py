@@ -67,8 +67,9 @@ class JobRun(models.Model):
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.MISSED, Status.SKIPPED, Status.INTERRUPTED)
 
     id = models.BigAutoField(primary_key=True)
-    # Plain text, not a foreign key: history outlives its job.
-    job_id = models.CharField(_("job"), max_length=255, db_index=True)
+    # Plain text, not a foreign key: history outlives its job. Not indexed on its
+    # own: run_job_recent starts with it, and every index costs each run's INSERT.
+    job_id = models.CharField(_("job"), max_length=255)
     job_name = models.CharField(_("job name"), max_length=255, blank=True)
     status = models.CharField(_("status"), max_length=12, choices=Status.choices)
     trigger = models.CharField(_("trigger"), max_length=8, choices=Trigger.choices)
@@ -83,8 +84,9 @@ class JobRun(models.Model):
     hostname = models.CharField(_("host"), max_length=255, blank=True)
     pid = models.IntegerField(_("pid"), null=True, blank=True)
     # The SchedulerInstance that ran it: a run left ``running`` by an instance
-    # whose heartbeat stopped is marked interrupted by the next leader.
-    instance = models.CharField(max_length=32, blank=True, db_index=True)
+    # whose heartbeat stopped is marked interrupted by the next leader (found
+    # through run_status_recent: few rows are running).
+    instance = models.CharField(max_length=32, blank=True)
     requested_by = models.CharField(_("requested by"), max_length=150, blank=True)
     exception = models.TextField(_("exception"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,12 +49,8 @@ def active_runs() -> dict[int, str]:
         return dict(_active)
 
 
-def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
-    """Insert the ``running`` row for a scheduled fire time; None if another process has it."""
-    if not lease.holds():
-        logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
-        return None
-    run = JobRun(
+def _new_run(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun:
+    return JobRun(
         job_id=job_id,
         job_name=job_name,
         status=Status.RUNNING,
@@ -65,6 +62,13 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
         instance=lease.instance_id(),
     )
 
+
+def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
+    """Insert the ``running`` row for a scheduled fire time; None if another process has it."""
+    if not lease.holds():
+        logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
+        return None
+    run = _new_run(job_id, job_name, scheduled_at)
     return run if claims.claim(run) else None
 
 
@@ -206,7 +210,73 @@ def run_manual(run: JobRun) -> JobRun:
 
 
 class Executor(ThreadPoolExecutor):
-    """APScheduler's thread pool, running each fire time through the runner."""
+    """APScheduler's thread pool, running each fire time through the runner.
+
+    Before the main loop submits the jobs that are due, ``claim_due`` claims
+    the fire times that a free worker will start at once, all in one INSERT in
+    the main loop's thread; a worker then has nothing to write before calling
+    the job. Fire times it does not claim (no free worker, more than one fire
+    time, late beyond the grace time, database trouble) are claimed by their
+    worker, which retries and records them as before.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self._max_workers = max_workers
+        self._busy = 0  # submissions, scheduled or manual, not finished yet
+        self._busy_lock = threading.Lock()
+        self._claimed: dict[str, JobRun] = {}  # job id -> its claimed run, until submitted
+
+    def claim_due(self, jobs: list[Job], now: datetime) -> None:
+        """Claim the fire times of ``jobs`` that the main loop will submit for ``now``."""
+        self._abandon_claims("Missed: the scheduler claimed this fire time but did not start it.")
+        if not jobs or not lease.holds():
+            return
+        wall = datetime.now(UTC)
+        free = self._max_workers - self._busy
+        runs = []
+        for job in jobs:
+            if len(runs) >= free:
+                break
+            if self._instances[job.id] >= job.max_instances:
+                continue  # submit_job records it skipped
+            times = job._get_run_times(now)
+            if job.coalesce:
+                times = times[-1:]
+            grace = job.misfire_grace_time
+            if len(times) != 1 or (
+                grace is not None and wall - times[0] > timedelta(seconds=grace)
+            ):
+                continue
+            spec = registry.get(job.id)
+            runs.append(_new_run(job.id, spec.name if spec else job.name, times[0]))
+        if not runs:
+            return
+        try:
+            with db.writing():
+                won = claims.claim_many(runs)
+        except db.TRANSIENT as exc:
+            # The main loop must not wait out an outage: each worker claims its own, retrying.
+            db.close_broken()
+            logger.debug("Claiming %d due runs in one statement failed: %s", len(runs), exc)
+            return
+        for run in won:
+            self._claimed[run.job_id] = run
+
+    def submit_manual(self, run: JobRun) -> Future:
+        """Start a claimed manual run on a worker."""
+        return self._submit(run_manual, run)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future = self._pool.submit(fn, *args)
+        with self._busy_lock:
+            self._busy += 1
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future) -> None:
+        with self._busy_lock:
+            self._busy -= 1
 
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
         spec = registry.get(job.id)
@@ -224,13 +294,12 @@ class Executor(ThreadPoolExecutor):
         try:
             super().submit_job(job, run_times)
         except MaxInstancesReachedError:
-            record(
-                job.id,
-                name,
-                Status.SKIPPED,
-                run_times,
-                f"Skipped: {job.max_instances} run(s) of this job still going (max_instances).",
-            )
+            reason = f"Skipped: {job.max_instances} run(s) of this job still going (max_instances)."
+            run = self._claimed.pop(job.id, None)
+            if run is not None:
+                _abandon(run, Status.SKIPPED, reason)
+            else:
+                record(job.id, name, Status.SKIPPED, run_times, reason)
             raise
 
     @staticmethod
@@ -246,30 +315,59 @@ class Executor(ThreadPoolExecutor):
         return times
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        run = self._claimed.pop(job.id, None)
+        if run is not None and run_times != [run.scheduled_at]:
+            _abandon(run, Status.MISSED, "Missed: the scheduler submitted other fire times.")
+            run = None
+
         def callback(future) -> None:
             if future.cancelled():
                 # The scheduler stopped before a worker was free to start it.
                 self._run_job_success(job.id, [])
-                record(
-                    job.id,
-                    job.name,
-                    Status.MISSED,
-                    run_times,
-                    "Missed: the scheduler stopped before the run could start.",
-                )
+                reason = "Missed: the scheduler stopped before the run could start."
+                if run is not None:
+                    _abandon(run, Status.MISSED, reason)
+                else:
+                    record(job.id, job.name, Status.MISSED, run_times, reason)
                 return
             exc = future.exception()
             if exc:
+                if run is not None and run.status == Status.RUNNING:
+                    # It failed before the job was called, so nothing else finishes its row.
+                    _abandon(run, Status.FAILED, f"The scheduler could not start the run: {exc!r}")
                 self._run_job_error(job.id, exc, exc.__traceback__)
             else:
                 self._run_job_success(job.id, [])
 
-        future = self._pool.submit(run_scheduled, job, run_times)
+        try:
+            future = self._submit(run_scheduled, job, run_times, run)
+        except BaseException:
+            if run is not None:
+                _abandon(run, Status.MISSED, "Missed: the scheduler could not start the run.")
+            raise
         future.add_done_callback(callback)
 
+    def _abandon_claims(self, reason: str) -> None:
+        while self._claimed:
+            _abandon(self._claimed.popitem()[1], Status.MISSED, reason)
 
-def run_scheduled(job: Job, run_times: list[datetime]) -> None:
+    def shutdown(self, wait: bool = True) -> None:
+        self._abandon_claims("Missed: the scheduler stopped before the run could start.")
+        super().shutdown(wait)
+
+
+def _abandon(run: JobRun, status: str, reason: str) -> None:
+    """Finish a claimed run that was never started."""
+    run.status, run.exception = status, reason
+    run.finished_at = timezone.now()
+    finish(run)
+
+
+def run_scheduled(job: Job, run_times: list[datetime], claimed: JobRun | None = None) -> None:
     """Worker-thread body for one submission of a scheduled job."""
+    if claimed is not None:
+        _run_claimed(job, claimed)
+        return
     db.close_old_connections()
     try:
         spec = registry.get(job.id)
@@ -296,5 +394,15 @@ def run_scheduled(job: Job, run_times: list[datetime]) -> None:
                 )
                 continue
             execute(run, make_call(spec, job, run_time))
+    finally:
+        db.close_old_connections()
+
+
+def _run_claimed(job: Job, run: JobRun) -> None:
+    """Worker-thread body for a fire time the main loop has claimed."""
+    db.close_old_connections()
+    try:
+        run.started_at = timezone.now()
+        execute(run, make_call(registry.get(job.id), job, run.scheduled_at))
     finally:
         db.close_old_connections()

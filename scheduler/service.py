@@ -25,9 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 def make_scheduler() -> BackgroundScheduler:
+    store, executor = JobStore(), runner.Executor(conf.get("THREADS"))
+    # The main loop's due jobs are claimed in one statement before it submits them.
+    store.on_due = executor.claim_due
     return BackgroundScheduler(
-        jobstores={"default": JobStore()},
-        executors={"default": runner.Executor(conf.get("THREADS"))},
+        jobstores={"default": store},
+        executors={"default": executor},
         timezone=settings.TIME_ZONE,
         jobstore_retry_interval=2,
     )
@@ -103,7 +106,7 @@ class Service:
         self.scheduler.start(paused=True)
         executor = self.scheduler._lookup_executor("default")
         leadership = lease.Leadership(self.elected, self.demoted)
-        control = self.control = Control(self.scheduler, executor._pool, self.stop_event)
+        control = self.control = Control(self.scheduler, executor, self.stop_event)
         leadership.start()
         control.start()
         self.write(
