@@ -125,7 +125,7 @@ def _insert(runs: list[JobRun]) -> set[int]:
         params += (run.job_id, run.job_name, run.status, run.trigger, scheduled_at)
         params += (when(run.started_at), run.hostname, run.pid, run.instance)
         keys[(run.job_id, _key(scheduled_at))] = run
-    with db.writing(), connection.cursor() as cursor:
+    with db.writing(), db.cursor() as cursor:
         cursor.execute(_sql(connection.vendor, len(runs)), params)
         returned = cursor.fetchall()
     won = set()

@@ -63,32 +63,25 @@ def history_rows(system: str, database: Database | None, start: float, end: floa
     return {status: count for status, count in rows}
 
 
-def claim_split(
+def recorded_start(
     database: Database, seen: dict[tuple[int, int], float], start: float, end: float
 ) -> dict[str, float | None]:
-    """This project: lateness split at ``started_at``, which its runner stamps just before
-    the INSERT that claims the run: before it (main loop, thread pool), and from it to the
-    job's first statement (the claim INSERT, the worker's set-up)."""
+    """This project: how far each row's ``started_at`` is from the job's own first statement.
+
+    The history must tell when a run really started (django-apscheduler records a
+    late run as lasting longer than it did)."""
     p = "?" if database.kind == "sqlite" else "%s"
     rows = database.query(
         "SELECT job_id, scheduled_at, started_at FROM scheduler_jobrun "
         f"WHERE scheduled_at >= {p} AND scheduled_at < {p} AND started_at IS NOT NULL",
         (database.ts(start), database.ts(end)),
     )
-    before, claim = [], []
+    errors = []
     for job_id, scheduled, started in rows:
-        scheduled, started = _epoch(scheduled), _epoch(started)
-        began = seen.get((int(job_id.rsplit(".", 1)[1]), round(scheduled * 1e6)))
-        if began is None:
-            continue
-        before.append((started - scheduled) * 1000)
-        claim.append((began - started) * 1000)
-    return {
-        "to_claim_p50_ms": percentile(before, 50),
-        "to_claim_p99_ms": percentile(before, 99),
-        "claim_p50_ms": percentile(claim, 50),
-        "claim_p99_ms": percentile(claim, 99),
-    }
+        began = seen.get((int(job_id.rsplit(".", 1)[1]), round(_epoch(scheduled) * 1e6)))
+        if began is not None:
+            errors.append(abs(began - _epoch(started)) * 1000)
+    return {"start_error_p99_ms": percentile(errors, 99)}
 
 
 def _epoch(value) -> float:
@@ -170,7 +163,7 @@ def run_window(
     if history:
         metrics["history_by_status"] = history
     if system == "ours" and database is not None:
-        metrics.update(claim_split(database, seen, w0, w1))
+        metrics.update(recorded_start(database, seen, w0, w1))
     if not alive:
         metrics["died_with"] = proc.tail(3)
     return metrics
