@@ -539,3 +539,105 @@ def test_stored_jobs_that_cannot_be_loaded_are_reported_and_removed(
     DjangoJob.objects.create(id="t.garbage2", next_run_time=None, job_state=b"garbage")
     assert [job.id for job in store.get_all_jobs()] == ["t.good"]
     assert store.stored_ids() == {"t.good"}
+
+
+# -- the main loop's claims ----------------------------------------------------------------------
+
+
+def due_job(scheduler: BackgroundScheduler, job_id: str, at: datetime, **options) -> APSJob:
+    return APSJob(
+        scheduler,
+        id=job_id,
+        name=job_id,
+        func=tests.jobs.nightly,
+        args=(),
+        kwargs={"scheduled_at": None},
+        trigger=CronTrigger(hour=3, timezone=UTC),
+        executor="default",
+        misfire_grace_time=options.pop("misfire_grace_time", 60),
+        coalesce=True,
+        max_instances=options.pop("max_instances", 1),
+        next_run_time=at,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_due_runs_are_claimed_in_one_statement_up_to_the_free_workers() -> None:
+    tests.jobs.CALLS.clear()
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = runner.Executor(2)
+    executor.start(scheduler, "default")
+    now = datetime.now(UTC)
+    at = now.replace(microsecond=0)
+    jobs = [due_job(scheduler, f"t.due{i}", at) for i in range(3)]
+    late = due_job(scheduler, "t.late", at - timedelta(minutes=5))
+    try:
+        executor.claim_due([*jobs, late], now)
+        # Two free workers: two fire times claimed before any worker started.
+        claimed_ids = set(JobRun.objects.filter(status="running").values_list("job_id", flat=True))
+        assert claimed_ids == {"t.due0", "t.due1"}
+
+        for job in [*jobs, late]:
+            executor.submit_job(job, [job.next_run_time])
+        executor.shutdown(wait=True)
+    finally:
+        executor.shutdown(wait=False)
+
+    runs = {r.job_id: r for r in JobRun.objects.all()}
+    assert set(runs) == {"t.due0", "t.due1", "t.due2", "t.late"}
+    for job_id in ("t.due0", "t.due1", "t.due2"):
+        assert runs[job_id].status == "succeeded", runs[job_id].exception
+        assert runs[job_id].scheduled_at == at
+        # started_at is the real start, not the claim: never before the claim, never after the end.
+        assert runs[job_id].started_at <= runs[job_id].finished_at
+    # Late beyond the grace time: not claimed ahead, recorded missed by its worker.
+    assert runs["t.late"].status == "missed"
+    assert len(tests.jobs.CALLS) == 3  # each due job ran once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = runner.Executor(2)
+    executor.start(scheduler, "default")
+    now = datetime.now(UTC)
+    at = now.replace(microsecond=0)
+    full = due_job(scheduler, "t.full", at)
+    left = due_job(scheduler, "t.left", at)
+    try:
+        executor.claim_due([full, left], now)
+        # t.full reaches max_instances after its claim (a run started meanwhile).
+        executor._instances["t.full"] = 1
+        with pytest.raises(runner.MaxInstancesReachedError):
+            executor.submit_job(full, [at])
+        # t.left is never submitted: the next pass finds its claim and closes it.
+        executor.claim_due([], now + SECOND)
+    finally:
+        executor.shutdown(wait=True)
+
+    runs = {r.job_id: r for r in JobRun.objects.all()}
+    assert runs["t.full"].status == "skipped"
+    assert "max_instances" in runs["t.full"].exception
+    assert runs["t.left"].status == "missed"
+    assert "did not start it" in runs["t.left"].exception
+    assert not JobRun.objects.filter(status="running").exists()
+
+
+@pytest.mark.django_db
+def test_the_active_store_reads_a_job_only_when_it_is_needed(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.due"), spec("t.later"), spec("t.gone")))
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    DjangoJob.objects.filter(id="t.due").update(next_run_time=past)
+    store.activate()
+    try:
+        # Only ids and next run times are read at take-over.
+        assert set(store._index.jobs.values()) == {None}
+
+        DjangoJob.objects.filter(id="t.gone").delete()  # behind the store's back
+        due = store.get_due_jobs(datetime.now(UTC))
+        assert [job.id for job in due] == ["t.due"]
+        assert store._index.jobs["t.later"] is None
+        assert sorted(job.id for job in store.get_all_jobs()) == ["t.due", "t.later"]
+        assert store.lookup_job("t.gone") is None
+    finally:
+        store.deactivate()
