@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace just those scenarios in the existing --output results "
+        "(the report lists what was re-run, when, at which commit)",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         metavar="JSON",
@@ -202,6 +208,23 @@ def write_report(args: argparse.Namespace, results: dict[str, Any], log: Log) ->
         log(f"report written to {args.docs}" + (f" and {chart_path}" if chart else ""))
 
 
+def _update(previous: dict[str, Any], new: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The previous results with scenarios ``names`` replaced by the new run's."""
+    merged = {**previous, "scenarios": {**previous.get("scenarios", {})}}
+    for name in names:
+        merged["scenarios"][name] = new["scenarios"][name]
+    meta = new["meta"]
+    merged["meta"] = {
+        **previous["meta"],
+        "reruns": [
+            *previous["meta"].get("reruns", []),
+            f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} "
+            f"(`{meta['command']}`)",
+        ],
+    }
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
@@ -289,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.update and args.output.exists():
+        results = _update(json.loads(args.output.read_text()), results, args.scenarios)
+        results["targets"] = report.evaluate_targets(results, MODULES)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1, default=str) + "\n")
     log(f"results written to {args.output}")

@@ -264,6 +264,8 @@ def render_markdown(results: dict, modules: dict[str, Any], chart: str | None) -
     ]
     if meta.get("caveat"):
         lines += [f"> **{meta['caveat']}**", ""]
+    for rerun in meta.get("reruns", []):
+        lines += [f"> Scenario {rerun}.", ""]
     targets = results.get("targets", [])
     if targets:
         lines += [

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections, models
-from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import Model
 
 from scheduler import conf
@@ -256,8 +255,8 @@ def cursor() -> Any:
     execute wrappers still see every statement.
     """
     connection = connections[alias()]
-    if connection.vendor != "postgresql" or not is_psycopg3:
-        return connection.cursor()
+    if connection.vendor != "postgresql" or connection.Database.__name__ != "psycopg":
+        return connection.cursor()  # (psycopg is imported only where PostgreSQL is used)
     import psycopg
 
     connection.close_if_health_check_failed()
