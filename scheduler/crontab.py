@@ -45,15 +45,18 @@ class CronTrigger(_APSCronTrigger):
         # APScheduler's main loop asks the same question up to three times per due
         # job (the runner's claim, the run times, the next run time), and a cron
         # computation is the slowest part of a pass. Jitter makes answers differ.
+        # Keyed by instants: datetimes of one zone compare by wall time, so the two
+        # 01:00s of a fall-back night would be equal.
+        key = (previous_fire_time and previous_fire_time.timestamp(), now.timestamp())
         memo = getattr(self, "_memo", None)
-        if memo is not None and memo[0] == previous_fire_time and memo[1] == now:
-            return memo[2]
+        if memo is not None and memo[0] == key:
+            return memo[1]
         fire_time = super().get_next_fire_time(previous_fire_time, now)
         while fire_time is not None and self._is_repeated_wall_time(fire_time):
             after = datetime_utc_add(fire_time, timedelta(microseconds=1))
             fire_time = super().get_next_fire_time(after, after)
         if not self.jitter:
-            self._memo = (previous_fire_time, now, fire_time)  # one tuple: safe across threads
+            self._memo = (key, fire_time)  # one tuple: safe across threads
         return fire_time
 
     def _is_repeated_wall_time(self, fire_time: datetime) -> bool:
