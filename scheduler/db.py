@@ -92,6 +92,18 @@ def retrying(
             delay = min(delay * 2, 5.0)
 
 
+_PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)
+
+
+def _prep(field: models.Field, value: Any, connection: Any) -> Any:
+    """``field.get_db_prep_save``, without its layers for the plain types the scheduler writes."""
+    if value is None or isinstance(field, _PLAIN):
+        return value
+    if isinstance(field, models.DateTimeField):
+        return connection.ops.adapt_datetimefield_value(value)
+    return field.get_db_prep_save(value, connection)
+
+
 def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> None:
     """Insert or update many rows by primary key; call inside a transaction.
 
@@ -120,9 +132,7 @@ def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> N
         f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f.name in update_fields
     )
     columns = ", ".join(qn(f.column) for f in fields)
-    rows = [
-        [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields] for obj in objs
-    ]
+    rows = [[_prep(f, getattr(obj, f.attname), connection) for f in fields] for obj in objs]
     conflict = f"ON CONFLICT ({qn(meta.pk.column)}) DO UPDATE SET {updates}"
     if connection.vendor == "postgresql":
         _copy_upsert(qn(meta.db_table), columns, conflict, rows)
@@ -142,15 +152,15 @@ def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> N
 
 def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> None:
     """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT."""
-    with _cursor() as cursor:
-        cursor.execute(f"CREATE TEMP TABLE scheduler_upsert (LIKE {table}) ON COMMIT DROP")
-        with cursor.copy(f"COPY scheduler_upsert ({columns}) FROM STDIN") as copy:
+    with cursor() as c:
+        c.execute(f"CREATE TEMP TABLE scheduler_upsert (LIKE {table}) ON COMMIT DROP")
+        with c.copy(f"COPY scheduler_upsert ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cursor.execute(
+        c.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM scheduler_upsert {conflict}"
         )
-        cursor.execute("DROP TABLE scheduler_upsert")
+        c.execute("DROP TABLE scheduler_upsert")
 
 
 def update_many(model: type[Model], objs: list[Model], fields: list[str]) -> None:
@@ -170,40 +180,46 @@ def update_many(model: type[Model], objs: list[Model], fields: list[str]) -> Non
         f"WHERE {qn(meta.pk.column)} = %s"
     )
     rows = [
-        [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns]
-        + [meta.pk.get_db_prep_save(obj.pk, connection)]
+        [_prep(f, getattr(obj, f.attname), connection) for f in columns]
+        + [_prep(meta.pk, obj.pk, connection)]
         for obj in objs
     ]
     executemany(sql, rows)
 
 
 @contextmanager
-def _cursor() -> Iterator[Any]:
+def cursor() -> Iterator[Any]:
+    """A cursor on the scheduler's database, through Django's wrappers.
+
+    On PostgreSQL with psycopg 3 it binds parameters on the server: Django's
+    default cursor quotes every parameter (every pickle) into the SQL text in
+    Python, which cost more CPU than the statements; a server-binding cursor
+    also pipelines ``executemany``. Query logging and execute wrappers see
+    every statement, and errors are Django's, which the retries know.
+    """
     connection = connections[alias()]
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            yield cursor
+    if connection.vendor != "postgresql" or connection.Database.__name__ != "psycopg":
+        with connection.cursor() as c:  # (psycopg is imported only where PostgreSQL is used)
+            yield c
         return
     import psycopg
 
-    # Django's cursors bind on the client, quoting every pickle as a literal; a
-    # plain psycopg cursor binds on the server (and pipelines executemany). Its
-    # errors are turned into Django's, which the retries know.
+    connection.close_if_health_check_failed()
     with connection.wrap_database_errors:
         connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            yield cursor
+        with connection._prepare_cursor(psycopg.Cursor(connection.connection)) as c:
+            yield c
 
 
 def executemany(sql: str, rows: list[list]) -> None:
-    with _cursor() as cursor:
-        cursor.executemany(sql, rows)
+    with cursor() as c:
+        c.executemany(sql, rows)
 
 
 def execute_all(statements: list[tuple[str, list]]) -> None:
-    with _cursor() as cursor:
+    with cursor() as c:
         for sql, params in statements:
-            cursor.execute(sql, params)
+            c.execute(sql, params)
 
 
 def close_old_connections() -> None:
@@ -224,16 +240,6 @@ def close_old_connections() -> None:
 # A run's result skips the ORM's per-call query compilation, which cost more
 # than the statement itself (its claim: scheduler/claims.py).
 
-_PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)
-
-
-def _prep(field: models.Field, value: Any, connection: Any) -> Any:
-    if value is None or isinstance(field, _PLAIN):
-        return value
-    if isinstance(field, models.DateTimeField):
-        return connection.ops.adapt_datetimefield_value(value)
-    return field.get_db_prep_save(value, connection)
-
 
 @functools.lru_cache(maxsize=32)
 def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
@@ -244,25 +250,6 @@ def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) ->
         conditions.append(f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * count)})")
     assignments = ", ".join(f"{qn(meta.get_field(name).column)} = %s" for name in fields)
     return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
-
-
-def cursor() -> Any:
-    """A cursor for one of the scheduler's per-run statements, through Django's wrappers.
-
-    On PostgreSQL with psycopg 3 it binds parameters on the server: Django's
-    default cursor quotes every parameter into the SQL text in Python, which
-    cost more CPU per run than the rest of the claim. Query logging and
-    execute wrappers still see every statement.
-    """
-    connection = connections[alias()]
-    if connection.vendor != "postgresql" or connection.Database.__name__ != "psycopg":
-        return connection.cursor()  # (psycopg is imported only where PostgreSQL is used)
-    import psycopg
-
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        return connection._prepare_cursor(psycopg.Cursor(connection.connection))
 
 
 def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, list]) -> int:
