@@ -161,8 +161,8 @@ class JobStore(DjangoJobStore):
                     self._dirty.discard(job_id)
 
     def _job(self, job_id: str) -> Job | None:
-        """A job of the index, unpickled on first use (None, and removed, if it cannot be)."""
-        self._fetch_states([job_id])
+        """A job of the index whose state was read, unpickled on first use (None, and
+        removed, if it cannot be)."""
         job = self._index.jobs.get(job_id)
         if isinstance(job, bytes):
             loaded = self._load(job_id, job)
@@ -185,6 +185,7 @@ class JobStore(DjangoJobStore):
     def lookup_job(self, job_id: str) -> Job | None:
         with self._lock:
             if self._index is not None:
+                self._fetch_states([job_id])
                 return self._job(job_id)
 
         def lookup() -> bytes | None:

@@ -286,8 +286,7 @@ class Executor(ThreadPoolExecutor):
         if not runs:
             return
         try:
-            with db.writing():
-                won = claims.claim_many(runs)
+            won = claims.claim_many(runs)
         except db.TRANSIENT as exc:
             # The main loop must not wait out an outage: each worker claims its own, retrying.
             db.close_broken()
@@ -403,11 +402,14 @@ def _abandon(run: JobRun, status: str, reason: str) -> None:
 def run_scheduled(job: Job, run_times: list[datetime], claimed: JobRun | None = None) -> None:
     """Worker-thread body for one submission of a scheduled job."""
     if claimed is not None:
-        _run_claimed(job, claimed)
-        return
+        _starts.started()
     db.close_old_connections()
     try:
         spec = registry.get(job.id)
+        if claimed is not None:  # the main loop claimed its fire time
+            claimed.started_at = timezone.now()
+            execute(claimed, make_call(spec, job, claimed.scheduled_at))
+            return
         name = spec.name if spec else job.name
         for run_time in run_times:
             late = datetime.now(UTC) - run_time
@@ -431,16 +433,5 @@ def run_scheduled(job: Job, run_times: list[datetime], claimed: JobRun | None = 
                 )
                 continue
             execute(run, make_call(spec, job, run_time))
-    finally:
-        db.close_old_connections()
-
-
-def _run_claimed(job: Job, run: JobRun) -> None:
-    """Worker-thread body for a fire time the main loop has claimed."""
-    _starts.started()
-    db.close_old_connections()
-    try:
-        run.started_at = timezone.now()
-        execute(run, make_call(registry.get(job.id), job, run.scheduled_at))
     finally:
         db.close_old_connections()
