@@ -56,6 +56,9 @@ def recover_local_orphans() -> int:
     )
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Service:
     def __init__(self, write: Callable[[str], None] = print) -> None:
         self.write = write
@@ -94,8 +97,14 @@ class Service:
     def run(self) -> None:
         self.specs = autodiscover()
         capture.install()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self.request_stop)
+        # Python runs signal handlers in the main thread, but the kernel hands a
+        # process-directed signal to any thread that does not block it; the main
+        # thread, asleep in a lock, would never hear of it. Every thread started from
+        # here on inherits the block, and the main thread lifts it for itself below.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
         recovered = db.retrying(recover_local_orphans, "recover orphaned runs")
         if recovered:
@@ -115,7 +124,12 @@ class Service:
             "Stop with Ctrl+C or SIGTERM."
         )
 
-        self.stop_event.wait()
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # Threads started before this command (by settings or imported libraries) can
+        # still take a stop signal; waking now and then runs its handler all the same.
+        while not self.stop_event.wait(0.25):
+            pass
         self.shutdown(executor, control, leadership)
 
     def shutdown(

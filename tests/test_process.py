@@ -10,10 +10,13 @@ the processes' exit codes and output, and the marks the jobs append to a file
 
 from __future__ import annotations
 
+import ctypes
+import re
 import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -175,6 +178,53 @@ def test_stop_signal_interrupts_a_run_that_outlasts_the_grace(
     assert all(r["started_at"] is None or r["started_at"] < signalled_at for r in env.runs())
     assert not [m for m in env.marks() if m.startswith("slow-end")]
     assert f"Scheduler stopped ({signum.name}): 1 running job(s) marked interrupted." in proc.log()
+
+
+def _threads_accepting(pid: int, signum: int) -> list[int]:
+    """Thread ids of ``pid``, other than its main thread, that do not block ``signum``."""
+    accepting = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        tid = int(task.name)
+        status = (task / "status").read_text()
+        blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        if tid != pid and not blocked & (1 << (signum - 1)):
+            accepting.append(tid)
+    return accepting
+
+
+def test_stop_signal_caught_by_another_thread_still_stops_the_scheduler(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    # The kernel hands a process-directed signal to any thread that does not block
+    # it (it did so in CI once: the main thread never woke, and the scheduler went on
+    # for good). Deliver SIGTERM to a thread other than the main one on purpose, as
+    # the kernel may: a library's thread started at import time.
+    env = scheduler_env
+    proc = env.start(
+        modules="tests.proc.slow,tests.proc.bystander", SHUTDOWN_GRACE=1, PROC_SLOW_SECONDS=10
+    )
+    run = running_row(env, SLOW)
+    (tid, *_) = _threads_accepting(proc.pid, signal.SIGTERM)
+    sent = time.monotonic()
+    assert ctypes.CDLL(None, use_errno=True).tgkill(proc.pid, tid, signal.SIGTERM) == 0
+    assert proc.wait(8) == 0
+    elapsed = time.monotonic() - sent
+    assert elapsed < 4, f"exited {elapsed:.1f} s after the signal, grace is 1 s"
+    (row,) = env.runs(SLOW, id=run["id"])
+    assert row["status"] == "interrupted"
+    assert "Scheduler stopped (SIGTERM): 1 running job(s) marked interrupted." in proc.log()
+
+
+def test_only_the_main_thread_takes_stop_signals(scheduler_env: SchedulerEnv) -> None:
+    # The scheduler's own threads block SIGTERM and SIGINT, so that the kernel gives
+    # them to the main thread, which is the one that acts on them.
+    env = scheduler_env
+    proc = env.start(modules="tests.proc.slow", PROC_SLOW_SECONDS=10)
+    running_row(env, SLOW)
+    threads = len(list(Path(f"/proc/{proc.pid}/task").iterdir()))
+    assert threads >= 4  # main, main loop, lease, control, a worker
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        assert _threads_accepting(proc.pid, signum) == []
 
 
 def test_stop_signal_lets_a_run_finish_within_the_grace(scheduler_env: SchedulerEnv) -> None:
