@@ -163,25 +163,25 @@ def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> N
         c.execute("DROP TABLE scheduler_upsert")
 
 
-def update_many(model: type[Model], objs: list[Model], fields: list[str]) -> None:
+def update_many(
+    model: type[Model], objs: list[Model], fields: list[str] | tuple[str, ...], where_in=None
+) -> None:
     """``UPDATE ... WHERE pk = %s`` for many rows in one ``executemany``.
 
     ``bulk_update`` builds a CASE WHEN per row and field; on the scheduler's
-    main loop that cost more than the statement.
+    main loop that cost more than the statement. ``where_in`` as for ``update_one``.
     """
     if not objs:
         return
     connection = connections[alias()]
     meta = model._meta
-    qn = connection.ops.quote_name
+    where_in = where_in or {}
     columns = [meta.get_field(name) for name in fields]
-    sql = (
-        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in columns)} "
-        f"WHERE {qn(meta.pk.column)} = %s"
-    )
+    extra = [value for allowed in where_in.values() for value in allowed]
+    sql = _update_sql(model, tuple(fields), tuple((k, len(v)) for k, v in where_in.items()))
     rows = [
         [_prep(f, getattr(obj, f.attname), connection) for f in columns]
-        + [_prep(meta.pk, obj.pk, connection)]
+        + [_prep(meta.pk, obj.pk, connection), *extra]
         for obj in objs
     ]
     executemany(sql, rows)

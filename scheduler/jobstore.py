@@ -92,8 +92,12 @@ class JobStore(DjangoJobStore):
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._dirty: set[str] = set()
-        # Called with the due jobs the index hands to the main loop, before it submits them.
-        self.on_due: Callable[[list[Job], datetime], None] | None = None
+        self._closed = False
+        # Called with the due jobs the index hands to the main loop, before it submits
+        # them, and with a way to look ahead (``upcoming``).
+        self.on_due: Callable[..., None] | None = None
+        # Called with a job's id and new next run time when it changes or goes.
+        self.on_change: Callable[[str, datetime | None], None] | None = None
 
     # -- the active scheduler's in-memory index ------------------------------------
 
@@ -199,9 +203,14 @@ class JobStore(DjangoJobStore):
             self._remove_broken([job_id])
         return job
 
+    def close(self) -> None:
+        """Hand no more due jobs to the main loop: the scheduler is stopping."""
+        self._closed = True
+
     def get_due_jobs(self, now: datetime) -> list[Job]:
-        if not lease.holds():
-            # A scheduler that lost its lease must not advance the shared next run times.
+        if self._closed or not lease.holds():
+            # A scheduler that stops or lost its lease must not advance the shared
+            # next run times.
             return []
         with self._lock:
             due = None
@@ -213,11 +222,25 @@ class JobStore(DjangoJobStore):
             return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
         if due and self.on_due is not None:
             try:
-                self.on_due(due, now)
+                self.on_due(due, now, self.upcoming)
             except Exception:
                 # The due jobs still run: each worker claims its own fire time.
                 logger.exception("Could not claim %d due jobs ahead of their workers.", len(due))
         return due
+
+    def upcoming(self, after: datetime, until: datetime) -> list[Job]:
+        """The active store's jobs due after ``after`` and no later than ``until``."""
+        with self._lock:
+            if self._index is None:
+                return []
+            start = after.timestamp()
+            job_ids = [
+                job_id
+                for job_id in self._index.due(until.timestamp())
+                if self._index.times[job_id] > start
+            ]
+            self._fetch_states(job_ids)
+            return [job for job in map(self._job, job_ids) if job is not None]
 
     def get_next_run_time(self) -> datetime | None:
         with self._lock:
@@ -269,12 +292,16 @@ class JobStore(DjangoJobStore):
 
     def update_job(self, job: Job) -> None:
         with self._lock:
-            if self._index is not None:
+            indexed = self._index is not None
+            if indexed:
                 if job.id not in self._index.jobs:
                     raise JobLookupError(job.id)
                 self._index.put(job)
                 self._dirty.add(job.id)
-                return
+        if indexed:
+            if self.on_change is not None:
+                self.on_change(job.id, job.next_run_time)
+            return
 
         def update() -> int:
             return self._objects.filter(id=job.id).update(
@@ -297,6 +324,8 @@ class JobStore(DjangoJobStore):
             if self._index is not None:
                 self._index.drop(job_id)
                 self._dirty.discard(job_id)
+        if self.on_change is not None:
+            self.on_change(job_id, None)
         deleted = db.retrying(
             lambda: self._objects.filter(id=job_id).delete()[0], f"remove job {job_id!r}"
         )

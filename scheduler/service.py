@@ -14,7 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, conf, db, lease, runner
+from scheduler import capture, conf, db, lease, results, runner
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
 from scheduler.models import JobRun
@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 
 def make_scheduler() -> BackgroundScheduler:
     store, executor = JobStore(), runner.Executor(conf.get("THREADS"))
-    # The main loop's due jobs are claimed in one statement before it submits them.
+    # The main loop's due jobs are claimed in one statement before it submits them,
+    # and claims made ahead are given back when their job changes.
     store.on_due = executor.claim_due
+    store.on_change = executor.job_changed
     return BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": executor},
@@ -91,6 +93,12 @@ class Service:
 
     def demoted(self) -> None:
         self.scheduler.pause()
+        # The fire times claimed ahead are the next active scheduler's to run.
+        with self.scheduler._jobstores_lock:
+            # (Not for long: the database may be why the lease was lost.)
+            self.scheduler._lookup_executor("default").release_claims(
+                "Missed: this scheduler lost its lease before the run could start.", timeout=2
+            )
         self.scheduler._jobstores["default"].deactivate()
         self.write("Lost the leader lease: standing by.")
 
@@ -106,6 +114,7 @@ class Service:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
+        results.start()
         recovered = db.retrying(recover_local_orphans, "recover orphaned runs")
         if recovered:
             logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
@@ -142,7 +151,10 @@ class Service:
         # queued again if manual.
         self.scheduler.pause()
         with self.scheduler._jobstores_lock:
-            pass
+            # A pass already under way is over; the claims it made are closed here,
+            # and a pass that still starts finds nothing due.
+            self.scheduler._jobstores["default"].close()
+            executor.close("Missed: the scheduler stopped before the run could start.")
         self.scheduler.shutdown(wait=False)
         executor._pool.shutdown(wait=False, cancel_futures=True)
         leadership.step_down()
@@ -159,6 +171,8 @@ class Service:
                 f"Interrupted: the scheduler received {self.reason or 'a stop signal'} and the "
                 f"run did not finish within the shutdown grace ({grace} s).",
             )
+        # Results still waiting for the writer thread, before the lease row says stopped.
+        results.stop()
         leadership.finish()
         self.write(
             f"Scheduler stopped ({self.reason or 'stop'}): "

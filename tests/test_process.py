@@ -534,6 +534,68 @@ def test_clean_stop_leaves_no_run_marked_running(scheduler_env: SchedulerEnv) ->
     assert [(r["job_id"], r["status"]) for r in env.runs(status="running")] == []
 
 
+STAGGERED = [f"proc.staggered.{number:02d}" for number in range(20)]
+
+
+def staggered_history(env: SchedulerEnv) -> tuple[list[dict], set[tuple[str, str]]]:
+    """The staggered jobs' rows, and the (job id, fire time) of each run their marks prove."""
+    rows = [r for r in env.runs() if r["job_id"] in STAGGERED]
+    ran = set()
+    for mark in env.marks():
+        _, number, at = mark.split(" ")
+        ran.add((f"proc.staggered.{int(number):02d}", at))
+    return rows, ran
+
+
+def assert_one_succeeded_row_per_run(env: SchedulerEnv) -> list[dict]:
+    rows, ran = staggered_history(env)
+    assert [
+        (r["job_id"], r["status"], r["exception"]) for r in rows if r["status"] != "succeeded"
+    ] == []
+    keys = [(r["job_id"], r["scheduled_at"].isoformat()) for r in rows]
+    assert len(keys) == len(set(keys)), "a fire time recorded twice"
+    assert set(keys) == ran, "rows and runs differ"
+    assert all(r["started_at"] >= r["scheduled_at"] for r in rows)
+    return rows
+
+
+def test_a_stop_gives_back_the_fire_times_claimed_ahead(scheduler_env: SchedulerEnv) -> None:
+    # Twenty jobs each at its own moment of the second: the main loop claims the
+    # next moment's fire times with the due one. A stop between them must leave
+    # no claim behind: no running row, no missed row for a time that had not come.
+    env = scheduler_env
+    proc = env.start(modules="tests.proc.staggered")
+    wait_for(lambda: len(env.marks()) >= 30, 8, "30 staggered runs")
+    sleep_until_fraction(0.52)
+    signalled_at = now()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    rows = assert_one_succeeded_row_per_run(env)
+    assert all(r["started_at"] < signalled_at for r in rows)
+    assert "Traceback" not in proc.log() and "ERROR" not in proc.log()
+    assert "Scheduler stopped (SIGTERM): 0 running job(s) marked interrupted." in proc.log()
+
+
+def test_pausing_jobs_gives_back_the_fire_times_claimed_ahead(scheduler_env: SchedulerEnv) -> None:
+    env = scheduler_env
+    proc = env.start(modules="tests.proc.staggered")
+    wait_for(lambda: len(env.marks()) >= 30, 8, "30 staggered runs")
+    for job_id in STAGGERED:
+        env.set_paused(job_id, True)
+    wait_for(
+        lambda: not any(env.catalog()[job_id]["pending_change"] for job_id in STAGGERED),
+        5,
+        "the pauses to be applied",
+    )
+    applied_at = now()
+    time.sleep(1.2)
+    # Not left running until the scheduler stops: given back when the job was paused.
+    assert [r["job_id"] for r in env.runs(status="running")] == []
+    assert proc.stop() == 0
+    rows = assert_one_succeeded_row_per_run(env)
+    assert [r for r in rows if r["scheduled_at"] > applied_at] == []
+
+
 def echo_marks(env: SchedulerEnv) -> list[str]:
     return [m for m in env.marks() if m.startswith("echo ")]
 

@@ -19,10 +19,11 @@ from apscheduler.job import Job as APSJob
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_apscheduler.models import DjangoJob
 
 import tests.jobs
-from scheduler import runner
+from scheduler import results, runner
 from scheduler.crontab import CronTrigger
 from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun
@@ -621,6 +622,130 @@ def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
     assert runs["t.left"].status == "missed"
     assert "did not start it" in runs["t.left"].exception
     assert not JobRun.objects.filter(status="running").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> None:
+    tests.jobs.CALLS.clear()
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = runner.Executor(4)
+    executor.start(scheduler, "default")
+    now = datetime.now(UTC)
+    due = due_job(scheduler, "t.now", now - timedelta(milliseconds=5))
+    soon = [
+        due_job(scheduler, f"t.soon{i}", now + timedelta(milliseconds=20 * (i + 1)))
+        for i in range(4)
+    ]
+    later = due_job(scheduler, "t.later", now + runner.CLAIM_AHEAD + SECOND)
+    asked = []
+
+    def upcoming(after: datetime, until: datetime) -> list[APSJob]:
+        asked.append((after, until))
+        return [job for job in [*soon, later] if after < job.next_run_time <= until]
+
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            executor.claim_due([due], now, upcoming)
+        assert asked == [(now, now + runner.CLAIM_AHEAD)]
+        # One statement for the due run and the next ones, up to the 4 free workers.
+        assert len(queries) == 1
+        claimed_now = JobRun.objects.filter(status="running")
+        assert set(claimed_now.values_list("job_id", flat=True)) == {
+            "t.now",
+            "t.soon0",
+            "t.soon1",
+            "t.soon2",
+        }
+        # Claimed ahead: the planned start stands in for the real one until it is known.
+        ahead = JobRun.objects.get(job_id="t.soon0")
+        assert ahead.started_at == ahead.scheduled_at == soon[0].next_run_time
+
+        # Their turn: no statement at all for claims already made.
+        executor.submit_job(due, [due.next_run_time])
+        with CaptureQueriesContext(connection) as queries:
+            executor.claim_due(soon[:3], soon[2].next_run_time, upcoming)
+        assert len(queries) == 0
+        for job in soon[:3]:
+            executor.submit_job(job, [job.next_run_time])
+        executor.shutdown(wait=True)
+    finally:
+        executor.shutdown(wait=False)
+
+    runs = {r.job_id: r for r in JobRun.objects.all()}
+    assert set(runs) == {"t.now", "t.soon0", "t.soon1", "t.soon2"}
+    for run in runs.values():
+        assert run.status == "succeeded", run.exception
+        # The real start (here before the fire time: the test submits early), not the plan.
+        assert run.started_at != run.scheduled_at and run.started_at <= run.finished_at
+    assert len(tests.jobs.CALLS) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = runner.Executor(8)
+    executor.start(scheduler, "default")
+    now = datetime.now(UTC)
+    ms = timedelta(milliseconds=1)
+    due = due_job(scheduler, "t.now", now)
+    paused = due_job(scheduler, "t.paused", now + 10 * ms)
+    earlier = due_job(scheduler, "t.earlier", now + 40 * ms)
+    kept = due_job(scheduler, "t.kept", now + 30 * ms)
+    future = due_job(scheduler, "t.future", now + 80 * ms)
+    try:
+        executor.claim_due([due], now, lambda after, until: [paused, earlier, kept, future])
+        executor.submit_job(due, [due.next_run_time])
+        assert JobRun.objects.filter(status="running").count() == 5
+
+        # Meanwhile t.paused was paused (it is no longer due at its time), and
+        # t.earlier was rescheduled to an earlier time, due now.
+        earlier.next_run_time = now + 20 * ms
+        executor.claim_due([earlier], now + 20 * ms)
+        # Their claims are given back: the fire times they were made for never came.
+        # t.earlier's new time is claimed in their stead.
+        assert sorted(JobRun.objects.values_list("job_id", "scheduled_at")) == sorted(
+            [
+                ("t.now", due.next_run_time),
+                ("t.earlier", now + 20 * ms),
+                ("t.kept", kept.next_run_time),
+                ("t.future", future.next_run_time),
+            ]
+        )
+        executor.submit_job(earlier, [earlier.next_run_time])
+        executor.claim_due([kept], now + 30 * ms)
+        executor.submit_job(kept, [kept.next_run_time])
+        # The scheduler stops before t.future's time: it did not run, and was not due.
+        executor.shutdown(wait=True)
+    finally:
+        executor.shutdown(wait=False)
+
+    runs = {r.job_id: r for r in JobRun.objects.all()}
+    assert set(runs) == {"t.now", "t.earlier", "t.kept"}
+    assert {r.status for r in runs.values()} == {"succeeded"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_results_written_by_the_writer_thread_are_all_there_after_it_stops() -> None:
+    runs = [claimed(f"t.job{i}") for i in range(5)]
+    results.start()
+    try:
+        assert results._thread is not None
+        for run in runs:
+            runner.execute(run, lambda: print("done"))
+        first = row(runs[0])
+    finally:
+        results.stop()
+    assert results._thread is None
+    # Handed over, then written: a first result at once, the ones after it together.
+    for run in runs:
+        stored = row(run)
+        assert (stored.status, stored.output) == ("succeeded", "done\n")
+        assert stored.duration is not None and stored.finished_at >= stored.started_at
+    assert first.status in ("running", "succeeded")
+    # Without the writer thread a result is written before execute returns.
+    late = claimed("t.late")
+    runner.execute(late, lambda: None)
+    assert row(late).status == "succeeded"
 
 
 @pytest.mark.django_db
