@@ -84,8 +84,10 @@ def write(runs: list[JobRun], timeout: float | None = None) -> None:
         with db.writing(), atomic:
             db.update_many(JobRun, runs, FIELDS, where_in={"status": FINISHABLE})
 
-    names = ", ".join(sorted({repr(run.job_id) for run in runs}))
-    db.retrying(update, f"record the result of {names}", timeout)
+    what = f"record the result of {runs[0].job_id!r}"
+    if len(runs) > 1:
+        what = f"record the results of {len(runs)} runs"
+    db.retrying(update, what, timeout)
 
 
 class _Starts:

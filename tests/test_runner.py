@@ -542,6 +542,45 @@ def test_stored_jobs_that_cannot_be_loaded_are_reported_and_removed(
     assert store.stored_ids() == {"t.good"}
 
 
+@pytest.mark.django_db
+def test_a_new_next_run_time_is_stored_without_pickling_the_job_again(store: JobStore) -> None:
+    sync(store.test_scheduler, store, specs_of(spec("t.a"), spec("t.b")))
+    store.activate()
+    pickled = dict(DjangoJob.objects.values_list("id", "job_state"))
+    a, b = store.lookup_job("t.a"), store.lookup_job("t.b")
+    first = a.next_run_time
+    # What the main loop does after each run: only the next run time moves.
+    a._modify(next_run_time=first + 10 * SECOND)
+    store.update_job(a)
+    # A change of anything else is pickled again.
+    b._modify(max_instances=3, next_run_time=b.next_run_time + 20 * SECOND)
+    store.update_job(b)
+    store.flush()
+    assert stored_next("t.a") == first + 10 * SECOND
+    assert DjangoJob.objects.get(id="t.a").job_state == pickled["t.a"]  # not rewritten
+    assert DjangoJob.objects.get(id="t.b").job_state != pickled["t.b"]
+    store.deactivate()
+
+    # The column is the truth wherever a job is read back: the stale pickle of t.a
+    # still holds its first time.
+    assert pickle.loads(pickled["t.a"])["next_run_time"] == first
+    fresh = JobStore()
+    fresh.start(store.test_scheduler, "default")
+    assert fresh.lookup_job("t.a").next_run_time == first + 10 * SECOND
+    assert {j.id: j.next_run_time for j in fresh.get_all_jobs()}["t.a"] == first + 10 * SECOND
+    due = fresh.get_due_jobs(first + 10 * SECOND)
+    assert [j.id for j in due] == ["t.a"] and due[0].next_run_time == first + 10 * SECOND
+    assert fresh.lookup_job("t.b").max_instances == 3
+    fresh.activate()
+    try:
+        assert fresh.get_due_jobs(first + 9 * SECOND) == []
+        (job,) = fresh.get_due_jobs(first + 10 * SECOND)
+        assert (job.id, job.next_run_time) == ("t.a", first + 10 * SECOND)
+        assert fresh.lookup_job("t.a").next_run_time.tzinfo is not None
+    finally:
+        fresh.deactivate()
+
+
 # -- the main loop's claims ----------------------------------------------------------------------
 
 
