@@ -164,7 +164,10 @@ def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> N
 
 
 def update_many(
-    model: type[Model], objs: list[Model], fields: list[str] | tuple[str, ...], where_in=None
+    model: type[Model],
+    objs: list[Model],
+    fields: list[str] | tuple[str, ...],
+    where_in: dict[str, tuple | list] | None = None,
 ) -> None:
     """``UPDATE ... WHERE pk = %s`` for many rows in one ``executemany``.
 

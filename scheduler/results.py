@@ -36,7 +36,6 @@ FINISHABLE = (JobRun.Status.RUNNING, JobRun.Status.INTERRUPTED)
 
 _changed = threading.Condition()
 _pending: list[JobRun] = []
-_writing = 0  # results taken from _pending and not written yet
 _stop = False
 _thread: threading.Thread | None = None
 
@@ -122,7 +121,6 @@ starts = _Starts()
 
 
 def _loop() -> None:
-    global _writing
     last = float("-inf")
     while True:
         with _changed:
@@ -137,7 +135,6 @@ def _loop() -> None:
         with _changed:
             group = list(_pending)
             _pending.clear()
-            _writing = len(group)
         last = time.monotonic()
         try:
             write(group)
@@ -146,6 +143,3 @@ def _loop() -> None:
             logger.exception("Could not record the results of %d run(s).", len(group))
         finally:
             db.close_old_connections()
-            with _changed:
-                _writing = 0
-                _changed.notify_all()
