@@ -106,6 +106,11 @@ class Leadership(threading.Thread):
         reached = True
         try:
             acquired = False if self.stepping_down.is_set() else self._try_acquire()
+            if acquired and self.stepping_down.is_set():
+                # step_down() ran while this round renewed the lease: give it up again
+                # (whichever release comes last, the lease ends released).
+                self._release()
+                acquired = False
             if acquired:
                 self._deadline = started + self.lease_seconds
             if (
@@ -127,7 +132,7 @@ class Leadership(threading.Thread):
         return reached
 
     def _update_role(self) -> None:
-        leader_now = time.monotonic() < self._deadline
+        leader_now = time.monotonic() < self._deadline and not self.stepping_down.is_set()
         if leader_now and not self._leader:
             self._leader = True
             logger.info("This scheduler (%s) is now the active one.", self.instance_id[:8])
@@ -218,11 +223,14 @@ class Leadership(threading.Thread):
         self._leader = False
         self._deadline = 0.0
         try:
-            Lease.objects.using(db.alias()).filter(name=NAME, holder=self.instance_id).update(
-                expires_at=Now() - timedelta(seconds=1)
-            )
+            self._release()
         except db.TRANSIENT as exc:
             logger.warning("Could not release the lease (it expires by itself): %s", exc)
+
+    def _release(self) -> None:
+        Lease.objects.using(db.alias()).filter(name=NAME, holder=self.instance_id).update(
+            expires_at=Now() - timedelta(seconds=1)
+        )
 
     def finish(self) -> None:
         """The process is leaving: record it as stopped."""
