@@ -601,12 +601,18 @@ def due_job(scheduler: BackgroundScheduler, job_id: str, at: datetime, **options
     )
 
 
+def started_executor(workers: int) -> tuple[BackgroundScheduler, runner.Executor]:
+    """The scheduler's executor with ``workers`` threads, started as the scheduler does."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = runner.Executor(workers)
+    executor.start(scheduler, "default")
+    return scheduler, executor
+
+
 @pytest.mark.django_db(transaction=True)
 def test_due_runs_are_claimed_in_one_statement_up_to_the_free_workers() -> None:
     tests.jobs.CALLS.clear()
-    scheduler = BackgroundScheduler(timezone="UTC")
-    executor = runner.Executor(2)
-    executor.start(scheduler, "default")
+    scheduler, executor = started_executor(2)
     now = datetime.now(UTC)
     at = now.replace(microsecond=0)
     jobs = [due_job(scheduler, f"t.due{i}", at) for i in range(3)]
@@ -637,9 +643,7 @@ def test_due_runs_are_claimed_in_one_statement_up_to_the_free_workers() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
-    scheduler = BackgroundScheduler(timezone="UTC")
-    executor = runner.Executor(2)
-    executor.start(scheduler, "default")
+    scheduler, executor = started_executor(2)
     now = datetime.now(UTC)
     at = now.replace(microsecond=0)
     full = due_job(scheduler, "t.full", at)
@@ -666,9 +670,7 @@ def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> None:
     tests.jobs.CALLS.clear()
-    scheduler = BackgroundScheduler(timezone="UTC")
-    executor = runner.Executor(4)
-    executor.start(scheduler, "default")
+    scheduler, executor = started_executor(4)
     now = datetime.now(UTC)
     due = due_job(scheduler, "t.now", now - timedelta(milliseconds=5))
     soon = [
@@ -721,9 +723,7 @@ def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> No
 
 @pytest.mark.django_db(transaction=True)
 def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
-    scheduler = BackgroundScheduler(timezone="UTC")
-    executor = runner.Executor(8)
-    executor.start(scheduler, "default")
+    scheduler, executor = started_executor(8)
     now = datetime.now(UTC)
     ms = timedelta(milliseconds=1)
     due = due_job(scheduler, "t.now", now)
