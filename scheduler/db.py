@@ -163,6 +163,19 @@ def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> N
         c.execute("DROP TABLE scheduler_upsert")
 
 
+@functools.lru_cache(maxsize=32)
+def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
+    # Built once per shape: the ORM's per-call query compilation cost more than
+    # the statement itself (the same for claims: scheduler/claims.py).
+    qn = connections[alias()].ops.quote_name
+    meta = model._meta
+    conditions = [f"{qn(meta.pk.column)} = %s"]
+    for name, count in where_in:
+        conditions.append(f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * count)})")
+    assignments = ", ".join(f"{qn(meta.get_field(name).column)} = %s" for name in fields)
+    return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
+
+
 def update_many(
     model: type[Model],
     objs: list[Model],
@@ -172,7 +185,8 @@ def update_many(
     """``UPDATE ... WHERE pk = %s`` for many rows in one ``executemany``.
 
     ``bulk_update`` builds a CASE WHEN per row and field; on the scheduler's
-    main loop that cost more than the statement. ``where_in`` as for ``update_one``.
+    main loop that cost more than the statement. With ``where_in`` ({field:
+    values}), a row is updated only if its field holds one of the values.
     """
     if not objs:
         return
@@ -238,32 +252,3 @@ def close_old_connections() -> None:
         connection.close_if_unusable_or_obsolete()
         if connection.connection is not None:
             connection.health_check_done = True
-
-
-# A run's result skips the ORM's per-call query compilation, which cost more
-# than the statement itself (its claim: scheduler/claims.py).
-
-
-@functools.lru_cache(maxsize=32)
-def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
-    qn = connections[alias()].ops.quote_name
-    meta = model._meta
-    conditions = [f"{qn(meta.pk.column)} = %s"]
-    for name, count in where_in:
-        conditions.append(f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * count)})")
-    assignments = ", ".join(f"{qn(meta.get_field(name).column)} = %s" for name in fields)
-    return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
-
-
-def update_one(model: type[Model], pk: int, values: dict, where_in: dict[str, list]) -> int:
-    """UPDATE one row by primary key, if its ``where_in`` columns hold one of the values."""
-    connection = connections[alias()]
-    meta = model._meta
-    params = [_prep(meta.get_field(name), value, connection) for name, value in values.items()]
-    params.append(pk)
-    for allowed in where_in.values():
-        params.extend(allowed)
-    sql = _update_sql(model, tuple(values), tuple((k, len(v)) for k, v in where_in.items()))
-    with writing(), cursor() as c:
-        c.execute(sql, params)
-        return c.rowcount
