@@ -194,6 +194,12 @@ class JobStore(DjangoJobStore):
                     self._index.drop(job_id)
                     self._dirty.discard(job_id)
 
+    def _jobs(self, job_ids: list[str]) -> list[Job]:
+        """The index's jobs of ``job_ids`` that can be loaded, their states read in a few
+        queries."""
+        self._fetch_states(job_ids)
+        return [job for job in map(self._job, job_ids) if job is not None]
+
     def _job(self, job_id: str) -> Job | None:
         """A job of the index whose state was read, unpickled on first use (None, and
         removed, if it cannot be)."""
@@ -245,9 +251,7 @@ class JobStore(DjangoJobStore):
         with self._lock:
             due = None
             if self._index is not None:
-                job_ids = self._index.due(now.timestamp())
-                self._fetch_states(job_ids)
-                due = [job for job in map(self._job, job_ids) if job is not None]
+                due = self._jobs(self._index.due(now.timestamp()))
         if due is None:
             return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
         if due and self.on_due is not None:
@@ -264,13 +268,13 @@ class JobStore(DjangoJobStore):
             if self._index is None:
                 return []
             start = after.timestamp()
-            job_ids = [
-                job_id
-                for job_id in self._index.due(until.timestamp())
-                if self._index.times[job_id] > start
-            ]
-            self._fetch_states(job_ids)
-            return [job for job in map(self._job, job_ids) if job is not None]
+            return self._jobs(
+                [
+                    job_id
+                    for job_id in self._index.due(until.timestamp())
+                    if self._index.times[job_id] > start
+                ]
+            )
 
     def get_next_run_time(self) -> datetime | None:
         with self._lock:
@@ -296,9 +300,7 @@ class JobStore(DjangoJobStore):
     def get_all_jobs(self) -> list[Job]:
         with self._lock:
             if self._index is not None:
-                self._fetch_states(list(self._index.jobs))
-                jobs = [self._job(job_id) for job_id in list(self._index.jobs)]
-                jobs = [job for job in jobs if job is not None]
+                jobs = self._jobs(list(self._index.jobs))
                 jobs.sort(key=lambda j: (j.next_run_time is None, j.next_run_time or 0))
                 return jobs
         return super().get_all_jobs()
