@@ -20,13 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import MaxInstancesReachedError
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.job import Job
 from django.utils import timezone
 
 from scheduler import claims, conf, db, lease, results
 from scheduler.capture import capture
 from scheduler.models import JobRun
+from scheduler.pool import WorkerPool
 from scheduler.registry import JobSpec, registry
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,9 @@ class _Claimed:
         self.ahead = ahead  # claimed before its fire time
 
 
-class Executor(ThreadPoolExecutor):
-    """APScheduler's thread pool, running each fire time through the runner.
+class Executor(BasePoolExecutor):
+    """APScheduler's pool executor on our worker threads (``pool.WorkerPool``),
+    running each fire time through the runner.
 
     Before the main loop submits the jobs that are due, ``claim_due`` claims
     the fire times that a free worker will start at once, all in one INSERT in
@@ -225,7 +227,7 @@ class Executor(ThreadPoolExecutor):
     """
 
     def __init__(self, max_workers: int) -> None:
-        super().__init__(max_workers)
+        super().__init__(WorkerPool(max_workers))
         self._max_workers = max_workers
         self._busy = 0  # submissions, scheduled or manual, not finished yet
         self._busy_lock = threading.Lock()
