@@ -6,8 +6,6 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TextIO
 
 _local = threading.local()
@@ -87,8 +85,18 @@ _handler = _Handler()
 _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
 
+def _installed() -> bool:
+    return (
+        isinstance(sys.stdout, _Tee)
+        and isinstance(sys.stderr, _Tee)
+        and _handler in logging.getLogger().handlers
+    )
+
+
 def install() -> None:
     """Route stdout, stderr and logging through the per-thread capture (idempotent)."""
+    if _installed():  # every run checks: no lock on that path
+        return
     with _install_lock:
         if not isinstance(sys.stdout, _Tee):
             sys.stdout = _Tee(sys.stdout)
@@ -99,13 +107,20 @@ def install() -> None:
             root.addHandler(_handler)
 
 
-@contextmanager
-def capture(limit: int) -> Iterator[Buffer]:
-    install()
-    buffer = Buffer(limit)
-    previous = getattr(_local, "buffer", None)
-    _local.buffer = buffer
-    try:
-        yield buffer
-    finally:
-        _local.buffer = previous
+class capture:  # noqa: N801 - used as a function: ``with capture(limit) as output``
+    """Capture the current thread's output into a ``Buffer`` of ``limit`` characters."""
+
+    __slots__ = ("buffer", "previous")
+
+    def __init__(self, limit: int) -> None:
+        self.buffer = Buffer(limit)
+        self.previous: Buffer | None = None
+
+    def __enter__(self) -> Buffer:
+        install()
+        self.previous = getattr(_local, "buffer", None)
+        _local.buffer = self.buffer
+        return self.buffer
+
+    def __exit__(self, *exc_info: object) -> None:
+        _local.buffer = self.previous

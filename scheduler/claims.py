@@ -118,7 +118,7 @@ def _sql(vendor: str, count: int) -> str:
 def _insert(runs: list[JobRun]) -> set[int]:
     """One INSERT for the runs; the ids (of the Python objects) of the runs that won."""
     connection = connections[db.alias()]
-    when = connection.ops.adapt_datetimefield_value
+    when = db.datetime_adapter(connection)
     params, keys = [], {}
     for run in runs:
         scheduled_at = when(run.scheduled_at)

@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, models
 from django.db.models import Model
 
@@ -95,12 +97,32 @@ def retrying(
 _PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)
 
 
-def _prep(field: models.Field, value: Any, connection: Any) -> Any:
+def datetime_adapter(connection: Any) -> Callable[[Any], Any]:
+    """``connection.ops.adapt_datetimefield_value``, for many values.
+
+    On SQLite, Django's looks up ``USE_TZ`` and the connection's zone for every
+    value; the claims and results of a run write five datetimes, and that
+    was a tenth of their cost. The same text, with the lookups done once.
+    """
+    adapt = connection.ops.adapt_datetimefield_value
+    if connection.vendor != "sqlite" or not settings.USE_TZ:
+        return adapt
+    zone = connection.timezone
+
+    def to_text(value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return str(value.astimezone(zone).replace(tzinfo=None))
+        return adapt(value)
+
+    return to_text
+
+
+def _prep(field: models.Field, value: Any, connection: Any, adapt: Callable | None = None) -> Any:
     """``field.get_db_prep_save``, without its layers for the plain types the scheduler writes."""
     if value is None or isinstance(field, _PLAIN):
         return value
     if isinstance(field, models.DateTimeField):
-        return connection.ops.adapt_datetimefield_value(value)
+        return (adapt or connection.ops.adapt_datetimefield_value)(value)
     return field.get_db_prep_save(value, connection)
 
 
@@ -196,8 +218,9 @@ def update_many(
     columns = [meta.get_field(name) for name in fields]
     extra = [value for allowed in where_in.values() for value in allowed]
     sql = _update_sql(model, tuple(fields), tuple((k, len(v)) for k, v in where_in.items()))
+    adapt = datetime_adapter(connection)
     rows = [
-        [_prep(f, getattr(obj, f.attname), connection) for f in columns]
+        [_prep(f, getattr(obj, f.attname), connection, adapt) for f in columns]
         + [_prep(meta.pk, obj.pk, connection), *extra]
         for obj in objs
     ]

@@ -93,8 +93,15 @@ def _fixed(job: Job, state: dict | None = None) -> tuple:
     return tuple(value for key, value in state.items() if key != "next_run_time")
 
 
-def _time_row(job: Job) -> DjangoJob:
-    return DjangoJob(id=job.id, next_run_time=get_django_internal_datetime(job.next_run_time))
+class _TimeRow:
+    """A job's new next run time, as ``db.update_many`` reads it (building 200 model
+    instances a second cost more than writing them)."""
+
+    __slots__ = ("pk", "next_run_time")
+
+    def __init__(self, job: Job) -> None:
+        self.pk = job.id
+        self.next_run_time = get_django_internal_datetime(job.next_run_time)
 
 
 class JobStore(DjangoJobStore):
@@ -154,7 +161,7 @@ class JobStore(DjangoJobStore):
                 else:
                     changed.append(job)
             rows = [self._row(job) for job in changed]
-            times = [_time_row(job) for job in moved]
+            times = [_TimeRow(job) for job in moved]
 
         def write() -> None:
             with db.writing(), transaction.atomic(using=db.alias()):
@@ -165,7 +172,7 @@ class JobStore(DjangoJobStore):
             db.retrying(write, f"store the next run times of {len(jobs)} jobs", LOOP_RETRY_TIMEOUT)
         except db.TRANSIENT:
             with self._lock:
-                self._dirty |= {row.id for row in rows + times}
+                self._dirty |= {row.pk for row in rows + times}
             logger.error("Could not store the next run times of %d jobs; will retry.", len(jobs))
 
     def _drop_dirty(self) -> None:

@@ -81,7 +81,7 @@ class JobSpec:
 
     @property
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+        return is_async(self.func)
 
     def call_kwargs(self, scheduled_at: datetime | None) -> dict[str, Any]:
         """Keyword arguments of one call; ``scheduled_at`` is added where the function asks."""
@@ -303,6 +303,19 @@ def _register(
 def _first_docstring_line(func: Callable[..., Any]) -> str:
     doc = inspect.getdoc(func) or ""
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` is a coroutine function (asked at every run, so remembered)."""
+    try:
+        return _is_async(func)
+    except TypeError:  # an unhashable callable
+        return inspect.iscoroutinefunction(func)
+
+
+@lru_cache(maxsize=4096)
+def _is_async(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func)
 
 
 @lru_cache(maxsize=4096)

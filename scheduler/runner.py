@@ -28,7 +28,7 @@ from scheduler import claims, conf, db, lease, results
 from scheduler.capture import capture
 from scheduler.models import JobRun
 from scheduler.pool import WorkerPool
-from scheduler.registry import JobSpec, registry
+from scheduler.registry import JobSpec, is_async, registry
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     func = spec.func if spec else job.func
     args = spec.args if spec else tuple(job.args)
     kwargs = spec.call_kwargs(scheduled_at) if spec else dict(job.kwargs)
-    if asyncio.iscoroutinefunction(func):
+    if is_async(func):
         # Each run gets its own event loop in its worker thread.
         return lambda: asyncio.run(func(*args, **kwargs))
     return lambda: func(*args, **kwargs)
