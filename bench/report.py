@@ -296,8 +296,13 @@ def render_markdown(results: dict, modules: dict[str, Any], chart: str | None) -
 
 METHOD = """\
 - Every system runs in its own process, started by the harness, on a fresh copy of a
-  migrated database; plain APScheduler has no database. All three use 10 worker threads
-  (APScheduler's ThreadPoolExecutor default; this project's `THREADS`).
+  migrated database; plain APScheduler has no database. Plain APScheduler and
+  django-apscheduler run 10 worker threads (APScheduler's ThreadPoolExecutor default);
+  this project its default `THREADS`, 20, in its own pool that hands work to the thread
+  idle last (scheduler/pool.py).
+- Bytecode is cached as in a deployment: the harness removes PYTHONDONTWRITEBYTECODE
+  from the systems' environment, so only the first start of a run compiles the
+  projects' modules.
 - django-apscheduler runs its README's management command (bench/dja_project/): a
   BlockingScheduler with `DjangoJobStore`, `add_job(..., replace_existing=True)`, its
   execution history, and Django's default database settings (on SQLite: no WAL, no busy

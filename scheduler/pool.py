@@ -86,5 +86,6 @@ class WorkerPool:
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
-            # Let go of the work's objects (a job, its run) while idle.
+                    del result
+            # Let go of the work's objects (a job, its run, its result) while idle.
             del future, fn, args
