@@ -102,15 +102,21 @@ _EMPTY = ("requested_by", "exception", "traceback", "output")
 
 @functools.lru_cache(maxsize=64)
 def _sql(vendor: str, count: int) -> str:
-    # Built once per number of rows: composing SQL through the ORM for every
-    # claim cost more than running it.
-    qn = connections[db.alias()].ops.quote_name
-    marks = ["%s"] * len(_COLUMNS) + ["''"] * len(_EMPTY)
-    row = f"({', '.join(marks)})"
+    # Built once per number of rows (on PostgreSQL once: the rows come as arrays):
+    # composing SQL through the ORM for every claim cost more than running it.
+    connection = connections[db.alias()]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(column) for column in _COLUMNS + _EMPTY)
+    if vendor == "postgresql":
+        fields = [JobRun._meta.get_field(column) for column in _COLUMNS]
+        values = ", ".join([f"u.c{i}" for i in range(len(fields))] + ["''"] * len(_EMPTY))
+        rows = f"SELECT {values} FROM {db.unnest(fields, connection)}"
+    else:
+        marks = ["%s"] * len(_COLUMNS) + ["''"] * len(_EMPTY)
+        row = f"({', '.join(marks)})"
+        rows = f"VALUES {', '.join([row] * count)}"
     return (
-        f"INSERT INTO {qn(JobRun._meta.db_table)} "
-        f"({', '.join(qn(column) for column in _COLUMNS + _EMPTY)}) "
-        f"VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING "
+        f"INSERT INTO {qn(JobRun._meta.db_table)} ({columns}) {rows} ON CONFLICT DO NOTHING "
         f"RETURNING {qn('id')}, {qn('job_id')}, {qn('scheduled_at')}"
     )
 
@@ -125,6 +131,9 @@ def _insert(runs: list[JobRun]) -> set[int]:
         params += (run.job_id, run.job_name, run.status, run.trigger, scheduled_at)
         params += (when(run.started_at), run.hostname, run.pid, run.instance)
         keys[(run.job_id, _key(scheduled_at))] = run
+    if connection.vendor == "postgresql":  # one array per column
+        width = len(_COLUMNS)
+        params = [params[i::width] for i in range(width)]
     with db.writing(), db.cursor() as cursor:
         cursor.execute(_sql(connection.vendor, len(runs)), params)
         returned = cursor.fetchall()

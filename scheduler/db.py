@@ -198,13 +198,44 @@ def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) ->
     return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
 
 
+def unnest(fields: list[models.Field], connection: Any) -> str:
+    """PostgreSQL: ``unnest(%s::type[], ...) AS u(c0, c1, ...)``, one array per field.
+
+    Many rows then travel as a few arrays in one statement whose text does not
+    depend on how many rows there are: psycopg parses it once (it re-parsed
+    statements of more than 50 parameters at every call) and handles one result
+    instead of one per row.
+    """
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(fields)))})"
+
+
+@functools.lru_cache(maxsize=32)
+def _update_unnest_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
+    connection = connections[alias()]
+    qn = connection.ops.quote_name
+    meta = model._meta
+    table = qn(meta.db_table)
+    columns = [meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{qn(f.column)} = u.c{i}" for i, f in enumerate(columns))
+    conditions = [f"{table}.{qn(meta.pk.column)} = u.c{len(columns)}"]
+    for name, count in where_in:
+        column = qn(meta.get_field(name).column)
+        conditions.append(f"{table}.{column} IN ({', '.join(['%s'] * count)})")
+    return (
+        f"UPDATE {table} SET {assignments} FROM {unnest([*columns, meta.pk], connection)} "
+        f"WHERE {' AND '.join(conditions)}"
+    )
+
+
 def update_many(
     model: type[Model],
     objs: list[Model],
     fields: list[str] | tuple[str, ...],
     where_in: dict[str, tuple | list] | None = None,
 ) -> None:
-    """``UPDATE ... WHERE pk = %s`` for many rows in one ``executemany``.
+    """``UPDATE ... WHERE pk = %s`` for many rows: one ``executemany``, or on
+    PostgreSQL one statement over arrays (see ``unnest``).
 
     ``bulk_update`` builds a CASE WHEN per row and field; on the scheduler's
     main loop that cost more than the statement. With ``where_in`` ({field:
@@ -217,7 +248,16 @@ def update_many(
     where_in = where_in or {}
     columns = [meta.get_field(name) for name in fields]
     extra = [value for allowed in where_in.values() for value in allowed]
-    sql = _update_sql(model, tuple(fields), tuple((k, len(v)) for k, v in where_in.items()))
+    shape = tuple((k, len(v)) for k, v in where_in.items())
+    if connection.vendor == "postgresql":
+        # One row per key, the last one given: what one UPDATE per row would leave.
+        objs = list({obj.pk: obj for obj in objs}.values())
+        arrays = [[_prep(f, getattr(obj, f.attname), connection) for obj in objs] for f in columns]
+        arrays.append([_prep(meta.pk, obj.pk, connection) for obj in objs])
+        with cursor() as c:
+            c.execute(_update_unnest_sql(model, tuple(fields), shape), [*arrays, *extra])
+        return
+    sql = _update_sql(model, tuple(fields), shape)
     adapt = datetime_adapter(connection)
     rows = [
         [_prep(f, getattr(obj, f.attname), connection, adapt) for f in columns]

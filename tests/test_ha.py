@@ -374,6 +374,30 @@ class TestPostgres:
             if not pg_server.running:
                 pg_server.start()
 
+    def test_grouped_writes_leave_the_rows_one_statement_per_row_would(
+        self, scheduler_env: PgSchedulerEnv
+    ) -> None:
+        result = scheduler_env.manage("shell", "-c", "import tests.proc.pgwrites", timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "won ['pg.0', 'pg.1', 'pg.2', 'pg.3'] ['pg.4']" in result.stdout
+        assert "next run time None" in result.stdout
+        rows = {row["job_id"]: row for row in scheduler_env.runs()}
+        assert rows.keys() == {"pg.0", "pg.1", "pg.2", "pg.3", "pg.4"}
+        # Given twice in one group: the later result is the one kept.
+        assert (rows["pg.0"]["status"], rows["pg.0"]["exception"]) == ("failed", "second")
+        assert rows["pg.0"]["output"] == ""
+        # NULL in every row of its group.
+        assert rows["pg.1"]["status"] == "interrupted"
+        assert rows["pg.1"]["finished_at"] is None and rows["pg.1"]["duration"] is None
+        assert (rows["pg.2"]["status"], rows["pg.2"]["duration"], rows["pg.2"]["output"]) == (
+            "succeeded",
+            0.5,
+            "out",
+        )
+        # Marked missed meanwhile: no result overwrites it.
+        assert rows["pg.3"]["status"] == "missed"
+        assert rows["pg.4"]["status"] == "running"
+
     @pytest.mark.parametrize("count", [2, 3])
     def test_schedulers_run_each_fire_time_exactly_once(
         self, scheduler_env: PgSchedulerEnv, count: int, record_property
