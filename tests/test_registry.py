@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from scheduler import cron, interval
 from scheduler import registry as registry_module
+from scheduler.crontab import from_crontab
 
 MODULE = __name__  # "tests.test_registry"
 
@@ -513,3 +514,13 @@ def test_changing_the_default_grace_time_changes_the_fingerprint(settings):
     after = fingerprint(), fingerprint(misfire_grace_time=60)
     assert after[0] != before[0]  # follows the setting
     assert after[1] == before[1]  # its own grace time: unaffected
+
+
+@pytest.mark.parametrize(
+    "crontab_text",
+    ["*/5 * * * *", "0 3 * * 1-5", "0 0 29 2 *", "0 0 31 4 *", "0 0 * 2 *", "0 0 1 */2 *"],
+)
+def test_never_fires_agrees_with_computing_the_next_fire_time(crontab_text: str) -> None:
+    trigger = from_crontab(crontab_text, ZoneInfo("UTC"))
+    computed = trigger.get_next_fire_time(None, datetime.now(UTC)) is None
+    assert registry_module._never_fires(trigger) == computed == (crontab_text == "0 0 31 4 *")
