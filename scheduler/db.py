@@ -185,19 +185,6 @@ def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> N
         c.execute("DROP TABLE scheduler_upsert")
 
 
-@functools.lru_cache(maxsize=32)
-def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
-    # Built once per shape: the ORM's per-call query compilation cost more than
-    # the statement itself (the same for claims: scheduler/claims.py).
-    qn = connections[alias()].ops.quote_name
-    meta = model._meta
-    conditions = [f"{qn(meta.pk.column)} = %s"]
-    for name, count in where_in:
-        conditions.append(f"{qn(meta.get_field(name).column)} IN ({', '.join(['%s'] * count)})")
-    assignments = ", ".join(f"{qn(meta.get_field(name).column)} = %s" for name in fields)
-    return f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"
-
-
 def unnest(fields: list[models.Field], connection: Any) -> str:
     """PostgreSQL: ``unnest(%s::type[], ...) AS u(c0, c1, ...)``, one array per field.
 
@@ -211,21 +198,25 @@ def unnest(fields: list[models.Field], connection: Any) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _update_unnest_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple) -> str:
+def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple, arrays: bool) -> str:
+    # Built once per shape: the ORM's per-call query compilation cost more than
+    # the statement itself (the same for claims: scheduler/claims.py). With
+    # ``arrays``, the rows come as one array per column (see ``unnest``).
     connection = connections[alias()]
     qn = connection.ops.quote_name
     meta = model._meta
     table = qn(meta.db_table)
     columns = [meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{qn(f.column)} = u.c{i}" for i, f in enumerate(columns))
-    conditions = [f"{table}.{qn(meta.pk.column)} = u.c{len(columns)}"]
+    values, source = ["%s"] * (len(columns) + 1), ""
+    if arrays:
+        values = [f"u.c{i}" for i in range(len(columns) + 1)]
+        source = f" FROM {unnest([*columns, meta.pk], connection)}"
+    assignments = ", ".join(f"{qn(f.column)} = {v}" for f, v in zip(columns, values, strict=False))
+    conditions = [f"{table}.{qn(meta.pk.column)} = {values[-1]}"]
     for name, count in where_in:
         column = qn(meta.get_field(name).column)
         conditions.append(f"{table}.{column} IN ({', '.join(['%s'] * count)})")
-    return (
-        f"UPDATE {table} SET {assignments} FROM {unnest([*columns, meta.pk], connection)} "
-        f"WHERE {' AND '.join(conditions)}"
-    )
+    return f"UPDATE {table} SET {assignments}{source} WHERE {' AND '.join(conditions)}"
 
 
 def update_many(
@@ -255,9 +246,9 @@ def update_many(
         arrays = [[_prep(f, getattr(obj, f.attname), connection) for obj in objs] for f in columns]
         arrays.append([_prep(meta.pk, obj.pk, connection) for obj in objs])
         with cursor() as c:
-            c.execute(_update_unnest_sql(model, tuple(fields), shape), [*arrays, *extra])
+            c.execute(_update_sql(model, tuple(fields), shape, True), [*arrays, *extra])
         return
-    sql = _update_sql(model, tuple(fields), shape)
+    sql = _update_sql(model, tuple(fields), shape, False)
     adapt = datetime_adapter(connection)
     rows = [
         [_prep(f, getattr(obj, f.attname), connection, adapt) for f in columns]

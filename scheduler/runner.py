@@ -248,7 +248,6 @@ class Executor(BasePoolExecutor):
         self._release_claims(due, now)
         if not jobs or self._closed or not lease.holds():
             return
-        wall = datetime.now(UTC)
         free = self._max_workers - self._busy
         runs = []
         for job in jobs:
@@ -262,10 +261,7 @@ class Executor(BasePoolExecutor):
             times = job._get_run_times(now)
             if job.coalesce:
                 times = times[-1:]
-            grace = job.misfire_grace_time
-            if len(times) != 1 or (
-                grace is not None and wall - times[0] > timedelta(seconds=grace)
-            ):
+            if len(times) != 1 or _too_late(job, times[0]):
                 continue
             runs.append(self._new_claim(job, times[0]))
         if not runs:
