@@ -6,7 +6,9 @@ import io
 import logging
 import sys
 import threading
-from typing import TextIO
+from typing import Any, BinaryIO, TextIO
+
+from scheduler.text import describe_exception, earlier_dropped, safe_str, storable
 
 _local = threading.local()
 _install_lock = threading.Lock()
@@ -35,27 +37,60 @@ class Buffer:
         self._parts, self._size = [text], len(text)
 
     def getvalue(self) -> str:
-        self._trim()
-        text = self._parts[0] if self._parts else ""
-        if self.dropped:
-            return f"[… {self.dropped} earlier characters not kept …]\n{text}"
-        return text
+        """The last ``limit`` characters, as a database can store them (see ``text``)."""
+        text = storable("".join(self._parts), sys.maxsize)
+        dropped = self.dropped + max(0, len(text) - self.limit)
+        text = text[-self.limit :] if len(text) > self.limit else text
+        return f"{earlier_dropped(dropped)}{text}" if dropped else text
 
 
 class _Tee(io.TextIOBase):
-    """Stands in for sys.stdout/sys.stderr: copies the current thread's writes to its buffer."""
+    """Stands in for sys.stdout/sys.stderr: copies the current thread's writes to its buffer.
+
+    The console is a copy: a job must not fail because the console cannot take
+    what it prints (a lone surrogate on a UTF-8 terminal, a closed pipe), since
+    the run's output keeps it anyway.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._binary: _BinaryTee | None = None
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            # What the real stream says; the buffer must only ever hold text.
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         buffer = getattr(_local, "buffer", None)
-        if buffer is not None:
-            buffer.write(text)
-        return self._stream.write(text)
+        if buffer is None:
+            return self._stream.write(text)
+        buffer.write(text)
+        try:
+            self._stream.write(text)
+        except UnicodeEncodeError:
+            self._console(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        except (OSError, ValueError):
+            pass  # console closed or broken; the run's output has it
+        return len(text)
+
+    def _console(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+        except (OSError, ValueError, UnicodeError):
+            pass
+
+    @property
+    def buffer(self) -> _BinaryTee:  # type: ignore[override]
+        """``sys.stdout.buffer``: bytes written there are captured too."""
+        if self._binary is None:
+            self._binary = _BinaryTee(self._stream.buffer)  # type: ignore[attr-defined]
+        return self._binary
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            if getattr(_local, "buffer", None) is None:
+                raise
 
     def isatty(self) -> bool:
         return self._stream.isatty()
@@ -68,6 +103,41 @@ class _Tee(io.TextIOBase):
         return getattr(self._stream, "encoding", "utf-8")
 
 
+class _BinaryTee(io.RawIOBase):
+    """Stands in for ``sys.stdout.buffer``: bytes a job writes are kept as text.
+
+    Decoded as UTF-8, with what is not UTF-8 kept as ``\\xff`` escapes.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)  # bytes, bytearray, memoryview: what the real buffer takes
+        buffer = getattr(_local, "buffer", None)
+        if buffer is None:
+            return self._stream.write(data)
+        buffer.write(data.decode("utf-8", "backslashreplace"))
+        try:
+            self._stream.write(data)
+        except (OSError, ValueError):
+            pass
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            if getattr(_local, "buffer", None) is None:
+                raise
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
 def _is_ours(logger_name: str) -> bool:
     """The scheduler's own log lines are not part of a job's output."""
     root = logger_name.split(".", 1)[0]
@@ -77,8 +147,16 @@ def _is_ours(logger_name: str) -> bool:
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         buffer = getattr(_local, "buffer", None)
-        if buffer is not None and not _is_ours(record.name):
-            buffer.write(self.format(record) + "\n")
+        if buffer is None or _is_ours(record.name):
+            return
+        try:
+            text = self.format(record)
+        except Exception as exc:  # noqa: BLE001 - a bad message or argument must not fail the job
+            text = (
+                f"[a log record of {record.name} could not be formatted: "
+                f"{describe_exception(exc)}; message {safe_str(record.msg)}]"
+            )
+        buffer.write(text + "\n")
 
 
 _handler = _Handler()

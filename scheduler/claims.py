@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from django.db import connections
 
-from scheduler import db
+from scheduler import db, results
 from scheduler.models import JobRun
 
 
@@ -43,8 +43,12 @@ _pending: list[_Claim] = []
 _writing = False
 
 
-def claim(run: JobRun) -> bool:
-    """Insert ``run``'s row; False if that (job, fire time) is someone else's already."""
+def claim(run: JobRun, timeout: float | None = None) -> bool:
+    """Insert ``run``'s row; False if that (job, fire time) is someone else's already.
+
+    Retries through outages for up to ``timeout`` seconds (``DB_RETRY_TIMEOUT``), then
+    raises the database error.
+    """
     global _writing
     mine = _Claim(run)
     with _lock:
@@ -56,7 +60,7 @@ def claim(run: JobRun) -> bool:
             mine.ready.wait()
             mine.ready.clear()
         if mine.lead and not mine.done:
-            _write_group()
+            _write_group(timeout)
     if mine.error is not None:
         raise mine.error
     return mine.won
@@ -68,14 +72,14 @@ def claim_many(runs: list[JobRun]) -> list[JobRun]:
     return [run for run in runs if id(run) in won]
 
 
-def _write_group() -> None:
+def _write_group(timeout: float | None) -> None:
     global _writing
     with _lock:
         group = list(_pending)
         _pending.clear()
     try:
         runs = [entry.run for entry in group]
-        won = db.retrying(lambda: _insert(runs), "record the start of runs")
+        won = db.retrying(lambda: _insert(runs), "record the start of runs", timeout)
         for entry in group:
             entry.won = id(entry.run) in won
     except BaseException as exc:  # every waiting thread must learn of it, whatever it is
@@ -145,6 +149,7 @@ def _insert(runs: list[JobRun]) -> set[int]:
             run._state.adding = False
             run._state.db = db.alias()
             won.add(id(run))
+    results.opened(run for run in runs if id(run) in won)
     return won
 
 

@@ -13,17 +13,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
 
-from scheduler import conf, db, lease, runner
+from scheduler import conf, db, lease, results, runner
 from scheduler.models import Job, JobRun
+from scheduler.registry import registry
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "scheduler_control"
+# Seconds between two sweeps of this scheduler's own running rows.
+SWEEP_INTERVAL = 5.0
 
 
 def notify() -> None:
@@ -42,9 +46,7 @@ def _requeue_if_cancelled(run: JobRun):
     def callback(future) -> None:
         if future.cancelled():
             # The scheduler stopped before a worker was free: the next one runs it.
-            JobRun.objects.using(db.alias()).filter(pk=run.pk, status=JobRun.Status.RUNNING).update(
-                status=JobRun.Status.QUEUED, hostname="", pid=None, instance=""
-            )
+            runner.requeue(run)
 
     return callback
 
@@ -82,6 +84,8 @@ class Control(threading.Thread):
         self.stop = stop
         self._listener: _Listener | None = None
         self._listen = connections[db.alias()].vendor == "postgresql"
+        self._last_sweep = time.monotonic()
+        self._suspects: set[int] = set()
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
@@ -118,8 +122,10 @@ class Control(threading.Thread):
 
     def poll(self) -> None:
         if not lease.holds():
+            self._suspects = set()
             return  # the active scheduler carries out admin requests
         changed = self.apply_pause_changes()
+        self.watch_running()
         started = self.start_queued_runs()
         # The active scheduler's next run times live in memory; write them back.
         self.scheduler._jobstores["default"].flush()
@@ -127,14 +133,21 @@ class Control(threading.Thread):
             self.scheduler.wakeup()
 
     def start_queued_runs(self) -> int:
+        """Claim and start queued manual runs, each once one of its job's ``max_instances``
+        slots is free (until then it stays queued: run-now waits its turn)."""
         runs = JobRun.objects.using(db.alias())
         queued = list(
             runs.filter(status=JobRun.Status.QUEUED)
             .order_by("id")
-            .values_list("id", flat=True)[:100]
+            .values_list("id", "job_id")[:100]
         )
         started = 0
-        for run_id in queued:
+        for run_id, job_id in queued:
+            if self.stop.is_set() or self.executor.stopping.is_set():
+                break
+            spec = registry.get(job_id)
+            if not self.executor.reserve(job_id, spec.max_instances if spec else 1):
+                continue
             # Claimed: ours alone now. started_at is set when a worker really starts it.
             claimed = runs.filter(pk=run_id, status=JobRun.Status.QUEUED).update(
                 status=JobRun.Status.RUNNING,
@@ -142,15 +155,52 @@ class Control(threading.Thread):
                 pid=os.getpid(),
                 instance=lease.instance_id(),
             )
-            if claimed:
-                run = runs.get(pk=run_id)
-                logger.info(
-                    "Running %r now, as requested by %s", run.job_id, run.requested_by or "?"
-                )
+            if not claimed:
+                self.executor.unreserve(job_id)
+                continue
+            run = runs.get(pk=run_id)
+            results.opened([run])
+            logger.info("Running %r now, as requested by %s", run.job_id, run.requested_by or "?")
+            try:
                 future = self.executor.submit_manual(run)
-                future.add_done_callback(_requeue_if_cancelled(run))
-                started += 1
+            except BaseException:
+                self.executor.unreserve(job_id)
+                runner.requeue(run)
+                raise
+            future.add_done_callback(_requeue_if_cancelled(run))
+            started += 1
         return started
+
+    def watch_running(self) -> None:
+        """Count the runs of other processes against max_instances, and sweep our own
+        ``running`` rows that nothing in this process will finish."""
+        me = lease.instance_id()
+        rows = list(
+            JobRun.objects.using(db.alias())
+            .filter(status=JobRun.Status.RUNNING)
+            .exclude(instance="")
+            .values_list("id", "job_id", "instance")
+        )
+        self.executor.count_foreign({pk: job_id for pk, job_id, owner in rows if owner != me})
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._last_sweep = now
+        # Read after the rows: a run claimed since is open by now, and one closed
+        # since is final in the database.
+        live = results.open_ids()
+        suspects = {pk for pk, _, owner in rows if owner == me and pk not in live}
+        # Twice in a row, a sweep apart: a claim is opened just after its INSERT returns.
+        lost = sorted(suspects & self._suspects)
+        self._suspects = suspects - set(lost)
+        if lost:
+            count = runner.interrupt(
+                lost,
+                "Interrupted: the scheduler that claimed it had no thread running it "
+                "(found by its own sweep).",
+                runner.WITHDRAW_TIMEOUT,
+            )
+            logger.error("Marked %d run(s) of this scheduler with no thread as interrupted.", count)
 
     def apply_pause_changes(self) -> int:
         jobs = Job.objects.using(db.alias())

@@ -57,6 +57,20 @@ def close_broken() -> None:
         connection.connection = None
 
 
+# SQLite reports a missing table as an OperationalError, like a locked database;
+# it is a project that was not migrated, not an outage to wait out.
+_NOT_TRANSIENT = ("no such table", "no such column", "has no column named")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away by itself: a lost connection, a locked database, a
+    server restarting (not a missing table, a refused value or a bug)."""
+    if not isinstance(exc, TRANSIENT):
+        return False
+    message = str(exc)
+    return not any(text in message for text in _NOT_TRANSIENT)
+
+
 def retrying(
     fn: Callable[[], T],
     what: str,
@@ -67,7 +81,9 @@ def retrying(
 
     Stale connections and a database that is restarting raise OperationalError
     or InterfaceError; each failure closes the connection and waits a little
-    longer (0.1 s doubling up to 5 s) before the next try.
+    longer (0.1 s doubling up to 5 s) before the next try. Other errors, and
+    the last transient one, are raised; so is the transient one at hand as
+    soon as ``should_stop()`` says so (checked while waiting, too).
     """
     if timeout is None:
         timeout = conf.get("DB_RETRY_TIMEOUT")
@@ -78,6 +94,8 @@ def retrying(
         try:
             return fn()
         except TRANSIENT as exc:
+            if not is_transient(exc):
+                raise
             attempt += 1
             close_broken()
             if time.monotonic() + delay > deadline or (should_stop and should_stop()):
@@ -90,8 +108,22 @@ def retrying(
                     attempt,
                     exc,
                 )
-            time.sleep(delay)
+            if _sleep(delay, should_stop):
+                logger.error("Stopped while trying to %s: %s", what, exc)
+                raise
             delay = min(delay * 2, 5.0)
+
+
+def _sleep(seconds: float, should_stop: Callable[[], bool] | None) -> bool:
+    """Sleep, looking at ``should_stop`` every 0.1 s; True if it said stop."""
+    end = time.monotonic() + seconds
+    while True:
+        if should_stop is not None and should_stop():
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.1) if should_stop is not None else left)
 
 
 _PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)

@@ -1,12 +1,16 @@
-"""APScheduler's job store: django-apscheduler's ``DjangoJobStore``, made fit for production.
+"""APScheduler's job store on django-apscheduler's ``DjangoJob`` table, made fit for production.
 
-What changes against the parent class:
+What changes against django-apscheduler's ``DjangoJobStore``:
 
+* nothing read from the table is ever unpickled or imported: a job is rebuilt
+  from the code's declarations (``@cron``/``@interval``) by its id, with the
+  table's next run time; the ``job_state`` column holds a short JSON note, not
+  a pickle. A row written by someone with database access cannot run code in
+  the scheduler, and a stored id that the code does not declare is removed;
 * history is ours (``scheduler.JobRun``), so its execution listeners are not registered;
 * every query goes to ``SCHEDULER['DATABASE']``;
 * database errors are retried, and the calls APScheduler's main loop does not
   guard never raise, so a database restart cannot kill the scheduler;
-* a stored job that cannot be loaded is reported by id and removed;
 * many jobs are written in one statement (:meth:`put_jobs`) at start-up;
 * while this process holds the lease (:meth:`activate`), it is the only
   writer, so it serves the main loop from an in-memory index of the jobs
@@ -15,25 +19,29 @@ What changes against the parent class:
   before a write-back, the store is at most a second behind; the history
   table's unique (job, fire time) claim keeps the next leader from running
   those fire times again.
+
+The table keeps django-apscheduler's shape, so that its users can switch.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import logging
-import pickle
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
 from django.db import IntegrityError, transaction
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
 from scheduler import db, lease
+from scheduler.registry import JobSpec, registry
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +52,21 @@ RETRY_WAKEUP = timedelta(seconds=2)
 LOOP_RETRY_TIMEOUT = 5.0
 
 
+class DatabaseAway(Exception):
+    """The main loop cannot claim what is due; it tries again shortly (APScheduler logs it)."""
+
+
 class _Index:
     """The jobs of the active scheduler, ordered by next run time.
 
-    A job's pickled state is read from the database only when the main loop
-    first needs the job (``None`` until then), so that taking over 10,000
-    daily jobs neither transfers nor holds 10 MB of pickles.
+    A job is built from its declaration when the main loop first needs it
+    (``None`` until then), so that taking over 10,000 daily jobs reads two
+    columns and builds nothing.
     """
 
     def __init__(self, rows: Iterable[tuple[str, datetime | None]]) -> None:
-        # A job, its stored (pickle, next run time) not unpickled yet, or None: not read yet.
-        self.jobs: dict[str, Job | tuple[bytes, datetime | None] | None] = {}
+        self.jobs: dict[str, Job | None] = {}
         self.times: dict[str, float] = {}
-        self.order: list[tuple[float, str]] = []
         for job_id, next_run_time in rows:
             self.jobs[job_id] = None
             if next_run_time is not None:
@@ -79,6 +89,10 @@ class _Index:
             if index < len(self.order) and self.order[index] == (at, job_id):
                 del self.order[index]
 
+    def next_run_time(self, job_id: str) -> datetime | None:
+        at = self.times.get(job_id)
+        return datetime.fromtimestamp(at, UTC) if at is not None else None
+
     def due(self, now: float) -> list[str]:
         end = bisect.bisect_right(self.order, (now, "\U0010ffff"))
         return [job_id for _, job_id in self.order[:end]]
@@ -87,10 +101,31 @@ class _Index:
         return self.order[0][0] if self.order else None
 
 
-def _fixed(job: Job, state: dict | None = None) -> tuple:
-    """A job's state but for its next run time, to tell whether its pickle is current."""
-    state = state if state is not None else job.__getstate__()
-    return tuple(value for key, value in state.items() if key != "next_run_time")
+def build_job(scheduler: BaseScheduler, spec: JobSpec, next_run_time: datetime | None) -> Job:
+    """The APScheduler job of a declaration, due at ``next_run_time`` (None: paused)."""
+    trigger = spec.make_trigger()
+    if next_run_time is not None:
+        next_run_time = next_run_time.astimezone(getattr(trigger, "timezone", UTC))
+    return Job(
+        scheduler,
+        id=spec.id,
+        name=spec.name,
+        func=spec.func,
+        args=spec.args,
+        kwargs=spec.call_kwargs(None),
+        trigger=trigger,
+        executor="default",
+        misfire_grace_time=spec.effective_grace_time,
+        coalesce=spec.coalesce,
+        max_instances=spec.max_instances,
+        next_run_time=next_run_time,
+    )
+
+
+def job_state(job_id: str) -> bytes:
+    """What the ``job_state`` column holds: a note, never code (see the module docstring)."""
+    note = {"scheduler": 1, "id": job_id, "note": "rebuilt from the code's @cron/@interval"}
+    return json.dumps(note).encode()
 
 
 class _TimeRow:
@@ -99,20 +134,21 @@ class _TimeRow:
 
     __slots__ = ("pk", "next_run_time")
 
-    def __init__(self, job: Job) -> None:
-        self.pk = job.id
-        self.next_run_time = get_django_internal_datetime(job.next_run_time)
+    def __init__(self, job_id: str, next_run_time: datetime | None) -> None:
+        self.pk = job_id
+        self.next_run_time = get_django_internal_datetime(next_run_time)
 
 
 class JobStore(DjangoJobStore):
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, specs: Mapping[str, JobSpec] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        # The declarations jobs are rebuilt from (``sync`` sets the ones it stored).
+        self.specs: Mapping[str, JobSpec] = registry if specs is None else specs
         self._lock = threading.RLock()
         self._index: _Index | None = None
         self._dirty: set[str] = set()
         self._closed = False
-        # Job id -> what its stored pickle holds but for the next run time.
-        self._written: dict[str, tuple] = {}
+        self._unknown_reported: set[str] = set()
         # Called with the due jobs the index hands to the main loop, before it submits
         # them, and with a way to look ahead (``upcoming``).
         self.on_due: Callable[..., None] | None = None
@@ -148,76 +184,48 @@ class JobStore(DjangoJobStore):
                 self._drop_dirty()
                 return
             dirty, self._dirty = self._dirty, set()
-            jobs = [self._job(job_id) for job_id in dirty if job_id in self._index.jobs]
-            # Most changes are a next run time; the state is pickled again only when
-            # something else changed (pickling 200 jobs a second was a tenth of the
-            # scheduler's CPU under load).
-            changed, moved = [], []
-            for job in jobs:
-                if job is None:
-                    continue
-                if self._written.get(job.id) == _fixed(job):
-                    moved.append(job)
-                else:
-                    changed.append(job)
-            rows = [self._row(job) for job in changed]
-            times = [_TimeRow(job) for job in moved]
+            index = self._index
+            times = [
+                _TimeRow(job_id, index.next_run_time(job_id))
+                for job_id in dirty
+                if job_id in index.jobs
+            ]
 
         def write() -> None:
             with db.writing(), transaction.atomic(using=db.alias()):
-                db.update_many(DjangoJob, rows, ["next_run_time", "job_state"])
                 db.update_many(DjangoJob, times, ["next_run_time"])
 
         try:
-            db.retrying(write, f"store the next run times of {len(jobs)} jobs", LOOP_RETRY_TIMEOUT)
+            db.retrying(write, f"store the next run times of {len(times)} jobs", LOOP_RETRY_TIMEOUT)
         except db.TRANSIENT:
             with self._lock:
-                self._dirty |= {row.pk for row in rows + times}
-            logger.error("Could not store the next run times of %d jobs; will retry.", len(jobs))
+                self._dirty |= {row.pk for row in times}
+            logger.error("Could not store the next run times of %d jobs; will retry.", len(times))
 
     def _drop_dirty(self) -> None:
         if self._dirty:
             logger.warning("Lost the lease: dropping %d unsaved next run times.", len(self._dirty))
         self._dirty = set()
 
-    def _fetch_states(self, job_ids: Iterable[str]) -> None:
-        """Read the pickled states of index jobs not read yet, in a few queries."""
-        missing = [job_id for job_id in job_ids if self._index.jobs.get(job_id, b"") is None]
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
-
-            def fetch(chunk: list[str] = chunk) -> list[tuple[str, bytes, datetime | None]]:
-                return list(
-                    self._objects.filter(id__in=chunk).values_list(
-                        "id", "job_state", "next_run_time"
-                    )
-                )
-
-            found = {row[0]: row[1:] for row in db.retrying(fetch, "read jobs", LOOP_RETRY_TIMEOUT)}
-            for job_id in chunk:
-                if job_id in found:
-                    self._index.jobs[job_id] = found[job_id]
-                else:  # deleted behind our back: forget it
-                    self._index.drop(job_id)
-                    self._dirty.discard(job_id)
-
     def _jobs(self, job_ids: list[str]) -> list[Job]:
-        """The index's jobs of ``job_ids`` that can be loaded, their states read in a few
-        queries."""
-        self._fetch_states(job_ids)
+        """The index's jobs of ``job_ids`` that the code declares."""
         return [job for job in map(self._job, job_ids) if job is not None]
 
     def _job(self, job_id: str) -> Job | None:
-        """A job of the index whose state was read, unpickled on first use (None, and
-        removed, if it cannot be)."""
-        job = self._index.jobs.get(job_id)
-        if isinstance(job, tuple):
-            loaded = self._load(job_id, *job)
-            if loaded is None:
-                self._index.drop(job_id)
-                self._remove_broken([job_id])
+        """A job of the index, built on first use (None, and removed, if the code does not
+        declare it)."""
+        index = self._index
+        if job_id not in index.jobs:
+            return None
+        job = index.jobs[job_id]
+        if job is None:
+            job = self._load(job_id, index.next_run_time(job_id))
+            if job is None:
+                index.drop(job_id)
+                self._dirty.discard(job_id)
+                self._remove_unknown([job_id])
                 return None
-            self._index.jobs[job_id] = job = loaded
+            index.jobs[job_id] = job
         return job
 
     def register_event_listeners(self) -> None:
@@ -232,18 +240,17 @@ class JobStore(DjangoJobStore):
     def lookup_job(self, job_id: str) -> Job | None:
         with self._lock:
             if self._index is not None:
-                self._fetch_states([job_id])
                 return self._job(job_id)
 
-        def lookup() -> tuple[bytes, datetime | None] | None:
-            return self._objects.filter(id=job_id).values_list("job_state", "next_run_time").first()
+        def lookup() -> list[datetime | None]:
+            return list(self._objects.filter(id=job_id).values_list("next_run_time", flat=True))
 
         found = db.retrying(lookup, f"look up job {job_id!r}")
-        if found is None:
+        if not found:
             return None
-        job = self._load(job_id, *found)
+        job = self._load(job_id, found[0])
         if job is None:
-            self._remove_broken([job_id])
+            self._remove_unknown([job_id])
         return job
 
     def close(self) -> None:
@@ -264,7 +271,12 @@ class JobStore(DjangoJobStore):
         if due and self.on_due is not None:
             try:
                 self.on_due(due, now, self.upcoming)
-            except Exception:
+            except Exception as exc:
+                if db.is_transient(exc):
+                    # Nothing is submitted and no job moves on: APScheduler's main loop
+                    # looks again in ``jobstore_retry_interval``, and once the database
+                    # is back the fire times that passed are caught up or recorded.
+                    raise DatabaseAway(f"cannot claim {len(due)} due run(s): {exc}") from exc
                 # The due jobs still run: each worker claims its own fire time.
                 logger.exception("Could not claim %d due jobs ahead of their workers.", len(due))
         return due
@@ -310,7 +322,9 @@ class JobStore(DjangoJobStore):
                 jobs = self._jobs(list(self._index.jobs))
                 jobs.sort(key=lambda j: (j.next_run_time is None, j.next_run_time or 0))
                 return jobs
-        return super().get_all_jobs()
+        jobs = self._get_jobs()
+        self._fix_paused_jobs_sorting(jobs)
+        return jobs
 
     def add_job(self, job: Job) -> None:
         def add() -> None:
@@ -319,7 +333,7 @@ class JobStore(DjangoJobStore):
                     self._objects.create(
                         id=job.id,
                         next_run_time=get_django_internal_datetime(job.next_run_time),
-                        job_state=self._dump(job),
+                        job_state=job_state(job.id),
                     )
             except IntegrityError:
                 raise ConflictingIdError(job.id) from None
@@ -330,6 +344,7 @@ class JobStore(DjangoJobStore):
                 self._index.put(job)
 
     def update_job(self, job: Job) -> None:
+        """Store a job's new next run time (the only thing of a job the table keeps)."""
         with self._lock:
             indexed = self._index is not None
             if indexed:
@@ -344,8 +359,7 @@ class JobStore(DjangoJobStore):
 
         def update() -> int:
             return self._objects.filter(id=job.id).update(
-                next_run_time=get_django_internal_datetime(job.next_run_time),
-                job_state=self._dump(job),
+                next_run_time=get_django_internal_datetime(job.next_run_time)
             )
 
         try:
@@ -359,7 +373,6 @@ class JobStore(DjangoJobStore):
             raise JobLookupError(job.id)
 
     def remove_job(self, job_id: str) -> None:
-        self._written.pop(job_id, None)
         with self._lock:
             if self._index is not None:
                 self._index.drop(job_id)
@@ -386,7 +399,6 @@ class JobStore(DjangoJobStore):
             return
 
         def put() -> None:
-            # Pickled a thousand at a time: 10,000 pickles at once were 10 MB of peak memory.
             with transaction.atomic(using=db.alias()):
                 for start in range(0, len(jobs), 1000):
                     rows = [self._row(job) for job in jobs[start : start + 1000]]
@@ -408,63 +420,54 @@ class JobStore(DjangoJobStore):
         self.flush()
         db.close_broken()
 
-    def _row(self, job: Job) -> DjangoJob:
+    @staticmethod
+    def _row(job: Job) -> DjangoJob:
         return DjangoJob(
             id=job.id,
             next_run_time=get_django_internal_datetime(job.next_run_time),
-            job_state=self._dump(job),
+            job_state=job_state(job.id),
         )
 
-    def _dump(self, job: Job) -> bytes:
-        state = job.__getstate__()
-        self._written[job.id] = _fixed(job, state)
-        return pickle.dumps(state, self.pickle_protocol)
-
-    def _load(self, job_id: str, state: bytes, next_run_time: datetime | None) -> Job | None:
-        """Unpickle a stored job; its next run time is the column's, which the pickle
-        does not follow (see ``flush``)."""
-        try:
-            job = self._reconstitute_job(state)
-            if job.next_run_time != next_run_time:
-                zone = getattr(job.trigger, "timezone", UTC)
-                job.next_run_time = next_run_time.astimezone(zone) if next_run_time else None
-            self._written[job_id] = _fixed(job)
-            return job
-        except Exception as exc:
+    def _load(self, job_id: str, next_run_time: datetime | None) -> Job | None:
+        """The job of a stored id, built from its declaration in code; None if the code
+        does not declare it (the stored row is never unpickled)."""
+        spec = self.specs.get(job_id)
+        if spec is not None and spec.enabled:
+            return build_job(self._scheduler, spec, next_run_time)
+        if job_id not in self._unknown_reported:
+            self._unknown_reported.add(job_id)
             logger.error(
-                "Stored job %r cannot be loaded (%s: %s); removing it from the job store. "
-                "Its run history is kept.",
+                "Stored job %r is not declared in this scheduler's code; removing it from the "
+                "job store (its run history is kept).",
                 job_id,
-                type(exc).__name__,
-                exc,
             )
-            return None
+        return None
 
-    def _remove_broken(self, job_ids: list[str]) -> None:
+    def _remove_unknown(self, job_ids: list[str]) -> None:
         try:
             self.remove_jobs(job_ids)
         except db.TRANSIENT:
-            logger.error("Could not remove broken jobs %s; will try again.", job_ids)
+            logger.error("Could not remove stored jobs %s; will try again.", job_ids)
 
     def _get_jobs(self, **filters) -> list[Job]:
-        def fetch() -> list[tuple[str, bytes, datetime | None]]:
+        def fetch() -> list[tuple[str, datetime | None]]:
             return list(
                 self._objects.filter(**filters)
                 .order_by("next_run_time")
-                .values_list("id", "job_state", "next_run_time")
+                .values_list("id", "next_run_time")
             )
 
         # get_due_jobs errors are caught by APScheduler's loop (it retries later).
         rows = db.retrying(fetch, "read due jobs", LOOP_RETRY_TIMEOUT)
-        jobs, broken = [], []
-        for job_id, state, next_run_time in rows:
-            job = self._load(job_id, state, next_run_time)
+        jobs, unknown = [], []
+        for job_id, next_run_time in rows:
+            job = self._load(job_id, next_run_time)
             if job is None:
-                broken.append(job_id)
+                unknown.append(job_id)
             else:
                 jobs.append(job)
-        if broken:
-            self._remove_broken(broken)
+        if unknown:
+            self._remove_unknown(unknown)
         return jobs
 
     def __repr__(self) -> str:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Case, F, Q, When
@@ -184,9 +184,9 @@ class Leadership(threading.Thread):
         instance = SchedulerInstance.objects.using(db.alias()).filter(id=holder).first()
         return (
             instance is not None
+            and instance.id != self.instance_id
             and instance.hostname == conf.HOSTNAME
-            and instance.pid != os.getpid()
-            and not pid_alive(instance.pid)
+            and not pid_alive(instance.pid, instance.started_at)
         )
 
     def _beat(self, leader: bool) -> None:
@@ -246,14 +246,47 @@ class Leadership(threading.Thread):
         _current = None
 
 
-def pid_alive(pid: int) -> bool:
+# Seconds of slack when comparing a process's start with a row it wrote: the two
+# come from different clocks (boot time plus ticks, and the wall clock).
+PID_START_TOLERANCE = 1.0
+
+
+def pid_alive(pid: int, since: datetime | None = None) -> bool:
+    """Whether the process ``pid`` of this host is alive and could have written a row at
+    ``since``.
+
+    A pid alone is not enough: in a container every scheduler is pid 1, and
+    pids are reused. A process that started after the row was written is not
+    the one that wrote it. (Where the start time cannot be read, outside
+    Linux, the pid alone decides.)
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if since is None:
         return True
-    return True
+    started = process_start(pid)
+    if started is None:
+        return True
+    return started <= since.timestamp() + PID_START_TOLERANCE
+
+
+def process_start(pid: int) -> float | None:
+    """When the process ``pid`` started (seconds since the epoch), from /proc; None where
+    that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        with open("/proc/uptime", "rb") as uptime_file:
+            uptime = float(uptime_file.read().split()[0])
+        # Field 22, counted after the command name (which may hold spaces and parentheses).
+        ticks = int(data[data.rindex(b")") + 2 :].split()[19])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def recover_orphans(lease_seconds: float) -> int:

@@ -1,4 +1,4 @@
-"""Results of runs, written in groups by one thread.
+"""The run history's writes after a claim: outcomes, and rows for fire times that did not run.
 
 Under load a run's result was the only write of its worker, and a write after
 the process sat idle for a few milliseconds cost as much CPU as plain
@@ -6,11 +6,25 @@ APScheduler's whole run (cold caches, a transaction of its own, a connection
 per worker thread). In ``runapscheduler`` finished runs are handed to one
 writer thread instead, which writes what has gathered in one transaction: at
 once after a quiet spell, and at most every ``INTERVAL`` while runs keep
-finishing.
+finishing. Rows for fire times that did not run (``missed``, ``skipped``) go
+the same way, so that neither the main loop nor a worker waits on a database
+that is away.
 
-A result waits in memory for at most ``INTERVAL`` plus one write. A process
-killed in that window leaves the row ``running``, and the next start marks it
-interrupted; a stop by signal writes every result before the process exits.
+Nothing handed to the writer is dropped:
+
+* while the database is away, writes are retried, and after
+  ``DB_RETRY_TIMEOUT`` they wait for the next round instead of being given up;
+* a group that the database refuses for another reason (a value it cannot
+  store, say) is written again row by row, and a row still refused is
+  finished as ``failed`` with the reason, so one bad value never costs
+  another run its result;
+* a stop writes everything before the process exits (bounded by the shutdown
+  deadline); a process killed before that leaves ``running`` rows, which the
+  next start marks interrupted.
+
+Every run this process claimed is *open* here until its final row is
+written; the active scheduler sweeps its own ``running`` rows that are not
+open (see ``sweep``).
 """
 
 from __future__ import annotations
@@ -19,15 +33,19 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 from django.db import transaction
 
 from scheduler import db
 from scheduler.models import JobRun
+from scheduler.text import describe_exception, storable
 
 logger = logging.getLogger(__name__)
 
 INTERVAL = 0.1  # seconds between two writes while results keep coming
+# Seconds between rounds of a write that outlasted DB_RETRY_TIMEOUT.
+RETRY_PAUSE = 5.0
 
 FIELDS = ("status", "started_at", "finished_at", "duration", "exception", "traceback", "output")
 # A row another scheduler marked interrupted (it could not see our heartbeat,
@@ -35,58 +53,176 @@ FIELDS = ("status", "started_at", "finished_at", "duration", "exception", "trace
 FINISHABLE = (JobRun.Status.RUNNING, JobRun.Status.INTERRUPTED)
 
 _changed = threading.Condition()
-_pending: list[JobRun] = []
+_pending: list[JobRun] = []  # outcomes to write (UPDATE)
+_inserts: list[JobRun] = []  # rows of fire times that did not run (INSERT, first one wins)
 _stop = False
+_deadline: float | None = None  # monotonic: give up writing after this, once stopping
 _thread: threading.Thread | None = None
+_open: set[int] = set()  # ids of runs claimed by this process without a final row yet
+_open_lock = threading.Lock()
+
+
+# -- the runs this process owes a final row ----------------------------------------
+
+
+def opened(runs: Iterable[JobRun]) -> None:
+    """These claimed runs are this process's to finish."""
+    with _open_lock:
+        _open.update(run.pk for run in runs)
+
+
+def closed(run_ids: Iterable[int]) -> None:
+    with _open_lock:
+        _open.difference_update(run_ids)
+
+
+def open_ids() -> set[int]:
+    with _open_lock:
+        return set(_open)
+
+
+# -- the writer thread ----------------------------------------------------------------
 
 
 def start() -> None:
     """Write results from a thread of their own from now on (see ``record``)."""
-    global _thread, _stop
+    global _thread, _stop, _deadline
     with _changed:
         if _thread is not None:
             return
-        _stop = False
+        _stop, _deadline = False, None
         _thread = threading.Thread(target=_loop, name="scheduler-results", daemon=True)
         _thread.start()
 
 
-def stop(timeout: float | None = None) -> None:
-    """Write every result handed over so far, then end the writer thread."""
-    global _thread, _stop
+def stop(deadline: float | None = None) -> int:
+    """Write everything handed over so far (until the monotonic ``deadline``), then end the
+    writer thread. Returns how many rows could not be written."""
+    global _thread, _stop, _deadline
     with _changed:
-        thread, _stop = _thread, True
+        thread, _stop, _deadline = _thread, True, deadline
         _changed.notify_all()
     if thread is not None:
-        thread.join(timeout)
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
     with _changed:
         _thread = None
+        left = len(_pending) + len(_inserts)
+    if left:
+        logger.error(
+            "Could not record %d run result(s) before exiting (database unavailable); the next "
+            "start marks their rows interrupted.",
+            left,
+        )
+    return left
 
 
 def record(run: JobRun) -> None:
-    """Write ``run``'s result: soon, by the writer thread, if it runs; else now."""
-    with _changed:
-        if _thread is not None and not _stop:
-            _pending.append(run)
-            if len(_pending) == 1:  # the writer waits for a first result, not for each
-                _changed.notify_all()
-            return
+    """Write ``run``'s outcome: soon, by the writer thread, if it runs; else now."""
+    if _hand_over(_pending, [run]):
+        return
     write([run])
 
 
-def write(runs: list[JobRun], timeout: float | None = None) -> None:
-    """Write the results of ``runs`` (one transaction), retrying through outages."""
+def record_not_run(rows: list[JobRun]) -> None:
+    """Insert rows of fire times that did not run; a fire time that has a row keeps it."""
+    if not rows or _hand_over(_inserts, rows):
+        return
+    insert(rows)
 
-    def update() -> None:
+
+def _hand_over(queue: list[JobRun], rows: list[JobRun]) -> bool:
+    with _changed:
+        if _thread is None or _stop:
+            return False
+        queue.extend(rows)
+        if len(_pending) + len(_inserts) == len(rows):  # the writer waits for a first row only
+            _changed.notify_all()
+        return True
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def write(
+    runs: list[JobRun], timeout: float | None = None, should_stop: Callable[[], bool] | None = None
+) -> None:
+    """Write the outcomes of ``runs`` (one transaction), retrying through outages.
+
+    Raises a transient database error only if the database stayed away for
+    ``timeout``; anything else the database refuses is written row by row, and
+    a row still refused is finished as failed with the reason.
+    """
+
+    def update(group: list[JobRun]) -> None:
         # One row: the statement is its own transaction, one round trip less.
-        atomic = transaction.atomic(using=db.alias()) if len(runs) > 1 else contextlib.nullcontext()
+        many = len(group) > 1
+        atomic = transaction.atomic(using=db.alias()) if many else contextlib.nullcontext()
         with db.writing(), atomic:
-            db.update_many(JobRun, runs, FIELDS, where_in={"status": FINISHABLE})
+            db.update_many(JobRun, group, FIELDS, where_in={"status": FINISHABLE})
 
     what = f"record the result of {runs[0].job_id!r}"
     if len(runs) > 1:
         what = f"record the results of {len(runs)} runs"
-    db.retrying(update, what, timeout)
+    try:
+        db.retrying(lambda: update(runs), what, timeout, should_stop)
+    except Exception as exc:
+        if db.is_transient(exc):
+            raise
+        if len(runs) > 1:
+            for run in runs:
+                write([run], timeout, should_stop)
+            return
+        _write_refused(runs[0], exc, lambda: update(runs), timeout, should_stop)
+        return
+    closed(run.pk for run in runs)
+
+
+def _write_refused(
+    run: JobRun,
+    exc: Exception,
+    update: Callable[[], None],
+    timeout: float | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """The database refused this run's outcome: keep what matters, say why."""
+    logger.error("Run %s of %r: its result cannot be stored as it is: %s", run.pk, run.job_id, exc)
+    outcome = run.status
+    run.status = JobRun.Status.FAILED
+    run.exception = (
+        "The scheduler could not store this run's result "
+        f"({storable(describe_exception(exc), 2000, 'head')}); the run itself ended {outcome}."
+    )
+    run.traceback = run.output = ""
+    try:
+        db.retrying(update, f"record the result of {run.job_id!r}", timeout, should_stop)
+    except Exception as again:
+        if db.is_transient(again):
+            raise
+        # Left running and closed: the active scheduler's sweep marks it interrupted.
+        logger.error("Run %s of %r could not be finished at all: %s", run.pk, run.job_id, again)
+    closed([run.pk])
+
+
+def insert(rows: list[JobRun], timeout: float | None = None) -> None:
+    """Insert rows of fire times that did not run; a conflict means the fire time has a row."""
+
+    def create(group: list[JobRun]) -> None:
+        with db.writing():
+            JobRun.objects.using(db.alias()).bulk_create(
+                group, batch_size=500, ignore_conflicts=True
+            )
+
+    what = f"record {len(rows)} fire time(s) of {rows[0].job_id!r} that did not run"
+    try:
+        db.retrying(lambda: create(rows), what, timeout)
+    except Exception as exc:
+        if db.is_transient(exc):
+            raise
+        if len(rows) > 1:
+            for row in rows:
+                insert([row], timeout)
+            return
+        logger.error("Could not record a %s run of %r: %s", rows[0].status, rows[0].job_id, exc)
 
 
 class _Starts:
@@ -120,26 +256,54 @@ class _Starts:
 starts = _Starts()
 
 
+def _stopping_past_deadline() -> bool:
+    return _stop and _deadline is not None and time.monotonic() >= _deadline
+
+
 def _loop() -> None:
     last = float("-inf")
+    failing_since: float | None = None
     while True:
         with _changed:
-            _changed.wait_for(lambda: _pending or _stop)
-            if not _pending:
+            _changed.wait_for(lambda: _pending or _inserts or _stop)
+            if not (_pending or _inserts) or _stopping_past_deadline():
                 return
             # Let more results gather, unless the last write was a while ago.
             pause = last + INTERVAL - time.monotonic()
+            if failing_since is not None:
+                pause = last + RETRY_PAUSE - time.monotonic()
             if pause > 0 and not _stop:
                 _changed.wait_for(lambda: _stop, pause)
-        starts.wait()
+        if not _stop:
+            starts.wait()
         with _changed:
-            group = list(_pending)
+            group, rows = list(_pending), list(_inserts)
             _pending.clear()
+            _inserts.clear()
+            stopping, deadline = _stop, _deadline
         last = time.monotonic()
+        timeout = None  # DB_RETRY_TIMEOUT
+        if stopping and deadline is not None:
+            timeout = max(0.0, deadline - last)
         try:
-            write(group)
-        except Exception:
-            # The rows stay running; the next start marks them interrupted.
-            logger.exception("Could not record the results of %d run(s).", len(group))
+            if rows:
+                insert(rows, timeout)
+                rows = []
+            if group:
+                write(group, timeout, _stopping_past_deadline)
+            failing_since = None
+        except Exception as exc:
+            # The database is away (and stayed away for DB_RETRY_TIMEOUT): keep the
+            # rows, first in line, and try again; nothing is given up while we live.
+            with _changed:
+                _inserts[:0] = rows
+                _pending[:0] = group
+            if failing_since is None:
+                failing_since = last
+                logger.error(
+                    "Could not record %d run result(s) yet; will keep trying: %s",
+                    len(group) + len(rows),
+                    exc,
+                )
         finally:
             db.close_old_connections()

@@ -29,6 +29,7 @@ from scheduler.capture import capture
 from scheduler.models import JobRun
 from scheduler.pool import WorkerPool
 from scheduler.registry import JobSpec, is_async, registry
+from scheduler.text import describe_exception, storable
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,47 @@ def _new_run(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun:
     )
 
 
+# How long a worker that claims its own fire time waits for a database that is away
+# before it records the fire time missed (it holds the job's max_instances slot).
+CLAIM_RETRY_TIMEOUT = 5.0
+
+
 def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
-    """Insert the ``running`` row for a scheduled fire time; None if another process has it."""
+    """Insert the ``running`` row for a scheduled fire time; None if it must not run here.
+
+    A fire time this process cannot run (it lost the lease, or the database
+    stayed away) is recorded missed, unless another process has it already:
+    every fire time handed to the executor ends with a row.
+    """
     if not lease.holds():
         logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
+        record(job_id, job_name, Status.MISSED, [scheduled_at], LOST_LEASE)
         return None
     run = _new_run(job_id, job_name, scheduled_at)
-    return run if claims.claim(run) else None
+    try:
+        won = claims.claim(run, CLAIM_RETRY_TIMEOUT)
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        record(
+            job_id,
+            job_name,
+            Status.MISSED,
+            [scheduled_at],
+            f"Missed: the database was unavailable when the run was due ({exc}).",
+        )
+        return None
+    if not won:
+        logger.info(
+            "Run of %r at %s already claimed by another scheduler; skipping it.",
+            job_id,
+            scheduled_at.isoformat(),
+        )
+    return run if won else None
+
+
+LOST_LEASE = "Missed: this scheduler lost its lease before the run could start."
+STOPPED = "Missed: the scheduler stopped before the run could start."
 
 
 def record(
@@ -81,9 +116,13 @@ def record(
     reason: str,
     trigger: str = JobRun.Trigger.SCHEDULE,
 ) -> None:
-    """Record fire times that did not run, one row each, in one statement."""
-    if not lease.holds():
-        return  # the fire times are the active scheduler's to run or record
+    """Record fire times that did not run, one row each (soon, by the results writer).
+
+    A fire time that has a row already (another scheduler ran or recorded it)
+    keeps it: the first row wins.
+    """
+    if not times:
+        return
     cap = max(1, conf.get("MAX_MISSED_ROWS"))
     if len(times) > cap:
         reason = (
@@ -92,30 +131,23 @@ def record(
         )
         times = times[-cap:]
     now = timezone.now()
-    rows = [
-        JobRun(
-            job_id=job_id,
-            job_name=job_name,
-            status=status,
-            trigger=trigger,
-            scheduled_at=at,
-            finished_at=now,
-            hostname=HOSTNAME,
-            pid=os.getpid(),
-            instance=lease.instance_id(),
-            exception=reason,
-        )
-        for at in times
-    ]
-
-    # A conflict means another scheduler already ran or recorded that fire time.
-    def write() -> None:
-        with db.writing():
-            _runs().bulk_create(rows, batch_size=500, ignore_conflicts=True)
-
-    db.retrying(
-        write,
-        f"record {status} runs of {job_id!r}",
+    name = storable(job_name, 255)
+    results.record_not_run(
+        [
+            JobRun(
+                job_id=job_id,
+                job_name=name,
+                status=status,
+                trigger=trigger,
+                scheduled_at=at,
+                finished_at=now,
+                hostname=HOSTNAME,
+                pid=os.getpid(),
+                instance=lease.instance_id(),
+                exception=reason,
+            )
+            for at in times
+        ]
     )
 
 
@@ -128,19 +160,22 @@ def execute(run: JobRun, call: Callable[[], Any]) -> JobRun:
         status = Status.SUCCEEDED
         run.started_at = run.started_at or timezone.now()
         start = time.perf_counter()
-        with capture(conf.get("MAX_OUTPUT")) as output:
+        limit = conf.get("MAX_OUTPUT")
+        with capture(limit) as output:
             try:
                 call()
             except BaseException as exc:  # noqa: BLE001 - a job's SystemExit is a failure too
                 status = Status.FAILED
-                exception = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}".removeprefix(
-                    "builtins."
-                )
-                tb = traceback.format_exc()
-                logger.error("Job %r failed: %s", run.job_id, exception)
+                exception = describe_exception(exc)
+                tb = _format_traceback(exc)
+                logger.error("Job %r failed: %s", run.job_id, storable(exception, 1000, "head"))
         run.duration = time.perf_counter() - start
         run.finished_at = run.started_at + timedelta(seconds=run.duration)
-        run.status, run.exception, run.traceback = status, exception, tb
+        run.status = status
+        # Capped and made storable here, once: one value the database cannot hold
+        # would otherwise cost this run (and the runs written with it) their result.
+        run.exception = storable(exception, limit, "head")
+        run.traceback = storable(tb, limit, "tail")
         run.output = output.getvalue()
         results.record(run)
     finally:
@@ -149,22 +184,27 @@ def execute(run: JobRun, call: Callable[[], Any]) -> JobRun:
     return run
 
 
-def finish(run: JobRun, timeout: float | None = None) -> None:
-    """Write ``run``'s final status now."""
-    results.write([run], timeout)
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
+        return f"(the traceback could not be formatted: {describe_exception(error)})"
 
 
-def interrupt(run_ids: list[int], reason: str) -> int:
+def interrupt(run_ids: list[int], reason: str, timeout: float | None = None) -> int:
     """Mark runs that will never finish as interrupted."""
     now = timezone.now()
-    return db.retrying(
+    count = db.retrying(
         lambda: (
             _runs()
             .filter(pk__in=run_ids, status=Status.RUNNING)
             .update(status=Status.INTERRUPTED, finished_at=now, exception=reason)
         ),
         "mark runs interrupted",
+        timeout,
     )
+    results.closed(run_ids)
+    return count
 
 
 def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
@@ -178,17 +218,25 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def run_manual(run: JobRun) -> JobRun:
-    """Run a claimed manual run (status ``running``) of a registered job."""
+def run_manual(run: JobRun, stopping: threading.Event | None = None) -> JobRun:
+    """Run a claimed manual run (status ``running``) of a registered job.
+
+    After a stop signal it is not started but queued again, for the next
+    active scheduler.
+    """
     db.close_old_connections()
     try:
+        if stopping is not None and stopping.is_set():
+            requeue(run)
+            return run
         run.started_at = timezone.now()
         spec = registry.get(run.job_id)
         if spec is None:
-            run.status = Status.FAILED
-            run.finished_at = run.started_at
-            run.exception = f"Job {run.job_id!r} is not registered in this scheduler's code."
-            finish(run)
+            _abandon(
+                run,
+                Status.FAILED,
+                f"Job {run.job_id!r} is not registered in this scheduler's code.",
+            )
             return run
         return execute(run, make_call(spec, None, run.scheduled_at))
     finally:
@@ -218,12 +266,20 @@ class Executor(BasePoolExecutor):
     the fire times that a free worker will start at once, all in one INSERT in
     the main loop's thread, together with the fire times of the next
     ``CLAIM_AHEAD``; a worker then has nothing to write before calling the job.
-    Fire times it does not claim (no free worker, more than one fire time, late
-    beyond the grace time, database trouble) are claimed by their worker, which
-    retries and records them as before. A fire time claimed ahead that does not
-    come as claimed (the job was paused, changed or removed; this scheduler
-    stopped or lost its lease first) is given back: its row is deleted, as no
-    run was due.
+    If that INSERT fails because the database is away, the main loop submits
+    nothing and advances no job (the store raises): it looks again shortly, and
+    once the database is back the fire times that passed are caught up or
+    recorded missed like after any downtime. Fire times it does not claim (no
+    free worker, more than one fire time, late beyond the grace time) are
+    claimed by their worker. A fire time claimed ahead that does not come as
+    claimed (the job was paused, changed or removed; this scheduler stopped
+    first) is given back: its row is deleted, as no run was due; after the
+    lease was lost, it is recorded missed instead (another scheduler may have
+    found it taken already).
+
+    Every fire time submitted ends with a row: its run, or a ``missed`` or
+    ``skipped`` row saying why not. After ``stop_starting`` (a stop signal) no
+    run starts any more.
     """
 
     def __init__(self, max_workers: int) -> None:
@@ -235,6 +291,15 @@ class Executor(BasePoolExecutor):
         # main loop paused, the thread stopping it).
         self._claimed: dict[str, _Claimed] = {}
         self._closed = False
+        # Set by a stop signal: workers start nothing from then on.
+        self.stopping = threading.Event()
+        # Manual runs of another process (``runjob``) in progress, counted against
+        # max_instances here: run id -> job id.
+        self._foreign: dict[int, str] = {}
+
+    def stop_starting(self) -> None:
+        """Start no run from now on (called from the stop signal's handler)."""
+        self.stopping.set()
 
     def claim_due(
         self,
@@ -243,7 +308,11 @@ class Executor(BasePoolExecutor):
         upcoming: Callable[[datetime, datetime], list[Job]] | None = None,
     ) -> None:
         """Claim the fire times of ``jobs`` that the main loop will submit for ``now``
-        (and, with ``upcoming``, those due within ``CLAIM_AHEAD``)."""
+        (and, with ``upcoming``, those due within ``CLAIM_AHEAD``).
+
+        Raises the database error when the database is away: the main loop then
+        submits nothing this time.
+        """
         due = {job.id: job for job in jobs}
         self._release_claims(due, now)
         if not jobs or self._closed or not lease.holds():
@@ -278,11 +347,10 @@ class Executor(BasePoolExecutor):
                 runs.append(self._new_claim(job, job.next_run_time))
         try:
             won = claims.claim_many(runs)
-        except db.TRANSIENT as exc:
-            # The main loop must not wait out an outage: each worker claims its own, retrying.
-            db.close_broken()
-            logger.debug("Claiming %d runs in one statement failed: %s", len(runs), exc)
-            return
+        except Exception as exc:
+            if db.is_transient(exc):
+                db.close_broken()
+            raise
         ahead = {id(run) for run in runs[due_count:]}
         for run in won:
             self._claimed[run.job_id] = _Claimed(run, id(run) in ahead)
@@ -328,14 +396,43 @@ class Executor(BasePoolExecutor):
         # A fire time claimed ahead and not submitted did not come as claimed, or
         # comes after this scheduler stopped: a later start catches up on it.
         # One claimed when it was due, and not submitted, was missed.
-        if claimed.ahead:
-            _withdraw([claimed.run], timeout)
-        else:
-            _abandon(claimed.run, Status.MISSED, reason, timeout)
+        if claimed.ahead and lease.holds() and _withdraw([claimed.run], timeout):
+            return
+        _abandon(claimed.run, Status.MISSED, reason)
+
+    # -- manual runs ------------------------------------------------------------------------
+
+    def reserve(self, job_id: str, max_instances: int) -> bool:
+        """Take one of the job's ``max_instances`` slots for a manual run, if one is free."""
+        with self._lock:
+            if self._closed or self._instances[job_id] >= max_instances:
+                return False
+            self._instances[job_id] += 1
+            return True
+
+    def unreserve(self, job_id: str) -> None:
+        self._run_job_success(job_id, [])
 
     def submit_manual(self, run: JobRun) -> Future:
-        """Start a claimed manual run on a worker."""
-        return self._submit(run_manual, run)
+        """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
+        future = self._submit(run_manual, run, self.stopping)
+        future.add_done_callback(lambda _: self.unreserve(run.job_id))
+        return future
+
+    def count_foreign(self, runs: dict[int, str]) -> None:
+        """Manual runs of other processes now running (run id -> job id): each holds one of
+        its job's slots here until it is no longer listed."""
+        with self._lock:
+            for run_id in self._foreign.keys() - runs.keys():
+                job_id = self._foreign.pop(run_id)
+                self._instances[job_id] -= 1
+                if self._instances[job_id] <= 0:
+                    del self._instances[job_id]
+            for run_id in runs.keys() - self._foreign.keys():
+                self._foreign[run_id] = runs[run_id]
+                self._instances[runs[run_id]] += 1
+
+    # -- submissions ---------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         future = self._pool.submit(fn, *args)
@@ -371,6 +468,17 @@ class Executor(BasePoolExecutor):
             else:
                 record(job.id, name, Status.SKIPPED, run_times, reason)
             raise
+        except BaseException as exc:
+            # APScheduler logs it and moves the job on: the fire times would vanish.
+            if not isinstance(exc, _Recorded):
+                record(
+                    job.id,
+                    name,
+                    Status.MISSED,
+                    run_times,
+                    f"Missed: the scheduler could not start the run ({describe_exception(exc)}).",
+                )
+            raise
 
     @staticmethod
     def _coalesced_times(job: Job, run_times: list[datetime]) -> list[datetime]:
@@ -396,18 +504,21 @@ class Executor(BasePoolExecutor):
             if future.cancelled():
                 # The scheduler stopped before a worker was free to start it.
                 self._run_job_success(job.id, [])
-                reason = "Missed: the scheduler stopped before the run could start."
                 if run is not None:
                     results.starts.started()
-                    _abandon(run, Status.MISSED, reason)
+                    _abandon(run, Status.MISSED, STOPPED)
                 else:
-                    record(job.id, job.name, Status.MISSED, run_times, reason)
+                    record(job.id, job.name, Status.MISSED, run_times, STOPPED)
                 return
             exc = future.exception()
             if exc:
                 if run is not None and run.status == Status.RUNNING:
                     # It failed before the job was called, so nothing else finishes its row.
-                    _abandon(run, Status.FAILED, f"The scheduler could not start the run: {exc!r}")
+                    _abandon(
+                        run,
+                        Status.FAILED,
+                        f"The scheduler could not start the run: {describe_exception(exc)}",
+                    )
                 self._run_job_error(job.id, exc, exc.__traceback__)
             else:
                 self._run_job_success(job.id, [])
@@ -415,44 +526,84 @@ class Executor(BasePoolExecutor):
         if run is not None:
             results.starts.add()
         try:
-            future = self._submit(run_scheduled, job, run_times, run)
-        except BaseException:
+            future = self._submit(run_scheduled, job, run_times, run, self.stopping)
+        except BaseException as exc:
+            reason = f"Missed: the scheduler could not start the run ({describe_exception(exc)})."
             if run is not None:
                 results.starts.started()
-                _abandon(run, Status.MISSED, "Missed: the scheduler could not start the run.")
-            raise
+                _abandon(run, Status.MISSED, reason)
+            else:
+                record(job.id, job.name, Status.MISSED, run_times, reason)
+            raise _Recorded(reason) from exc
         future.add_done_callback(callback)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
         self._closed = True
-        self.release_claims(reason)
+        self.release_claims(reason, timeout)
 
     def shutdown(self, wait: bool = True) -> None:
-        self.close("Missed: the scheduler stopped before the run could start.")
+        self.close(STOPPED)
         super().shutdown(wait)
 
 
-def _abandon(run: JobRun, status: str, reason: str, timeout: float | None = None) -> None:
-    """Finish a claimed run that was never started."""
+class _Recorded(Exception):
+    """A submission failed and its fire times are recorded already."""
+
+
+def _abandon(run: JobRun, status: str, reason: str) -> None:
+    """Finish a claimed run that was never started (soon, by the results writer)."""
     run.status, run.exception = status, reason
     run.finished_at = timezone.now()
-    finish(run, timeout)
+    results.record(run)
 
 
-def _withdraw(runs: list[JobRun], timeout: float | None = None) -> None:
-    """Delete claims made ahead for fire times that did not come: no run was due."""
+def _withdraw(runs: list[JobRun], timeout: float | None = None) -> bool:
+    """Delete claims made ahead for fire times that did not come: no run was due.
+
+    Done at once or not at all: a row deleted later, after another scheduler
+    found the fire time taken and skipped it, would leave that fire time with
+    no row. False when it could not be done (the caller records them missed).
+    """
     ids = [run.pk for run in runs]
     try:
         db.retrying(
             lambda: _runs().filter(pk__in=ids, status=Status.RUNNING).delete(),
             "give back fire times claimed ahead",
-            timeout,
+            WITHDRAW_TIMEOUT if timeout is None else min(timeout, WITHDRAW_TIMEOUT),
         )
-    except db.TRANSIENT:
-        # The rows stay ``running``; the next start (or the next active scheduler)
-        # finds them and marks them interrupted.
-        logger.exception("Could not give back %d fire time(s) claimed ahead.", len(ids))
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        logger.warning("Could not give back %d fire time(s) claimed ahead: %s", len(ids), exc)
+        return False
+    results.closed(ids)
+    return True
+
+
+# Seconds a give-back waits for the database; it runs in the main loop or while stopping.
+WITHDRAW_TIMEOUT = 2.0
+
+
+def requeue(run: JobRun) -> None:
+    """Put a claimed manual run that did not start back in the queue, for the next active
+    scheduler; if the database does not answer, it is finished as interrupted later."""
+    try:
+        db.retrying(
+            lambda: (
+                _runs()
+                .filter(pk=run.pk, status=Status.RUNNING)
+                .update(status=Status.QUEUED, hostname="", pid=None, instance="")
+            ),
+            f"queue the run of {run.job_id!r} again",
+            WITHDRAW_TIMEOUT,
+        )
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        _abandon(run, Status.INTERRUPTED, "Interrupted: the scheduler stopped before it started.")
+        return
+    results.closed([run.pk])
 
 
 def _too_late(job: Job, run_time: datetime) -> str:
@@ -467,7 +618,12 @@ def _too_late(job: Job, run_time: datetime) -> str:
     return ""
 
 
-def run_scheduled(job: Job, run_times: list[datetime], claimed: JobRun | None = None) -> None:
+def run_scheduled(
+    job: Job,
+    run_times: list[datetime],
+    claimed: JobRun | None = None,
+    stopping: threading.Event | None = None,
+) -> None:
     """Worker-thread body for one submission of a scheduled job."""
     if claimed is not None:
         results.starts.started()
@@ -476,26 +632,25 @@ def run_scheduled(job: Job, run_times: list[datetime], claimed: JobRun | None = 
         spec = registry.get(job.id)
         if claimed is not None:  # the main loop claimed its fire time
             reason = _too_late(job, claimed.scheduled_at)
-            if reason:  # it waited for a worker that long
+            if stopping is not None and stopping.is_set():
+                reason = STOPPED
+            if reason:  # it waited for a worker that long, or the scheduler is stopping
                 _abandon(claimed, Status.MISSED, reason)
                 return
             claimed.started_at = timezone.now()
             execute(claimed, make_call(spec, job, claimed.scheduled_at))
             return
         name = spec.name if spec else job.name
-        for run_time in run_times:
+        for index, run_time in enumerate(run_times):
+            if stopping is not None and stopping.is_set():
+                record(job.id, name, Status.MISSED, run_times[index:], STOPPED)
+                return
             reason = _too_late(job, run_time)
             if reason:
                 record(job.id, name, Status.MISSED, [run_time], reason)
                 continue
             run = claim(job.id, name, run_time)
-            if run is None:
-                logger.info(
-                    "Run of %r at %s already claimed by another scheduler; skipping it.",
-                    job.id,
-                    run_time.isoformat(),
-                )
-                continue
-            execute(run, make_call(spec, job, run_time))
+            if run is not None:
+                execute(run, make_call(spec, job, run_time))
     finally:
         db.close_old_connections()

@@ -41,17 +41,19 @@ def make_scheduler() -> BackgroundScheduler:
 def recover_local_orphans() -> int:
     """Mark ``running`` rows left by a dead process on this host as interrupted.
 
-    This catches what the lease cannot: ``runjob`` runs, which belong to no
-    scheduler instance.
+    This catches what the lease cannot: ``runjob`` runs, and runs of a crashed
+    scheduler before any standby notices. A process counts as dead when no
+    process has its pid, or the one that has it started after the row was
+    written (pids are reused, and in containers every scheduler is pid 1).
     """
     runs = JobRun.objects.using(db.alias()).filter(
         status=JobRun.Status.RUNNING, hostname=runner.HOSTNAME
     )
-    pids = set(runs.exclude(pid=os.getpid()).values_list("pid", flat=True))
-    dead = [pid for pid in pids if pid is None or not lease.pid_alive(pid)]
+    rows = runs.values_list("id", "pid", "started_at")
+    dead = [pk for pk, pid, started in rows if pid is None or not lease.pid_alive(pid, started)]
     if not dead:
         return 0
-    return runs.filter(pid__in=dead).update(
+    return runs.filter(pk__in=dead).update(
         status=JobRun.Status.INTERRUPTED,
         finished_at=timezone.now(),
         exception="Interrupted: the process running it died (found at the next start).",
@@ -59,6 +61,13 @@ def recover_local_orphans() -> int:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Seconds, past SHUTDOWN_GRACE, to write the last results and leave; then the process
+# leaves anyway (the database may be away, or hanging).
+SETTLE_SECONDS = 5.0
+
+
+class StartupStopped(Exception):
+    """A stop signal arrived before the scheduler was up."""
 
 
 class Service:
@@ -69,7 +78,12 @@ class Service:
         self.grace_over = False
         self.specs: dict[str, JobSpec] = {}
         self.scheduler: BackgroundScheduler | None = None
+        self.executor: runner.Executor | None = None
         self.control: Control | None = None
+        # Taking over and stopping must not interleave: a take-over finishing after
+        # a stop signal would resume the main loop the stop just paused.
+        self._role_lock = threading.Lock()
+        self._stopping = False
 
     def request_stop(self, signum: int, frame: object = None) -> None:
         name = signal.Signals(signum).name
@@ -80,6 +94,12 @@ class Service:
         logger.info("Received %s: finishing running jobs, starting no new ones.", name)
         self.reason = name
         self.stop_event.set()
+        # At once, from the handler: no worker starts a run from here on.
+        if self.executor is not None:
+            self.executor.stop_starting()
+
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
 
     def elected(self) -> None:
         """This process just took the lease: bring the store up to date and start running."""
@@ -88,100 +108,155 @@ class Service:
         store.activate()
         # Pauses made in the admin while no scheduler was active apply before any catch-up.
         self.control.apply_pause_changes()
-        self.write(f"Active scheduler now; jobs: {report}.")
-        self.scheduler.resume()
+        with self._role_lock:
+            if self._stopping:
+                return
+            self.write(f"Active scheduler now; jobs: {report}.")
+            self.scheduler.resume()
 
     def demoted(self) -> None:
-        self.scheduler.pause()
+        with self._role_lock:
+            self.scheduler.pause()
         # The fire times claimed ahead are the next active scheduler's to run.
         with self.scheduler._jobstores_lock:
             # (Not for long: the database may be why the lease was lost.)
-            self.scheduler._lookup_executor("default").release_claims(
-                "Missed: this scheduler lost its lease before the run could start.", timeout=2
-            )
+            self.executor.release_claims(runner.LOST_LEASE, timeout=2)
         self.scheduler._jobstores["default"].deactivate()
         self.write("Lost the leader lease: standing by.")
 
     def run(self) -> None:
-        self.specs = autodiscover()
-        capture.install()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.request_stop)
+        try:
+            leadership, control = self.start()
+        except StartupStopped:
+            self.write(f"Scheduler stopped ({self.reason}) before it was up.")
+            return
+        # Threads started before this command (by settings or imported libraries) can
+        # still take a stop signal; waking now and then runs its handler all the same.
+        while not self.stop_event.wait(0.25):
+            pass
+        self.shutdown(control, leadership)
+
+    def start(self) -> tuple[lease.Leadership, Control]:
+        """Everything up to running: stops at once, without a traceback, on a stop signal."""
+        self.specs = autodiscover()
+        capture.install()
         # Python runs signal handlers in the main thread, but the kernel hands a
         # process-directed signal to any thread that does not block it; the main
         # thread, asleep in a lock, would never hear of it. Every thread started from
         # here on inherits the block, and the main thread lifts it for itself below.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-        results.start()
-        recovered = db.retrying(recover_local_orphans, "recover orphaned runs")
-        if recovered:
-            logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
-
-        self.scheduler = make_scheduler()
-        # Paused until this process holds the lease.
-        self.scheduler.start(paused=True)
-        executor = self.scheduler._lookup_executor("default")
-        leadership = lease.Leadership(self.elected, self.demoted)
-        control = self.control = Control(self.scheduler, executor, self.stop_event)
-        leadership.start()
-        control.start()
+        try:
+            try:
+                recovered = db.retrying(
+                    recover_local_orphans, "recover orphaned runs", should_stop=self.stopping
+                )
+            except Exception as exc:
+                if self.stopping() and db.is_transient(exc):
+                    raise StartupStopped from exc
+                raise
+            if recovered:
+                logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
+            if self.stopping():
+                raise StartupStopped
+            results.start()
+            self.scheduler = make_scheduler()
+            self.executor = self.scheduler._lookup_executor("default")
+            if self.stopping():  # the handler ran before the executor existed
+                self.executor.stop_starting()
+            # Paused until this process holds the lease.
+            self.scheduler.start(paused=True)
+            leadership = lease.Leadership(self.elected, self.demoted)
+            control = self.control = Control(self.scheduler, self.executor, self.stop_event)
+            leadership.start()
+            control.start()
+        finally:
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self.write(
             f"Scheduler started (pid {os.getpid()}, instance {leadership.instance_id[:8]}, "
             f"database {db.alias()!r}): {len(self.specs)} job(s) in code. "
             "Stop with Ctrl+C or SIGTERM."
         )
+        return leadership, control
 
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        # Threads started before this command (by settings or imported libraries) can
-        # still take a stop signal; waking now and then runs its handler all the same.
-        while not self.stop_event.wait(0.25):
-            pass
-        self.shutdown(executor, control, leadership)
-
-    def shutdown(
-        self, executor: runner.Executor, control: Control, leadership: lease.Leadership
-    ) -> None:
-        control.join(timeout=5)
-        # Pause the main loop and wait for its current pass (it holds the job stores'
-        # lock), so that nothing is submitted to a pool that is shutting down; then cancel
-        # the submissions no worker has picked up yet: they are recorded missed, or
-        # queued again if manual.
-        self.scheduler.pause()
-        with self.scheduler._jobstores_lock:
-            # A pass already under way is over; the claims it made are closed here,
-            # and a pass that still starts finds nothing due.
-            self.scheduler._jobstores["default"].close()
-            executor.close("Missed: the scheduler stopped before the run could start.")
-        self.scheduler.shutdown(wait=False)
+    def shutdown(self, control: Control, leadership: lease.Leadership) -> None:
+        """Start nothing more, let running jobs finish within the grace, record the rest,
+        give the lease up, and leave: within SHUTDOWN_GRACE + SETTLE_SECONDS whatever the
+        database does."""
+        grace = conf.get("SHUTDOWN_GRACE")
+        began = time.monotonic()
+        deadline = began + grace
+        hard = deadline + SETTLE_SECONDS
+        # Whatever hangs below (a database that does not answer), the process leaves.
+        watchdog = threading.Timer(hard - began + SETTLE_SECONDS, _leave_now)
+        watchdog.daemon = True
+        watchdog.start()
+        executor = self.executor
+        executor.stop_starting()
+        with self._role_lock:
+            self._stopping = True
+            # A pass of the main loop under way ends; none starts after it.
+            self.scheduler.pause()
+        store = self.scheduler._jobstores["default"]
+        locked = self.scheduler._jobstores_lock.acquire(timeout=SETTLE_SECONDS)
+        try:
+            # The claims a finished pass made are closed here, and a pass that still
+            # starts finds nothing due.
+            store.close()
+            executor.close(runner.STOPPED, timeout=2)
+        finally:
+            if locked:
+                self.scheduler._jobstores_lock.release()
+        # Submissions no worker picked up yet: recorded missed, or queued again if manual.
         executor._pool.shutdown(wait=False, cancel_futures=True)
+        if locked:
+            # Writes the next run times back (while the lease is ours) and ends the main loop.
+            self.scheduler.shutdown(wait=False)
         leadership.step_down()
 
-        grace = conf.get("SHUTDOWN_GRACE")
-        deadline = time.monotonic() + grace
         while runner.active_runs() and time.monotonic() < deadline and not self.grace_over:
             time.sleep(0.05)
         left = runner.active_runs()
         interrupted = 0
         if left:
-            interrupted = runner.interrupt(
-                list(left),
+            reason = (
                 f"Interrupted: the scheduler received {self.reason or 'a stop signal'} and the "
-                f"run did not finish within the shutdown grace ({grace} s).",
+                f"run did not finish within the shutdown grace ({grace} s)."
             )
+            try:
+                interrupted = runner.interrupt(
+                    list(left), reason, max(0.5, hard - time.monotonic())
+                )
+            except Exception as exc:
+                logger.error("Could not mark %d running job(s) interrupted: %s", len(left), exc)
         # Results still waiting for the writer thread, before the lease row says stopped.
-        results.stop()
+        results.stop(hard)
         leadership.finish()
+        control.join(timeout=max(0.0, hard - time.monotonic()))
         self.write(
             f"Scheduler stopped ({self.reason or 'stop'}): "
             f"{interrupted} running job(s) marked interrupted."
         )
-        if left:
-            # Worker threads still inside a job cannot be stopped from Python;
-            # their rows are final, so leave without waiting for them.
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        # Worker threads still inside a job, and threads a job started and left
+        # behind, cannot be stopped from Python and would keep the interpreter
+        # waiting for them; every row is final (or as final as the database let it
+        # be), so leave without waiting for them.
+        _leave(0)
+
+
+def _leave(code: int) -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _leave_now() -> None:
+    logger.error("Shutdown did not finish in time (the database does not answer?); leaving now.")
+    _leave(1)

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone as dj_timezone
 
 from scheduler import db
-from scheduler.jobstore import JobStore
+from scheduler.jobstore import JobStore, build_job
 from scheduler.models import Job
 from scheduler.registry import JobSpec
 
@@ -39,13 +39,14 @@ class SyncReport:
         )
 
 
-def build_job(
+def first_job(
     scheduler: BaseScheduler,
     spec: JobSpec,
     now: datetime,
     paused: bool,
     first_fire_times: dict[int, datetime | None] | None = None,
 ) -> APSJob:
+    """A declaration's job as first stored: due at its first fire time after ``now``."""
     trigger = spec.make_trigger()
     if paused:
         next_run_time = None
@@ -57,20 +58,7 @@ def build_job(
         next_run_time = first_fire_times[key]
     else:
         next_run_time = trigger.get_next_fire_time(None, now)
-    return APSJob(
-        scheduler,
-        id=spec.id,
-        name=spec.name,
-        func=spec.func,
-        args=spec.args,
-        kwargs=spec.call_kwargs(None),
-        trigger=trigger,
-        executor="default",
-        misfire_grace_time=spec.effective_grace_time,
-        coalesce=spec.coalesce,
-        max_instances=spec.max_instances,
-        next_run_time=next_run_time,
-    )
+    return build_job(scheduler, spec, next_run_time)
 
 
 def catalog_values(spec: JobSpec, fingerprint: str) -> dict[str, Any]:
@@ -101,6 +89,8 @@ _CATALOG_FIELDS = [
 
 def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -> SyncReport:
     report = SyncReport()
+    # The store rebuilds its jobs from these declarations, never from what it reads.
+    store.specs = specs
     jobs = Job.objects.using(db.alias())
 
     def read_catalog() -> dict[str, dict[str, Any]]:
@@ -132,7 +122,7 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
             values = catalog_values(spec, fingerprint)
             to_catalog.append(Job(id=spec.id, paused=paused, synced_at=synced_at, **values))
         if store_stale:
-            to_store.append(build_job(scheduler, spec, now, paused, first_fire_times))
+            to_store.append(first_job(scheduler, spec, now, paused, first_fire_times))
         if row is None:
             report.added.append(spec.id)
         elif catalog_changed or store_stale:
