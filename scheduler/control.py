@@ -26,8 +26,6 @@ from scheduler.registry import registry
 logger = logging.getLogger(__name__)
 
 CHANNEL = "scheduler_control"
-# Seconds between two sweeps of this scheduler's own running rows.
-SWEEP_INTERVAL = 5.0
 
 
 def notify() -> None:
@@ -85,6 +83,8 @@ class Control(threading.Thread):
         self._listener: _Listener | None = None
         self._listen = connections[db.alias()].vendor == "postgresql"
         self._last_sweep = time.monotonic()
+        # A sweep a heartbeat: often enough to settle a lost run soon, cheap (one query).
+        self._sweep_every = float(conf.get("HEARTBEAT_INTERVAL"))
         self._suspects: set[int] = set()
 
     def wait(self, interval: float) -> bool:
@@ -139,14 +139,23 @@ class Control(threading.Thread):
         queued = list(
             runs.filter(status=JobRun.Status.QUEUED)
             .order_by("id")
-            .values_list("id", "job_id")[:100]
+            .values_list("id", "job_id", "instance")[:100]
         )
         started = 0
-        for run_id, job_id in queued:
+        self.executor.new_queue_round()
+        for run_id, job_id, owner in queued:
             if self.stop.is_set() or self.executor.stopping.is_set():
                 break
             spec = registry.get(job_id)
             if not self.executor.reserve(job_id, spec.max_instances if spec else 1):
+                continue
+            if owner:
+                # A ``runjob`` process asks for a slot and runs the job itself.
+                granted = runs.filter(pk=run_id, status=JobRun.Status.QUEUED, instance=owner)
+                if granted.update(status=JobRun.Status.RUNNING):
+                    self.executor.hold_for_another(run_id, job_id)
+                else:
+                    self.executor.unreserve(job_id)
                 continue
             # Claimed: ours alone now. started_at is set when a worker really starts it.
             claimed = runs.filter(pk=run_id, status=JobRun.Status.QUEUED).update(
@@ -183,7 +192,7 @@ class Control(threading.Thread):
         )
         self.executor.count_foreign({pk: job_id for pk, job_id, owner in rows if owner != me})
         now = time.monotonic()
-        if now - self._last_sweep < SWEEP_INTERVAL:
+        if now - self._last_sweep < self._sweep_every:
             return
         self._last_sweep = now
         # Read after the rows: a run claimed since is open by now, and one closed

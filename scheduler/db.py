@@ -325,6 +325,42 @@ def execute_all(statements: list[tuple[str, list]]) -> None:
             c.execute(sql, params)
 
 
+class NotMigrated(Exception):
+    """The scheduler's database lacks its tables (or some of its migrations)."""
+
+
+def check_migrated() -> None:
+    """Raise ``NotMigrated``, naming what is missing, unless the scheduler's database has
+    every migration of the scheduler and of django-apscheduler (its job table).
+
+    A missing table is not an outage to wait out: without this, the first query
+    failed with "no such table" (SQLite: an OperationalError, like a locked
+    database) and was retried for ``DB_RETRY_TIMEOUT``.
+    """
+    from django.db.migrations.executor import MigrationExecutor
+
+    using = alias()
+    executor = MigrationExecutor(connections[using])
+    targets = [key for key in executor.loader.graph.leaf_nodes() if key[0] in _APPS]
+    missing = [
+        f"{migration.app_label}.{migration.name}"
+        for migration, backwards in executor.migration_plan(targets)
+        if not backwards
+    ]
+    if missing:
+        shown = ", ".join(missing[:3] + (["…"] if len(missing) > 4 else []) + missing[3:][-1:])
+        command = "python manage.py migrate"
+        if using != "default":
+            command += f" --database {using}"
+        raise NotMigrated(
+            f"The database {using!r} lacks {len(missing)} migration(s) of the scheduler "
+            f"({shown}); run: {command}"
+        )
+
+
+_APPS = ("scheduler", "django_apscheduler")
+
+
 def close_old_connections() -> None:
     """Django's clean-up around a request, done around each run.
 

@@ -251,6 +251,58 @@ class Leadership(threading.Thread):
 PID_START_TOLERANCE = 1.0
 
 
+class Presence(threading.Thread):
+    """A process that runs jobs outside the schedulers (``runjob``), as they see it.
+
+    It has a ``SchedulerInstance`` row of its own (role ``runjob``) that it
+    heartbeats: while it lives, its runs count against their job's
+    ``max_instances`` in the active scheduler; if it dies, the active
+    scheduler marks its runs interrupted, like those of a scheduler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="scheduler-presence", daemon=True)
+        self.instance_id = uuid.uuid4().hex
+        self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        now = timezone.now()
+        db.retrying(
+            lambda: SchedulerInstance.objects.using(db.alias()).create(
+                id=self.instance_id,
+                hostname=conf.HOSTNAME,
+                pid=os.getpid(),
+                version=scheduler.__version__,
+                role=SchedulerInstance.Role.RUNJOB,
+                started_at=now,
+                heartbeat_at=now,
+            ),
+            "record this process",
+        )
+        super().start()
+
+    def run(self) -> None:
+        instances = SchedulerInstance.objects.using(db.alias())
+        while not self.stop.wait(self.heartbeat):
+            try:
+                instances.filter(id=self.instance_id).update(heartbeat_at=Now())
+            except db.TRANSIENT as exc:
+                db.close_broken()
+                logger.warning("Cannot reach the database to send a heartbeat: %s", exc)
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        try:
+            SchedulerInstance.objects.using(db.alias()).filter(id=self.instance_id).update(
+                role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
+            )
+        except db.TRANSIENT as exc:
+            logger.warning("Could not record this process as stopped: %s", exc)
+
+
 def pid_alive(pid: int, since: datetime | None = None) -> bool:
     """Whether the process ``pid`` of this host is alive and could have written a row at
     ``since``.
@@ -327,7 +379,7 @@ def health() -> dict[str, Any]:
     standbys = instances.filter(
         role=SchedulerInstance.Role.STANDBY, heartbeat_at__gte=fresh, stopped_at__isnull=True
     ).count()
-    last = instances.order_by("-heartbeat_at").first()
+    last = instances.exclude(role=SchedulerInstance.Role.RUNJOB).order_by("-heartbeat_at").first()
     return {
         "ok": active is not None,
         "active": _describe(active, now),

@@ -132,6 +132,8 @@ class SchedulerInstance(models.Model):
         ACTIVE = "active", pgettext_lazy("scheduler instance role", "active")
         STANDBY = "standby", _("standby")
         STOPPED = "stopped", _("stopped")
+        # A ``runjob`` process running one job by hand.
+        RUNJOB = "runjob", _("runjob")
 
     id = models.CharField(_("id"), max_length=32, primary_key=True)
     hostname = models.CharField(_("host"), max_length=255)

@@ -293,9 +293,11 @@ class Executor(BasePoolExecutor):
         self._closed = False
         # Set by a stop signal: workers start nothing from then on.
         self.stopping = threading.Event()
-        # Manual runs of another process (``runjob``) in progress, counted against
-        # max_instances here: run id -> job id.
+        # Runs of other processes (``runjob``, a scheduler that is stopping) in progress,
+        # counted against max_instances here: run id -> job id.
         self._foreign: dict[int, str] = {}
+        # Jobs whose queued manual run waits for a slot.
+        self._manual_waiting: set[str] = set()
 
     def stop_starting(self) -> None:
         """Start no run from now on (called from the stop signal's handler)."""
@@ -403,12 +405,24 @@ class Executor(BasePoolExecutor):
     # -- manual runs ------------------------------------------------------------------------
 
     def reserve(self, job_id: str, max_instances: int) -> bool:
-        """Take one of the job's ``max_instances`` slots for a manual run, if one is free."""
+        """Take one of the job's ``max_instances`` slots for a manual run, if one is free.
+
+        If none is, the job's scheduled fire times leave the next free slot to the
+        waiting request (they are recorded skipped meanwhile), so that a run
+        asked for by hand is not kept waiting by the schedule for ever.
+        """
         with self._lock:
             if self._closed or self._instances[job_id] >= max_instances:
+                self._manual_waiting.add(job_id)
                 return False
+            self._manual_waiting.discard(job_id)
             self._instances[job_id] += 1
             return True
+
+    def new_queue_round(self) -> None:
+        """The queued requests are looked at again: forget which jobs they waited for."""
+        with self._lock:
+            self._manual_waiting.clear()
 
     def unreserve(self, job_id: str) -> None:
         self._run_job_success(job_id, [])
@@ -418,6 +432,11 @@ class Executor(BasePoolExecutor):
         future = self._submit(run_manual, run, self.stopping)
         future.add_done_callback(lambda _: self.unreserve(run.job_id))
         return future
+
+    def hold_for_another(self, run_id: int, job_id: str) -> None:
+        """A slot taken with ``reserve`` now belongs to a run of another process."""
+        with self._lock:
+            self._foreign[run_id] = job_id
 
     def count_foreign(self, runs: dict[int, str]) -> None:
         """Manual runs of other processes now running (run id -> job id): each holds one of
@@ -459,9 +478,19 @@ class Executor(BasePoolExecutor):
                 f"with one run at {run_times[-1].isoformat()}.",
             )
         try:
-            super().submit_job(job, run_times)
+            with self._lock:
+                if job.id in self._manual_waiting and (
+                    self._instances[job.id] >= job.max_instances - 1
+                ):
+                    raise MaxInstancesReachedError(job)
+                super().submit_job(job, run_times)
         except MaxInstancesReachedError:
             reason = f"Skipped: {job.max_instances} run(s) of this job still going (max_instances)."
+            if job.id in self._manual_waiting:
+                reason = (
+                    "Skipped: a run requested by hand waits for this job's next free slot "
+                    f"(max_instances={job.max_instances})."
+                )
             claimed = self._claimed.pop(job.id, None)
             if claimed is not None:
                 _abandon(claimed.run, Status.SKIPPED, reason)

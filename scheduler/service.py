@@ -142,6 +142,20 @@ class Service:
         """Everything up to running: stops at once, without a traceback, on a stop signal."""
         self.specs = autodiscover()
         capture.install()
+        try:
+            # A database without the scheduler's tables fails here, in one line.
+            db.retrying(db.check_migrated, "read the migrations", should_stop=self.stopping)
+            recovered = db.retrying(
+                recover_local_orphans, "recover orphaned runs", should_stop=self.stopping
+            )
+        except Exception as exc:
+            if self.stopping() and db.is_transient(exc):
+                raise StartupStopped from exc
+            raise
+        if recovered:
+            logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
+        if self.stopping():
+            raise StartupStopped
         # Python runs signal handlers in the main thread, but the kernel hands a
         # process-directed signal to any thread that does not block it; the main
         # thread, asleep in a lock, would never hear of it. Every thread started from
@@ -149,23 +163,9 @@ class Service:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            try:
-                recovered = db.retrying(
-                    recover_local_orphans, "recover orphaned runs", should_stop=self.stopping
-                )
-            except Exception as exc:
-                if self.stopping() and db.is_transient(exc):
-                    raise StartupStopped from exc
-                raise
-            if recovered:
-                logger.warning("Marked %d run(s) of a dead process as interrupted.", recovered)
-            if self.stopping():
-                raise StartupStopped
             results.start()
             self.scheduler = make_scheduler()
             self.executor = self.scheduler._lookup_executor("default")
-            if self.stopping():  # the handler ran before the executor existed
-                self.executor.stop_starting()
             # Paused until this process holds the lease.
             self.scheduler.start(paused=True)
             leadership = lease.Leadership(self.elected, self.demoted)
@@ -175,6 +175,8 @@ class Service:
         finally:
             if hasattr(signal, "pthread_sigmask"):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if self.stopping():  # the handler ran before the executor existed
+            self.executor.stop_starting()
         self.write(
             f"Scheduler started (pid {os.getpid()}, instance {leadership.instance_id[:8]}, "
             f"database {db.alias()!r}): {len(self.specs)} job(s) in code. "

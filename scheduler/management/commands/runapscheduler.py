@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django_apscheduler.models import DjangoJob
 
 from scheduler import db
@@ -27,7 +27,10 @@ class Command(BaseCommand):
             return
         from scheduler.service import Service
 
-        Service(write=self.say).run()
+        try:
+            Service(write=self.say).run()
+        except db.NotMigrated as exc:
+            raise CommandError(str(exc)) from None
 
     def say(self, text: str) -> None:
         # Flushed at once: under systemd or docker stdout is a pipe, and the

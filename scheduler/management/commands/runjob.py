@@ -3,54 +3,186 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+import time
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from scheduler import db, runner
+from scheduler import conf, db, lease, results, runner
+from scheduler.control import notify
 from scheduler.models import JobRun
-from scheduler.registry import autodiscover
+from scheduler.registry import JobSpec, autodiscover
+
+Status = JobRun.Status
+
+# Seconds between two looks at whether the run may start.
+WAIT_STEP = 0.25
 
 
 class Command(BaseCommand):
     help = (
         "Run one registered job now, in the foreground, and record it as a manual run. "
-        "Exits 0 on success, 1 when the job failed, 2 when the id is unknown."
+        "Like every run of the job, it waits for one of the job's max_instances slots "
+        "(the active scheduler hands them out; runs of the scheduler and of other runjob "
+        "processes count). Exits 0 on success, 1 when the job failed, 2 when the id is "
+        "unknown, 3 with --no-wait when no slot is free."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "job_id", help="The id of a registered job (see runapscheduler --list)."
         )
+        parser.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="Do not wait for a free slot: record the request as skipped and exit 3.",
+        )
 
-    def handle(self, *args: Any, job_id: str, **options: Any) -> None:
+    def handle(self, *args: Any, job_id: str, no_wait: bool, **options: Any) -> None:
         specs = autodiscover()
         if job_id not in specs:
             known = ", ".join(sorted(specs)) or "none"
             self.stderr.write(f"Unknown job id {job_id!r}. Registered jobs: {known}.")
             sys.exit(2)
         spec = specs[job_id]
-        now = timezone.now()
-        run = JobRun(
-            job_id=job_id,
-            job_name=spec.name,
-            status=JobRun.Status.RUNNING,
-            trigger=JobRun.Trigger.MANUAL,
-            scheduled_at=now,
-            started_at=now,
-            hostname=runner.HOSTNAME,
-            pid=os.getpid(),
-            requested_by=f"runjob ({_user()})",
-        )
-        run.save(using=db.alias(), force_insert=True)
-        runner.execute(run, runner.make_call(spec, None, now))
-        if run.status == JobRun.Status.SUCCEEDED:
+        try:
+            db.retrying(db.check_migrated, "read the migrations")
+        except db.NotMigrated as exc:
+            raise CommandError(str(exc)) from None
+        presence = lease.Presence()
+        presence.start()
+        try:
+            try:
+                run = Slot(spec, presence.instance_id, self.stdout.write).take(no_wait)
+            except KeyboardInterrupt:
+                self.stderr.write("Stopped waiting; the job did not run.")
+                sys.exit(130)
+            if run is None:
+                self.stderr.write(
+                    f"Job {job_id!r} not run: {spec.max_instances} run(s) still going "
+                    "(max_instances); recorded as skipped."
+                )
+                sys.exit(3)
+            results.opened([run])
+            run.started_at = timezone.now()
+            runner.execute(run, runner.make_call(spec, None, run.scheduled_at))
+        finally:
+            presence.finish()
+        if run.status == Status.SUCCEEDED:
             self.stdout.write(f"Job {job_id!r} succeeded in {run.duration:.3f} s (run #{run.pk}).")
             return
         self.stderr.write(f"Job {job_id!r} failed after {run.duration:.3f} s (run #{run.pk}):")
         self.stderr.write(run.traceback or run.exception)
         sys.exit(1)
+
+
+class Slot:
+    """Takes one of a job's ``max_instances`` slots for a run in this process.
+
+    With an active scheduler, the request is a ``queued`` row of this process
+    (its instance id set), which the scheduler turns ``running`` once a slot
+    is free, as it does for run-now requests from the admin: one place decides,
+    so a scheduled fire time never overlaps this run beyond the limit. Without
+    one, this process counts the job's ``running`` rows itself.
+    """
+
+    def __init__(self, spec: JobSpec, instance_id: str, say: Any) -> None:
+        self.spec = spec
+        self.say = say
+        self.runs = JobRun.objects.using(db.alias())
+        self.request = JobRun(
+            job_id=spec.id,
+            job_name=spec.name,
+            status=Status.QUEUED,
+            trigger=JobRun.Trigger.MANUAL,
+            scheduled_at=timezone.now(),
+            hostname=runner.HOSTNAME,
+            pid=os.getpid(),
+            instance=instance_id,
+            requested_by=f"runjob ({_user()})"[:150],
+        )
+
+    def take(self, no_wait: bool) -> JobRun | None:
+        """The ``running`` row of this run, or None (with ``no_wait``, when no slot is free:
+        the request is recorded skipped)."""
+        said = False
+        waited_since = time.monotonic()
+        try:
+            while True:
+                if self._granted():
+                    return self.request
+                waited = time.monotonic() - waited_since
+                # Without a scheduler (no request row yet) there is no one to wait for.
+                if no_wait and (self.request.pk is None or waited > self._patience()):
+                    if self._settle(Status.SKIPPED):
+                        return None
+                    continue  # granted meanwhile
+                if not said and waited > self._patience():
+                    said = True
+                    self.say(self._waiting())
+                time.sleep(WAIT_STEP)
+        except BaseException:
+            # Ctrl+C or an error while waiting: the request must not run later.
+            if self.request.pk is not None:
+                self.runs.filter(pk=self.request.pk, status=Status.QUEUED).delete()
+            raise
+
+    def _patience(self) -> float:
+        # Long enough for the active scheduler to look at the request once.
+        return 2 * float(conf.get("POLL_INTERVAL")) + 1.0
+
+    def _granted(self) -> bool:
+        if lease.health_or_error()["ok"]:
+            if self.request.pk is None:
+                self.request.save(using=db.alias(), force_insert=True)
+                notify()
+            status = self.runs.filter(pk=self.request.pk).values_list("status", flat=True).first()
+            if status == Status.RUNNING:
+                self.request.status = Status.RUNNING
+                return True
+            if status != Status.QUEUED:
+                raise CommandError(f"The request (run #{self.request.pk}) ended as {status}.")
+            return False
+        # No active scheduler: count the job's running runs here.
+        running = self.runs.filter(job_id=self.spec.id, status=Status.RUNNING)
+        if running.count() >= self.spec.max_instances:
+            return False
+        self.request.status = Status.RUNNING
+        if self.request.pk is None:
+            self.request.save(using=db.alias(), force_insert=True)
+            return True
+        return bool(
+            self.runs.filter(pk=self.request.pk, status=Status.QUEUED).update(status=Status.RUNNING)
+        )
+
+    def _settle(self, status: str) -> bool:
+        """Record the request as ``status`` unless it was granted meanwhile."""
+        reason = (
+            f"Skipped: {self.spec.max_instances} run(s) of this job still going (max_instances)."
+        )
+        if self.request.pk is None:
+            self.request.status, self.request.exception = status, reason
+            self.request.finished_at = timezone.now()
+            self.request.save(using=db.alias(), force_insert=True)
+            return True
+        return bool(
+            self.runs.filter(pk=self.request.pk, status=Status.QUEUED).update(
+                status=status, exception=reason, finished_at=timezone.now()
+            )
+        )
+
+    def _waiting(self) -> str:
+        going = list(
+            self.runs.filter(job_id=self.spec.id, status=Status.RUNNING).values_list(
+                "id", "hostname", "pid"
+            )[:5]
+        )
+        where = ", ".join(f"run #{pk} on {host}:{pid}" for pk, host, pid in going)
+        return (
+            f"Waiting for a free slot of {self.spec.id!r} (max_instances="
+            f"{self.spec.max_instances})" + (f": {where} still going." if where else ".")
+        )
 
 
 def _user() -> str:

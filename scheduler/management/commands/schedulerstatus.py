@@ -5,8 +5,9 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError
 
-from scheduler import lease
+from scheduler import db, lease
 
 
 class Command(BaseCommand):
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the status as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        status = lease.health_or_error()
+        status = current_status()
         if options["json"]:
             self.stdout.write(json.dumps(status, sort_keys=True))
         else:
@@ -27,8 +28,20 @@ class Command(BaseCommand):
         sys.exit(0 if status["ok"] else 1)
 
 
+def current_status() -> dict[str, Any]:
+    try:
+        db.check_migrated()
+    except db.NotMigrated as exc:
+        return {"ok": False, "error": str(exc), "not_migrated": True}
+    except DatabaseError:
+        pass  # health says the database is unavailable
+    return lease.health_or_error()
+
+
 def summary(status: dict[str, Any]) -> str:
     if "error" in status:
+        if status.get("not_migrated"):
+            return f"FAIL: {status['error']}"
         return f"FAIL: database unavailable: {status['error']}"
     active, last = status["active"], status["last_seen"]
     if active:
