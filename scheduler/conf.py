@@ -79,9 +79,12 @@ class Problem:
 
 
 def _is_number(value: Any) -> bool:
-    # bool is an int in Python, but SCHEDULER = {"THREADS": True} is a mistake, not 1;
-    # NaN and infinities compare false with every bound and would pass any range check.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # bool is an int in Python, but SCHEDULER = {"THREADS": True} is a mistake, not 1.
+    # Infinity passes every lower bound and NaN fails every comparison, so neither can be
+    # left to the range checks. An int is always finite (math.isfinite overflows on a huge one).
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _is_int(value: Any) -> bool:

@@ -173,3 +173,9 @@ def test_each_problem_has_its_check_id():
     )
     assert [problem.id for problem in found] == ["E002", "E004", "E005", "E012"]
     assert found[-1].hint and "LEASE_SECONDS" in found[-1].hint
+
+
+def test_an_integer_beyond_a_float_is_judged_not_crashed_on():
+    found = conf.check({"POLL_INTERVAL": -(10**400), "THREADS": 10**400}, {"default": {}})
+    assert [problem.id for problem in found] == ["E008"]
+    assert found[0].message.endswith("(int); expected a number of seconds > 0.")
