@@ -159,7 +159,7 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("schedule"))
     def schedule_in_words(self, job: Job) -> str:
-        return describe.schedule_words(job.kind, job.schedule)
+        return describe.schedule_words(job.kind, job.schedule_fields, job.schedule)
 
     @admin.display(description=_("raw schedule"))
     def raw_schedule(self, job: Job) -> str:

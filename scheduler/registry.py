@@ -39,7 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
 # Seconds in one unit of each interval field.
-_UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
 # The shortest and longest interval a job may declare. Below a second the main loop
 # cannot keep up (and APScheduler silently turns 0 into 1 s); beyond ten years the
 # fire times leave what dates, the database and the admin can show.
@@ -212,7 +212,7 @@ def _fail(job_id: str, message: str) -> DeclarationError:
     return DeclarationError(f"Scheduled job {job_id!r}: {message}", job_id)
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
     """An int or float that is a number: not a bool (an int in Python), not NaN or infinite."""
     if isinstance(value, bool):
         return False
@@ -454,7 +454,7 @@ def interval(**options: Any) -> Callable[[F], F]:
 
 def _interval_problem(schedule: dict[str, Any], options: dict[str, Any]) -> str | None:
     given = f"@interval({', '.join(f'{k}={v!r}' for k, v in schedule.items())})"
-    bad = {k: v for k, v in schedule.items() if not _is_real(v) or v < 0}
+    bad = {k: v for k, v in schedule.items() if not is_real(v) or v < 0}
     if bad:
         return (
             f"@interval({', '.join(f'{k}={v!r}' for k, v in bad.items())}): intervals must be "
@@ -462,8 +462,8 @@ def _interval_problem(schedule: dict[str, Any], options: dict[str, Any]) -> str 
         )
     # Each field on its own first: the sum of huge values (seconds=1e300, or an int
     # too large for a float) must give this message, not an OverflowError.
-    too_long = any(v > MAX_INTERVAL_SECONDS / _UNIT_SECONDS[k] for k, v in schedule.items())
-    total = math.inf if too_long else sum(float(v) * _UNIT_SECONDS[k] for k, v in schedule.items())
+    too_long = any(v > MAX_INTERVAL_SECONDS / UNIT_SECONDS[k] for k, v in schedule.items())
+    total = math.inf if too_long else sum(float(v) * UNIT_SECONDS[k] for k, v in schedule.items())
     if total > MAX_INTERVAL_SECONDS:
         return (
             f"{given} is longer than the longest interval, {MAX_INTERVAL_DAYS} days "
