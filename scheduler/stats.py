@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zoneinfo
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,14 +133,22 @@ def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
         # Overdue (the scheduler is not running): show what comes after now.
         if isinstance(trigger, IntervalTrigger) and at is not None:
             steps = math.ceil((now - at).total_seconds() / trigger.interval_length)
-            at = at + steps * trigger.interval
+            at = _later(lambda: at + steps * trigger.interval)
         else:
-            at = trigger.get_next_fire_time(None, now)
+            at = _later(trigger.get_next_fire_time, None, now)
     times = []
     while at is not None and len(times) < count:
         times.append(at)
-        at = trigger.get_next_fire_time(at, at)
+        at = _later(trigger.get_next_fire_time, at, at)
     return times
+
+
+def _later(compute: Callable[..., datetime | None], *args: Any) -> datetime | None:
+    """A fire time, or None past the last date Python can hold (a start date in 9990)."""
+    try:
+        return compute(*args)
+    except (OverflowError, ValueError):
+        return None
 
 
 def trigger_for(job: Job) -> BaseTrigger | None:

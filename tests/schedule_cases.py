@@ -103,6 +103,17 @@ CASES: list[tuple[str, Callable[[str], Callable[[Any], Any]], str | None]] = [
         ),
         "every 1 h 30 min",
     ),
+    # Its second fire time would be in the year 10000, past what a datetime can hold.
+    (
+        "interval.far.future",
+        lambda i: interval(days=3653, id=i, start_date="9990-01-01T00:00:00+00:00"),
+        "every 3653 days",
+    ),
+    (
+        "crontab.last.days",
+        lambda i: cron("0 3 * * *", id=i, start_date="9999-12-30T00:00:00"),
+        "At 03:00",
+    ),
     (
         "interval.lord.howe",
         lambda i: interval(hours=0.25, timezone="Australia/Lord_Howe", id=i),

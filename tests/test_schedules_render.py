@@ -83,7 +83,10 @@ def expected_fire_times(spec: JobSpec, first: datetime | None, count: int = 5) -
     times, at = [], first
     while at is not None and len(times) < count:
         times.append(describe.when_in(at, spec.timezone))
-        at = trigger.get_next_fire_time(at, at)
+        try:
+            at = trigger.get_next_fire_time(at, at)
+        except (OverflowError, ValueError):  # past the year 9999
+            break
     return times
 
 
@@ -122,7 +125,7 @@ def test_an_accepted_declaration_renders_everywhere(admin_client, registry, suff
     else:
         # Rebuilt from the catalog, the trigger agrees with the declaration's own.
         assert fire_times_shown(page) == expected_fire_times(spec, stored)
-        assert len(fire_times_shown(page)) == 5
+        assert len(fire_times_shown(page)) == 5 or stored.year >= 9990
 
     board = dashboard(admin_client)
     if spec.enabled:
