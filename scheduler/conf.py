@@ -99,24 +99,44 @@ def _what(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+# The longest duration a key may give, in seconds: 3653 days (10 years). Beyond
+# some point a duration no longer fits a timedelta or a thread's timeout, and fails
+# at the first use instead of at start; None is there where "no limit" makes sense.
+MAX_SECONDS = 3653 * 86400
+# The most days of history to keep (100 years): older cut-offs leave the calendar.
+MAX_HISTORY_DAYS = 36525
+
+
+def _seconds(low: float, inclusive: bool) -> tuple[Callable[[Any], bool], str]:
+    def accepts(value: Any) -> bool:
+        return (
+            _is_number(value)
+            and (value >= low if inclusive else value > low)
+            and value <= MAX_SECONDS
+        )
+
+    bound = ">=" if inclusive else ">"
+    return accepts, f"a number of seconds {bound} {low:g} and at most {MAX_SECONDS} (3653 days)"
+
+
 # key -> (accepts the value, what is expected, in words)
 _SIMPLE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "THREADS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     # An integer: APScheduler refuses a float misfire_grace_time when the job is stored.
     "MISFIRE_GRACE_TIME": (
-        lambda v: v is None or (_is_int(v) and v >= 1),
-        "a whole number of seconds >= 1, or None for no limit",
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_SECONDS),
+        f"a whole number of seconds >= 1 and at most {MAX_SECONDS}, or None for no limit",
     ),
-    "SHUTDOWN_GRACE": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
-    "POLL_INTERVAL": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "SHUTDOWN_GRACE": _seconds(0, inclusive=True),
+    "POLL_INTERVAL": _seconds(0, inclusive=False),
     "HISTORY_DAYS": (
-        lambda v: v is None or (_is_int(v) and v >= 1),
-        "an integer >= 1, or None to keep all history",
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_HISTORY_DAYS),
+        f"an integer >= 1 and at most {MAX_HISTORY_DAYS}, or None to keep all history",
     ),
     "MAX_OUTPUT": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (characters)"),
-    "LEASE_SECONDS": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
-    "HEARTBEAT_INTERVAL": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
-    "DB_RETRY_TIMEOUT": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "LEASE_SECONDS": _seconds(0, inclusive=False),
+    "HEARTBEAT_INTERVAL": _seconds(0, inclusive=False),
+    "DB_RETRY_TIMEOUT": _seconds(0, inclusive=False),
     "MAX_MISSED_ROWS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 

@@ -106,10 +106,10 @@ def interval_words(fields: Mapping[str, Any]) -> str | None:
         unit = registry.UNIT_SECONDS.get(key)
         if unit is None or not registry.is_real(value) or value < 0:
             return None
-        if value > registry.MAX_INTERVAL_SECONDS:
+        if value > registry.MAX_SECONDS:
             return None  # (and float() of a huge int would overflow)
         seconds += float(value) * unit
-    if not 0 < seconds <= registry.MAX_INTERVAL_SECONDS:
+    if not 0 < seconds <= registry.MAX_SECONDS:
         return None
     return _("every %(duration)s") % {"duration": _exact_duration(seconds)}
 

@@ -45,7 +45,8 @@ UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "s
 # fire times leave what dates, the database and the admin can show.
 MIN_INTERVAL_SECONDS = 1
 MAX_INTERVAL_DAYS = 3653
-MAX_INTERVAL_SECONDS = MAX_INTERVAL_DAYS * 86400
+# The longest interval, and the most jitter and misfire_grace_time, in seconds.
+MAX_SECONDS = MAX_INTERVAL_DAYS * 86400
 OPTIONS = (
     "id",
     "name",
@@ -270,18 +271,32 @@ def _register(
         raise _fail(job_id, f"args={args!r} must be a list or tuple.")
     if not isinstance(kwargs, dict):
         raise _fail(job_id, f"kwargs={kwargs!r} must be a dict.")
+    if not all(isinstance(key, str) for key in kwargs):
+        # JSON accepts {1: ...}, but a call with it fails at every run.
+        raise _fail(job_id, f"kwargs={kwargs!r}: keyword names must be strings.")
 
     max_instances = options.pop("max_instances", 1)
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise _fail(job_id, f"max_instances={max_instances!r} must be a positive integer.")
+    # Both at most the longest interval: larger ones overflow a timedelta at the first run.
     grace = options.pop("misfire_grace_time", None)
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
-        raise _fail(job_id, f"misfire_grace_time={grace!r} must be a positive number of seconds.")
+    if grace is not None and (
+        isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= MAX_SECONDS
+    ):
+        raise _fail(
+            job_id,
+            f"misfire_grace_time={grace!r} must be a positive whole number of seconds, "
+            f"at most {MAX_SECONDS} ({MAX_INTERVAL_DAYS} days).",
+        )
     jitter = options.pop("jitter", None)
     if jitter is not None and (
-        isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0
+        isinstance(jitter, bool) or not isinstance(jitter, int) or not 0 <= jitter <= MAX_SECONDS
     ):
-        raise _fail(job_id, f"jitter={jitter!r} must be a non-negative number of seconds.")
+        raise _fail(
+            job_id,
+            f"jitter={jitter!r} must be a non-negative whole number of seconds, "
+            f"at most {MAX_SECONDS} ({MAX_INTERVAL_DAYS} days).",
+        )
     dates = {}
     for key in ("start_date", "end_date"):
         value = options.pop(key, None)
@@ -462,9 +477,9 @@ def _interval_problem(schedule: dict[str, Any], options: dict[str, Any]) -> str 
         )
     # Each field on its own first: the sum of huge values (seconds=1e300, or an int
     # too large for a float) must give this message, not an OverflowError.
-    too_long = any(v > MAX_INTERVAL_SECONDS / UNIT_SECONDS[k] for k, v in schedule.items())
+    too_long = any(v > MAX_SECONDS / UNIT_SECONDS[k] for k, v in schedule.items())
     total = math.inf if too_long else sum(float(v) * UNIT_SECONDS[k] for k, v in schedule.items())
-    if total > MAX_INTERVAL_SECONDS:
+    if total > MAX_SECONDS:
         return (
             f"{given} is longer than the longest interval, {MAX_INTERVAL_DAYS} days "
             "(10 years); use @cron with a year for rarer jobs."

@@ -41,11 +41,11 @@ BAD = [
     ("THREADS", 0, "integer >= 1"),
     ("THREADS", 2.5, "integer >= 1"),
     ("THREADS", None, "integer >= 1"),
-    ("MISFIRE_GRACE_TIME", "30", ">= 1, or None"),
-    ("MISFIRE_GRACE_TIME", 0, ">= 1, or None"),
-    ("MISFIRE_GRACE_TIME", -5, ">= 1, or None"),
-    ("MISFIRE_GRACE_TIME", True, ">= 1, or None"),
-    ("MISFIRE_GRACE_TIME", NAN, ">= 1, or None"),
+    ("MISFIRE_GRACE_TIME", "30", "or None for no limit"),
+    ("MISFIRE_GRACE_TIME", 0, "or None for no limit"),
+    ("MISFIRE_GRACE_TIME", -5, "or None for no limit"),
+    ("MISFIRE_GRACE_TIME", True, "or None for no limit"),
+    ("MISFIRE_GRACE_TIME", NAN, "or None for no limit"),
     ("MISFIRE_GRACE_TIME", 1.5, "whole number"),
     ("SHUTDOWN_GRACE", -1, ">= 0"),
     ("SHUTDOWN_GRACE", "30", ">= 0"),
@@ -54,9 +54,9 @@ BAD = [
     ("POLL_INTERVAL", 0, "> 0"),
     ("POLL_INTERVAL", NAN, "> 0"),
     ("POLL_INTERVAL", "1", "> 0"),
-    ("HISTORY_DAYS", 0, "integer >= 1, or None"),
-    ("HISTORY_DAYS", 7.5, "integer >= 1, or None"),
-    ("HISTORY_DAYS", "30", "integer >= 1, or None"),
+    ("HISTORY_DAYS", 0, "integer >= 1 and at most 36525, or None"),
+    ("HISTORY_DAYS", 7.5, "integer >= 1 and at most 36525, or None"),
+    ("HISTORY_DAYS", "30", "integer >= 1 and at most 36525, or None"),
     ("MAX_OUTPUT", 0, "integer >= 1"),
     ("MAX_OUTPUT", "64k", "integer >= 1"),
     ("LEASE_SECONDS", 0, "> 0"),
@@ -70,6 +70,11 @@ BAD = [
     ("DB_RETRY_TIMEOUT", 10, "less than SCHEDULER['LEASE_SECONDS'] (15)"),
     ("MAX_MISSED_ROWS", 0, "integer >= 1"),
     ("MAX_MISSED_ROWS", True, "integer >= 1"),
+    # Durations that would overflow a timedelta or a thread's timeout at the first use.
+    ("MISFIRE_GRACE_TIME", 10**12, "at most 315619200, or None for no limit"),
+    ("POLL_INTERVAL", 1e300, "at most 315619200 (3653 days)"),
+    ("LEASE_SECONDS", 10**20, "at most 315619200 (3653 days)"),
+    ("HISTORY_DAYS", 10**6, "at most 36525, or None"),
 ]
 
 
@@ -92,7 +97,8 @@ def test_a_plain_string_job_modules_is_not_read_character_by_character():
 
 def test_a_string_where_a_number_belongs_says_so():
     assert failure({"SHUTDOWN_GRACE": "30"}) == (
-        "SCHEDULER['SHUTDOWN_GRACE'] is '30' (str); expected a number of seconds >= 0."
+        "SCHEDULER['SHUTDOWN_GRACE'] is '30' (str); expected a number of seconds >= 0 and at "
+        "most 315619200 (3653 days)."
     )
 
 
@@ -125,7 +131,8 @@ def test_the_limits_between_keys_follow_the_configured_lease():
 
 def test_an_invalid_lease_is_reported_once_not_again_through_the_keys_that_depend_on_it():
     assert failure({"LEASE_SECONDS": "15"}).splitlines() == [
-        "SCHEDULER['LEASE_SECONDS'] is '15' (str); expected a number of seconds > 0."
+        "SCHEDULER['LEASE_SECONDS'] is '15' (str); expected a number of seconds > 0 and at "
+        "most 315619200 (3653 days)."
     ]
 
 
@@ -178,4 +185,6 @@ def test_each_problem_has_its_check_id():
 def test_an_integer_beyond_a_float_is_judged_not_crashed_on():
     found = conf.check({"POLL_INTERVAL": -(10**400), "THREADS": 10**400}, {"default": {}})
     assert [problem.id for problem in found] == ["E008"]
-    assert found[0].message.endswith("(int); expected a number of seconds > 0.")
+    assert found[0].message.endswith(
+        "(int); expected a number of seconds > 0 and at most 315619200 (3653 days)."
+    )

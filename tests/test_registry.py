@@ -439,6 +439,22 @@ ERRORS = [
     ("jitter.text", lambda i: cron("0 3 * * *", id=i, jitter="10s")(documented_job), "'10s'"),
     ("grace.zero", lambda i: cron("0 3 * * *", id=i, misfire_grace_time=0)(documented_job), "0"),
     (
+        "grace.huge",
+        lambda i: cron("0 3 * * *", id=i, misfire_grace_time=10**12)(documented_job),
+        "misfire_grace_time=1000000000000 must be a positive whole number of seconds, "
+        "at most 315619200 (3653 days).",
+    ),
+    (
+        "jitter.huge",
+        lambda i: interval(hours=1, id=i, jitter=10**100)(documented_job),
+        "at most 315619200 (3653 days)",
+    ),
+    (
+        "kwargs.int.keys",
+        lambda i: cron("0 3 * * *", id=i, kwargs={1: "a"})(flexible_job),
+        "kwargs={1: 'a'}: keyword names must be strings.",
+    ),
+    (
         "grace.text",
         lambda i: interval(hours=1, id=i, misfire_grace_time="1h")(documented_job),
         "1h",
