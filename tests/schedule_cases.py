@@ -134,6 +134,8 @@ CASES: list[tuple[str, Callable[[str], Callable[[Any], Any]], str | None]] = [
         "every 5 min",
     ),
     ("options.disabled", lambda i: cron("0 4 * * *", id=i, enabled=False), "At 04:00"),
+    # An id is any text up to 255 characters: in URLs, lists and links it must survive.
+    ("odd id/with?chars&=, <b>x</b> _5F%", lambda i: interval(hours=2, id=i), "every 2 h"),
 ]
 
 IDS = [PREFIX + suffix for suffix, _declare, _words in CASES]

@@ -7,6 +7,7 @@ display text, which cannot be split back into fields ("minute=1, 2").
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -55,7 +56,7 @@ def job_rows(client: Client) -> dict[str, dict[str, str]]:
     for row in re.findall(r"<tr>(.*?)</tr>", response.content.decode(), re.S):
         cells = dict(re.findall(r'<t[dh] class="field-(\w+)">(.*?)</t[dh]>', row, re.S))
         if "id" in cells:
-            rows[strip_tags(cells["id"])] = cells
+            rows[html.unescape(strip_tags(cells["id"]))] = cells
     return rows
 
 
@@ -163,7 +164,8 @@ def test_one_function_with_two_schedules_runs_each(admin_client, registry):
     }
     stored = dict(DjangoJob.objects.values_list("id", "next_run_time"))
     assert (stored["two.nightly"].hour, stored["two.nightly"].minute) == (3, 0)
-    assert 299 <= (stored["two.often"] - before).total_seconds() <= 301
+    # (Triggers are shared between declarations, so the phase is that of the first one.)
+    assert 0 < (stored["two.often"] - before).total_seconds() <= 300
     rows = job_rows(admin_client)
     assert rows["two.nightly"]["schedule_in_words"] == "At 03:00"
     assert rows["two.often"]["schedule_in_words"] == "every 5 min"
