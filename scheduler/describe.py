@@ -65,6 +65,8 @@ def _fields_to_expr(fields: Mapping[str, Any]) -> str | None:
     for name, value in fields.items():
         if not isinstance(value, str) or not _FIELD_VALUES[name].fullmatch(value):
             return None
+    if fields.get("day", "*") != "*" and fields.get("day_of_week", "*") != "*":
+        return None  # APScheduler wants both to match; cron words say either
     given = [name for name in _FIELD_ORDER if name in fields]
     smallest = _FIELD_ORDER.index(given[0])
     minimum = {"day": "1", "month": "1", "day_of_week": "*"}
@@ -116,11 +118,11 @@ def interval_words(fields: Mapping[str, Any]) -> str | None:
 
 def _exact_duration(seconds: float) -> str:
     """``1 h 30 s``: every unit, unlike duration_words, which rounds a run's duration."""
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    fraction = f"{secs + (seconds - whole):.3f}".rstrip("0").rstrip(".")
+    # In whole milliseconds, so that 119.9999 s reads "2 min", not "1 min 60 s".
+    days, rest = divmod(round(seconds * 1000), 86400_000)
+    hours, rest = divmod(rest, 3600_000)
+    minutes, millis = divmod(rest, 60_000)
+    fraction = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
     parts = []
     if days:
         parts.append(ngettext("%(n)d day", "%(n)d days", days) % {"n": days})

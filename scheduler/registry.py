@@ -40,9 +40,10 @@ CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", 
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
 # Seconds in one unit of each interval field.
 UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
-# The shortest and longest interval a job may declare. Below a second the main loop
-# cannot keep up (and APScheduler silently turns 0 into 1 s); beyond ten years the
-# fire times leave what dates, the database and the admin can show.
+# The shortest and longest interval a job may declare. Every fire time is a history
+# row, so sub-second schedules are not what this scheduler is for (and APScheduler
+# silently turns an interval of 0 into 1 s); a longer one than ten years, or a
+# huge value such as seconds=1e300, overflows the dates computed from it.
 MIN_INTERVAL_SECONDS = 1
 MAX_INTERVAL_DAYS = 3653
 # The longest interval, and the most jitter and misfire_grace_time, in seconds.

@@ -79,6 +79,9 @@ CASES: list[tuple[str, Callable[[str], Callable[[Any], Any]], str | None]] = [
         "Every 15 minutes, between 09:00 and 17:59, Monday through Friday",
     ),
     ("fields.week", lambda i: cron(week="*/2", day_of_week="mon", id=i), None),
+    # Friday the 13th only: APScheduler wants both fields to match, cron either one.
+    ("fields.day.and.weekday", lambda i: cron(day="13", day_of_week="fri", id=i), None),
+    ("interval.almost.two.minutes", lambda i: interval(seconds=119.9999, id=i), "every 2 min"),
     ("fields.year", lambda i: cron(year="2030-2040", month="jan", day="1", id=i), None),
     # APScheduler counts weekdays from Monday = 0: cron's words would name the wrong day.
     ("fields.weekday.number", lambda i: cron(day_of_week="0", hour="8", id=i), None),
