@@ -11,6 +11,7 @@ import html
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.utils import quote
@@ -26,6 +27,7 @@ from scheduler.service import make_scheduler
 from scheduler.sync import sync
 from tests import schedule_cases
 from tests.proc.harness import SchedulerEnv
+from tests.proc.pg import PgSchedulerEnv, postgres_server
 
 pytestmark = pytest.mark.django_db
 
@@ -149,6 +151,31 @@ def test_runapscheduler_lists_every_accepted_declaration(scheduler_env: Schedule
     assert "\tcron: minute=1, 2 (UTC)\tnext: " in lines["cases.fields.comma.space"]
     assert lines["cases.options.disabled"].endswith("\tnext: disabled")
     assert "(not yet stored)" in lines["cases.interval.longest"]
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_a_scheduler_on_postgresql_writes_every_accepted_declaration_to_the_catalog(
+    tmp_path: Path, registry
+):
+    """PostgreSQL enforces the column's length, where SQLite does not (the 300-odd
+    characters of a long crontab), and keeps JSON as jsonb."""
+    schedule_cases.declare_all()
+    with postgres_server() as server:
+        env = PgSchedulerEnv(tmp_path, server, "schedule_cases")
+        env.migrate()
+        try:
+            process = env.start(modules="tests.schedule_cases_jobs")
+            assert process.stop() == 0, process.log()
+        finally:
+            env.cleanup()
+        rows = env.query("SELECT id, schedule, schedule_fields FROM scheduler_job")
+    catalog = {row["id"]: row for row in rows}
+    assert set(catalog) == set(schedule_cases.IDS)
+    for job_id, row in catalog.items():
+        assert row["schedule_fields"] == registry[job_id].schedule
+        assert len(row["schedule"]) <= 255
+    assert catalog["cases.crontab.long"]["schedule"].endswith("…")
 
 
 def test_one_function_with_two_schedules_runs_each(admin_client, registry):
