@@ -24,9 +24,10 @@ from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from scheduler import db, describe, lease, stats
+from scheduler import db, describe, stats
 from scheduler.control import notify
 from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
+from scheduler.templatetags.scheduler_admin import staff_health
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
@@ -533,19 +534,28 @@ class DashboardAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        by_status = stats.last_day_by_status(now)
+        health = staff_health()
+        figures = {}
+        # When the database cannot be read, the page says so rather than failing on
+        # the figures, which come from the same database.
+        if not health.get("error"):
+            by_status = stats.last_day_by_status(now)
+            figures = {
+                "by_status": [
+                    (status, JobRun.Status(status).label, count)
+                    for status, count in by_status.items()
+                ],
+                "total_day": sum(by_status.values()),
+                "failing": stats.failing_jobs(),
+                "upcoming": stats.upcoming(),
+                "slowest": stats.slowest_jobs(now),
+            }
         context = {
             **self.admin_site.each_context(request),
             "title": _("Scheduler dashboard"),
             "opts": self.opts,
-            "health": lease.health_or_error(),
-            "by_status": [
-                (status, JobRun.Status(status).label, count) for status, count in by_status.items()
-            ],
-            "total_day": sum(by_status.values()),
-            "failing": stats.failing_jobs(),
-            "upcoming": stats.upcoming(),
-            "slowest": stats.slowest_jobs(now),
+            "health": health,
+            **figures,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/scheduler/dashboard.html", context)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import html as html_lib
+import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import load_backend
+from django.template.loader import render_to_string
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
@@ -24,6 +30,7 @@ from scheduler.registry import autodiscover
 from scheduler.service import make_scheduler
 from scheduler.sync import sync
 from tests import jobs
+from tests.proc.pg import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -1143,3 +1150,106 @@ def test_page_of_a_missing_job_redirects(admin_client, catalog):
     response = admin_client.get(f"{JOBS_URL}no.such.job/change/", follow=True)
     assert response.redirect_chain == [("/admin/", 302)]
     assert "doesn’t exist" in text(response)
+
+
+# When the scheduler's database cannot be read ---------------------------------------------
+
+PLAIN = "The scheduler's database cannot be read; details are in the server log."
+
+
+@contextmanager
+def scheduler_database(config: dict) -> Iterator[str]:
+    """``SCHEDULER["DATABASE"]`` pointed at a second alias, as in a project with a jobs database.
+
+    Django's connection handler read DATABASES at start, so the alias's
+    connection is handed to it here; the test framework allows such
+    dynamically created connections (it refuses aliases it knew at start).
+    """
+    alias = "jobs"
+    databases = {**settings.DATABASES, alias: config}
+    override = override_settings(
+        DATABASES=databases, SCHEDULER={**settings.SCHEDULER, "DATABASE": alias}
+    )
+    with warnings.catch_warnings():
+        # "Overriding setting DATABASES can lead to unexpected behavior": handled below.
+        warnings.simplefilter("ignore", UserWarning)
+        override.enable()
+    filled = connections.configure_settings(
+        {DEFAULT_DB_ALIAS: settings.DATABASES[DEFAULT_DB_ALIAS], alias: dict(config)}
+    )[alias]
+    connection = load_backend(filled["ENGINE"]).DatabaseWrapper(filled, alias)
+    setattr(connections._connections, alias, connection)
+    try:
+        yield alias
+    finally:
+        connection.close()
+        delattr(connections._connections, alias)
+        override.disable()
+
+
+def unreachable_postgres(port: int) -> dict:
+    """A PostgreSQL database on a port where nothing listens: connecting is refused."""
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "jobs",
+        "USER": "jobs_owner",
+        "PASSWORD": "pw-not-for-staff",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "OPTIONS": {"connect_timeout": 5},
+    }
+
+
+def logged_database_errors(caplog) -> list[str]:
+    return [
+        str(record.exc_info[1])
+        for record in caplog.records
+        if record.levelno == logging.ERROR and record.exc_info
+    ]
+
+
+def test_dashboard_says_plainly_that_the_database_cannot_be_reached(admin_client, caplog):
+    port = free_port()
+    with scheduler_database(unreachable_postgres(port)), caplog.at_level(logging.ERROR):
+        response = admin_client.get(DASHBOARD_URL)
+
+    assert response.status_code == 200
+    page = html_lib.unescape(text(response))
+    assert PLAIN in page
+    assert "The other figures come from the same database" in page
+    for leak in (str(port), "Connection refused", "connection failed", "jobs_owner"):
+        assert leak not in page
+    # The operator finds the real error in the server log.
+    assert any(f"port {port} failed" in error for error in logged_database_errors(caplog))
+
+
+def test_health_banner_says_plainly_that_the_database_cannot_be_reached(caplog):
+    port = free_port()
+    with scheduler_database(unreachable_postgres(port)), caplog.at_level(logging.ERROR):
+        banner = html_lib.unescape(render_to_string("admin/scheduler/health_banner.html"))
+
+    assert f"Cannot tell whether a scheduler is running: {PLAIN}" in " ".join(banner.split())
+    assert str(port) not in banner
+    assert "Connection refused" not in banner
+    assert any(f"port {port} failed" in error for error in logged_database_errors(caplog))
+
+
+def test_health_banner_on_a_page_hides_the_database_error(admin_client, catalog, caplog):
+    # The rest of the page can be read; the liveness cannot (its table is missing).
+    with connections[scheduler_db.alias()].cursor() as cursor:
+        cursor.execute("DROP TABLE scheduler_lease")
+
+    with caplog.at_level(logging.ERROR):
+        response = admin_client.get(JOBS_URL)
+
+    assert set(job_rows(response)) == set(TEST_JOBS)
+    page = html_lib.unescape(text(response))
+    assert f"Cannot tell whether a scheduler is running: {PLAIN}" in " ".join(page.split())
+    assert "scheduler_lease" not in page
+    assert any("no such table: scheduler_lease" in e for e in logged_database_errors(caplog))
+
+
+def test_health_banner_without_a_scheduler(admin_client, catalog):
+    page = html_lib.unescape(text(admin_client.get(JOBS_URL)))
+    assert "No scheduler has ever run on this database." in page
+    assert PLAIN not in page
