@@ -7,7 +7,10 @@ example project gets.
 
 import os
 
-from settings import *  # noqa: F403
+# The example settings need a key with DEBUG off; the bench serves nothing over HTTP.
+os.environ.setdefault("SECRET_KEY", "bench-only-" + "x" * 50)
+
+from settings import *  # noqa: E402, F403
 
 SCHEDULER = {"JOB_MODULES": ["bench.jobs_ours"]}
 

@@ -24,9 +24,10 @@ from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from scheduler import db, describe, lease, stats
+from scheduler import db, describe, stats
 from scheduler.control import notify
 from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
+from scheduler.templatetags.scheduler_admin import staff_health
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
@@ -96,8 +97,45 @@ def _user(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
+class PermissionsFirst:
+    """Checks the permission before a view fetches or computes anything.
+
+    Django's change, history and delete views fetch the object first (for
+    jobs, with three subqueries over the runs) and only then ask about
+    object-level permissions. These admins have none, so asking at the model
+    level first gives the same answer, without a query and without telling a
+    user who may not look whether an object exists.
+    """
+
+    def check_change_view(self, request: HttpRequest) -> None:
+        if request.method == "POST":
+            allowed = self.has_change_permission(request)
+        else:
+            allowed = self.has_view_or_change_permission(request)
+        if not allowed:
+            raise PermissionDenied
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None
+    ) -> HttpResponse:
+        self.check_change_view(request)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context=None
+    ) -> HttpResponse:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        return super().history_view(request, object_id, extra_context)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None) -> HttpResponse:
+        if not self.has_delete_permission(request):
+            raise PermissionDenied
+        return super().delete_view(request, object_id, extra_context)
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(PermissionsFirst, admin.ModelAdmin):
     list_display = [
         "id",
         "name",
@@ -159,7 +197,7 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("schedule"))
     def schedule_in_words(self, job: Job) -> str:
-        return describe.schedule_words(job.kind, job.schedule)
+        return describe.schedule_words(job.kind, job.schedule_fields, job.schedule)
 
     @admin.display(description=_("raw schedule"))
     def raw_schedule(self, job: Job) -> str:
@@ -249,10 +287,11 @@ class JobAdmin(admin.ModelAdmin):
         )
 
     def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        if request.method != "POST":
-            return HttpResponse(status=405)
+        # Permission before method: a user who may not run jobs learns nothing more.
         if not self.has_run_permission(request):
             raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponse(status=405)
         job = self._job(request, object_id)
         run = queue_run(job, _user(request))
         self.message_user(
@@ -274,10 +313,10 @@ class JobAdmin(admin.ModelAdmin):
         return self._set_paused_view(request, object_id, False)
 
     def _set_paused_view(self, request: HttpRequest, object_id: str, paused: bool) -> HttpResponse:
-        if request.method != "POST":
-            return HttpResponse(status=405)
         if not self.has_pause_permission(request):
             raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponse(status=405)
         job = self._job(request, object_id)
         if set_paused(Job.objects.using(db.alias()).filter(pk=job.pk), paused):
             text = _("Paused %(job)s.") if paused else _("Resumed %(job)s.")
@@ -287,10 +326,13 @@ class JobAdmin(admin.ModelAdmin):
         return self._back(job)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.check_change_view(request)  # before the figures below, a dozen queries
         job_id = unquote(object_id)  # the admin escapes "_" and other characters in URLs
         runs = JobRun.objects.using(db.alias()).filter(job_id=job_id)
         runs = runs.order_by("-scheduled_at", "-id")[:20]
         job = Job.objects.using(db.alias()).filter(pk=job_id).first()
+        if job is None:  # Django's "does not exist" redirect; nothing to compute
+            return super().change_view(request, object_id, form_url, extra_context)
         summary = stats.job_summary(job_id)
         fire_times = stats.next_fire_times(job) if job else []
         extra_context = {
@@ -325,7 +367,7 @@ class JobFilter(admin.SimpleListFilter):
 
 
 @admin.register(JobRun)
-class JobRunAdmin(admin.ModelAdmin):
+class JobRunAdmin(PermissionsFirst, admin.ModelAdmin):
     list_display = [
         "id",
         "status_badge",
@@ -424,9 +466,13 @@ def _pre(text: str) -> str:
 
 
 @admin.register(SchedulerInstance)
-class SchedulerInstanceAdmin(admin.ModelAdmin):
+class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
     list_display = ["__str__", "role_badge", "started", "heartbeat", "version", "id"]
     list_filter = ["role", "hostname"]
+    # Each process owns its row. Deleting a live one would make the active scheduler
+    # take that process's running runs for orphans and mark them interrupted while
+    # they still run (lease.recover_orphans). No delete, hence no bulk actions at all.
+    actions = None
     fields = ["id", "hostname", "pid", "role_badge", "version", "started", "heartbeat", "stopped"]
     readonly_fields = fields
 
@@ -437,6 +483,9 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     @admin.display(description=_("role"), ordering="role")
@@ -485,19 +534,28 @@ class DashboardAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        by_status = stats.last_day_by_status(now)
+        health = staff_health()
+        figures = {}
+        # When the database cannot be read, the page says so rather than failing on
+        # the figures, which come from the same database.
+        if not health.get("error"):
+            by_status = stats.last_day_by_status(now)
+            figures = {
+                "by_status": [
+                    (status, JobRun.Status(status).label, count)
+                    for status, count in by_status.items()
+                ],
+                "total_day": sum(by_status.values()),
+                "failing": stats.failing_jobs(),
+                "upcoming": stats.upcoming(),
+                "slowest": stats.slowest_jobs(now),
+            }
         context = {
             **self.admin_site.each_context(request),
             "title": _("Scheduler dashboard"),
             "opts": self.opts,
-            "health": lease.health_or_error(),
-            "by_status": [
-                (status, JobRun.Status(status).label, count) for status, count in by_status.items()
-            ],
-            "total_day": sum(by_status.values()),
-            "failing": stats.failing_jobs(),
-            "upcoming": stats.upcoming(),
-            "slowest": stats.slowest_jobs(now),
+            "health": health,
+            **figures,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/scheduler/dashboard.html", context)

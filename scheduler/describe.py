@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 from cron_descriptor import ExpressionDescriptor, Options
 from django.utils import timezone, translation
@@ -12,7 +15,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from scheduler import crontab
+from scheduler import crontab, registry
 from scheduler.models import RunStatus
 
 _CRON_LOCALES = {
@@ -25,20 +28,45 @@ _CRON_LOCALES = {
 _FIELD_ORDER = ["second", "minute", "hour", "day", "month", "day_of_week"]
 
 
-def _cron_words(expr: str) -> str:
+def _cron_words(expr: str) -> str | None:
     options = Options()
     options.use_24hour_time_format = True
     options.locale_code = _CRON_LOCALES.get(translation.get_language() or "en", "en_US")
     try:
         return ExpressionDescriptor(expr, options).get_description()
     except Exception:  # cron-descriptor raises bare exceptions on what it cannot word
-        return expr
-
-
-def _fields_to_expr(fields: dict[str, str]) -> str | None:
-    """APScheduler cron fields as a 6-field (seconds first) expression, where one exists."""
-    if set(fields) - set(_FIELD_ORDER):
         return None
+
+
+# Field values that mean the same to APScheduler and to cron-descriptor: numbers, "*",
+# ranges, steps and lists (and names, for months and weekdays). APScheduler's own
+# forms ("last", "last fri", "2nd mon") and weekday numbers (Monday = 0, where cron
+# counts from Sunday) would be worded wrongly, if at all: those show the raw text.
+_NUMERIC = re.compile(r"[0-9*,/-]+")
+_FIELD_VALUES = {
+    "second": _NUMERIC,
+    "minute": _NUMERIC,
+    "hour": _NUMERIC,
+    "day": _NUMERIC,
+    "month": re.compile(r"[0-9a-z*,/-]+", re.IGNORECASE),
+    "day_of_week": re.compile(r"[a-z*,/-]+", re.IGNORECASE),
+}
+
+
+def _fields_to_expr(fields: Mapping[str, Any]) -> str | None:
+    """APScheduler cron fields as a 6-field (seconds first) expression, where one exists."""
+    if not fields or set(fields) - set(_FIELD_ORDER):
+        return None  # week and year have no place in a cron expression
+    fields = {
+        # APScheduler allows spaces around commas ("1, 2"); cron does not.
+        name: re.sub(r"\s*,\s*", ",", value.strip()) if isinstance(value, str) else value
+        for name, value in fields.items()
+    }
+    for name, value in fields.items():
+        if not isinstance(value, str) or not _FIELD_VALUES[name].fullmatch(value):
+            return None
+    if fields.get("day", "*") != "*" and fields.get("day_of_week", "*") != "*":
+        return None  # APScheduler wants both to match; cron words say either
     given = [name for name in _FIELD_ORDER if name in fields]
     smallest = _FIELD_ORDER.index(given[0])
     minimum = {"day": "1", "month": "1", "day_of_week": "*"}
@@ -51,25 +79,60 @@ def _fields_to_expr(fields: dict[str, str]) -> str | None:
             parts.append(minimum.get(name, "0"))
         else:
             parts.append("*")
-    if any(ch.isdigit() for ch in fields.get("day_of_week", "")):
-        return None  # APScheduler counts weekdays from Monday = 0; cron words would mislead
     return " ".join(parts)
 
 
-def schedule_words(kind: str, schedule: str) -> str:
-    if kind == "interval":
-        return interval_words(schedule)
-    if "=" not in schedule:
-        return _cron_words(crontab.MACROS.get(schedule.strip().lower(), schedule))
-    fields = dict(part.split("=", 1) for part in schedule.split(", "))
-    expr = _fields_to_expr(fields)
-    return _cron_words(expr) if expr else schedule
+def schedule_words(kind: str, fields: Mapping[str, Any] | None, text: str) -> str:
+    """A schedule in words, from its fields as declared; ``text`` where it cannot be worded.
+
+    Never raises: the admin's pages show every job the registry accepts.
+    """
+    words = None
+    if not isinstance(fields, Mapping):
+        pass  # a row written before the fields were kept, until the scheduler syncs it
+    elif kind == "interval":
+        words = interval_words(fields)
+    elif kind == "cron" and set(fields) == {"crontab"} and isinstance(fields["crontab"], str):
+        expr = fields["crontab"]
+        words = _cron_words(crontab.MACROS.get(expr.strip().lower(), expr))
+    elif kind == "cron":
+        expr = _fields_to_expr(fields)
+        words = _cron_words(expr) if expr else None
+    return words or text
 
 
-def interval_words(schedule: str) -> str:
-    fields = dict(part.split("=", 1) for part in schedule.split(", "))
-    seconds = timedelta(**{key: float(value) for key, value in fields.items()}).total_seconds()
-    return _("every %(duration)s") % {"duration": duration_words(seconds)}
+def interval_words(fields: Mapping[str, Any]) -> str | None:
+    """``every 5 min``; None if the fields are not an interval the registry accepts."""
+    seconds = 0.0
+    for key, value in fields.items():
+        unit = registry.UNIT_SECONDS.get(key)
+        if unit is None or not registry.is_real(value) or value < 0:
+            return None
+        if value > registry.MAX_SECONDS:
+            return None  # (and float() of a huge int would overflow)
+        seconds += float(value) * unit
+    if not 0 < seconds <= registry.MAX_SECONDS:
+        return None
+    return _("every %(duration)s") % {"duration": _exact_duration(seconds)}
+
+
+def _exact_duration(seconds: float) -> str:
+    """``1 h 30 s``: every unit, unlike duration_words, which rounds a run's duration."""
+    # In whole milliseconds, so that 119.9999 s reads "2 min", not "1 min 60 s".
+    days, rest = divmod(round(seconds * 1000), 86400_000)
+    hours, rest = divmod(rest, 3600_000)
+    minutes, millis = divmod(rest, 60_000)
+    fraction = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    parts = []
+    if days:
+        parts.append(ngettext("%(n)d day", "%(n)d days", days) % {"n": days})
+    if hours:
+        parts.append(_("%(n)d h") % {"n": hours})
+    if minutes:
+        parts.append(_("%(n)d min") % {"n": minutes})
+    if fraction != "0":
+        parts.append(_("%(s)s s") % {"s": fraction})
+    return " ".join(parts)
 
 
 def duration_words(seconds: float | None) -> str:

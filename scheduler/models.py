@@ -17,7 +17,12 @@ class Job(models.Model):
     name = models.CharField(_("name"), max_length=255)
     func = models.CharField(_("function"), max_length=255)
     kind = models.CharField(_("kind"), max_length=16)
+    # Display text only ("minute=*/5, hour=1"; cut to the column, with an ellipsis).
     schedule = models.CharField(_("schedule"), max_length=255)
+    # The schedule itself, as declared: {"crontab": "0 3 * * *"}, {"minute": "*/5"} or
+    # {"minutes": 5}. The admin words it and rebuilds its trigger from this, never from
+    # the text, which cannot be parsed back ("day=last fri, 1st mon" has ", " in a value).
+    schedule_fields = models.JSONField(_("schedule fields"), default=dict, blank=True)
     timezone = models.CharField(_("time zone"), max_length=64)
     options = models.JSONField(_("options"), default=dict)
     enabled = models.BooleanField(

@@ -11,10 +11,11 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from importlib import import_module
 from typing import Any, TypeVar
@@ -37,6 +38,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
+# Seconds in one unit of each interval field.
+UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+# The shortest and longest interval a job may declare. Every fire time is a history
+# row, so sub-second schedules are not what this scheduler is for (and APScheduler
+# silently turns an interval of 0 into 1 s); a longer one than ten years, or a
+# huge value such as seconds=1e300, overflows the dates computed from it.
+MIN_INTERVAL_SECONDS = 1
+MAX_INTERVAL_DAYS = 3653
+# The longest interval, and the most jitter and misfire_grace_time, in seconds.
+MAX_SECONDS = MAX_INTERVAL_DAYS * 86400
 OPTIONS = (
     "id",
     "name",
@@ -191,8 +202,24 @@ def _never_fires(trigger: BaseTrigger) -> bool:
 registry: dict[str, JobSpec] = {}
 
 
-def _fail(job_id: str, message: str) -> ImproperlyConfigured:
-    return ImproperlyConfigured(f"Scheduled job {job_id!r}: {message}")
+class DeclarationError(ImproperlyConfigured):
+    """A ``@cron``/``@interval`` declaration that cannot do what it says; names the job."""
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+def _fail(job_id: str, message: str) -> DeclarationError:
+    return DeclarationError(f"Scheduled job {job_id!r}: {message}", job_id)
+
+
+def is_real(value: Any) -> bool:
+    """An int or float that is a number: not a bool (an int in Python), not NaN or infinite."""
+    if isinstance(value, bool):
+        return False
+    # An int is always finite (and math.isfinite overflows on one beyond a float's range).
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _job_id(func: Any, options: dict[str, Any]) -> str:
@@ -212,7 +239,7 @@ def _register(
     func: Callable[..., Any], kind: str, schedule: dict[str, Any], **options: Any
 ) -> None:
     if not callable(func):
-        raise ImproperlyConfigured(f"@{kind} must decorate a function, got {func!r}.")
+        raise DeclarationError(f"@{kind} must decorate a function, got {func!r}.")
     job_id = options.pop("id", None) or f"{func.__module__}.{func.__name__}"
     if not isinstance(job_id, str) or len(job_id) > 255:
         raise _fail(str(job_id), "the id must be a string of at most 255 characters.")
@@ -245,18 +272,32 @@ def _register(
         raise _fail(job_id, f"args={args!r} must be a list or tuple.")
     if not isinstance(kwargs, dict):
         raise _fail(job_id, f"kwargs={kwargs!r} must be a dict.")
+    if not all(isinstance(key, str) for key in kwargs):
+        # JSON accepts {1: ...}, but a call with it fails at every run.
+        raise _fail(job_id, f"kwargs={kwargs!r}: keyword names must be strings.")
 
     max_instances = options.pop("max_instances", 1)
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise _fail(job_id, f"max_instances={max_instances!r} must be a positive integer.")
+    # Both at most the longest interval: larger ones overflow a timedelta at the first run.
     grace = options.pop("misfire_grace_time", None)
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
-        raise _fail(job_id, f"misfire_grace_time={grace!r} must be a positive number of seconds.")
+    if grace is not None and (
+        isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= MAX_SECONDS
+    ):
+        raise _fail(
+            job_id,
+            f"misfire_grace_time={grace!r} must be a positive whole number of seconds, "
+            f"at most {MAX_SECONDS} ({MAX_INTERVAL_DAYS} days).",
+        )
     jitter = options.pop("jitter", None)
     if jitter is not None and (
-        isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0
+        isinstance(jitter, bool) or not isinstance(jitter, int) or not 0 <= jitter <= MAX_SECONDS
     ):
-        raise _fail(job_id, f"jitter={jitter!r} must be a non-negative number of seconds.")
+        raise _fail(
+            job_id,
+            f"jitter={jitter!r} must be a non-negative whole number of seconds, "
+            f"at most {MAX_SECONDS} ({MAX_INTERVAL_DAYS} days).",
+        )
     dates = {}
     for key in ("start_date", "end_date"):
         value = options.pop(key, None)
@@ -270,8 +311,18 @@ def _register(
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=zoneinfo.ZoneInfo(tz_name))
         dates[key] = value
+    if dates["start_date"] and dates["end_date"] and dates["start_date"] > dates["end_date"]:
+        raise _fail(
+            job_id,
+            f"start_date={dates['start_date'].isoformat()} is after "
+            f"end_date={dates['end_date'].isoformat()}: the job could never run.",
+        )
+    # Anything else would be read as true or false by Python's rules: enabled="no" is true.
     coalesce = options.pop("coalesce", True)
     enabled = options.pop("enabled", True)
+    for key, value in (("coalesce", coalesce), ("enabled", enabled)):
+        if not isinstance(value, bool):
+            raise _fail(job_id, f"{key}={value!r} must be True or False.")
     if options:
         raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
 
@@ -284,11 +335,11 @@ def _register(
         timezone=tz_name,
         jitter=jitter,
         max_instances=max_instances,
-        coalesce=bool(coalesce),
+        coalesce=coalesce,
         misfire_grace_time=grace,
         args=tuple(args),
         kwargs=dict(kwargs),
-        enabled=bool(enabled),
+        enabled=enabled,
         **dates,
     )
     try:
@@ -304,12 +355,26 @@ def _register(
     if not spec.end_date and _never_fires(trigger):
         raise _fail(job_id, f"schedule {spec.schedule_text!r} never fires.")
 
+    if len(spec.func_ref) > 255:
+        raise _fail(job_id, f"the function's path {spec.func_ref!r} is over 255 characters.")
+
     existing = registry.get(job_id)
     if existing is not None and existing.func_ref != spec.func_ref:
         raise _fail(
             job_id,
             f"duplicate job id: already registered by {existing.func_ref}, "
             f"registered again by {spec.func_ref}. Pass id=... to tell them apart.",
+        )
+    if existing is not None and existing.func is func and existing != spec:
+        # Two decorators on one function that share an id (both default to
+        # "<module>.<function>"): the second would replace the first without a word.
+        # A module imported again makes a new function object, and replaces as before;
+        # the very same declaration made twice (a failed import retried) is harmless.
+        raise _fail(
+            job_id,
+            f"{spec.func_ref} has two schedules under this one id ({existing.kind} "
+            f"{existing.schedule_text!r} and {kind} {spec.schedule_text!r}); the second would "
+            "replace the first. Pass a distinct id=... to each decorator.",
         )
     registry[job_id] = spec
 
@@ -391,19 +456,8 @@ def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]
 def interval(**options: Any) -> Callable[[F], F]:
     """Run the decorated function every ``weeks``/``days``/``hours``/``minutes``/``seconds``."""
     schedule = {key: options.pop(key) for key in INTERVAL_FIELDS if key in options}
-    bad = {k: v for k, v in schedule.items() if not isinstance(v, (int, float)) or v < 0}
     # Mistakes are reported when the function is known, so that they can name the job id.
-    problem = None
-    if bad:
-        problem = (
-            f"@interval({', '.join(f'{k}={v!r}' for k, v in bad.items())}): "
-            "intervals must be non-negative numbers."
-        )
-    elif not schedule or timedelta(**schedule).total_seconds() <= 0:
-        problem = (
-            f"@interval({', '.join(f'{k}={v!r}' for k, v in schedule.items())}) needs a "
-            "positive interval, e.g. @interval(minutes=5)" + _unknown_hint(options, INTERVAL_FIELDS)
-        )
+    problem = _interval_problem(schedule, options)
 
     def decorator(func: F) -> F:
         if problem is not None:
@@ -414,6 +468,34 @@ def interval(**options: Any) -> Callable[[F], F]:
     return decorator
 
 
+def _interval_problem(schedule: dict[str, Any], options: dict[str, Any]) -> str | None:
+    given = f"@interval({', '.join(f'{k}={v!r}' for k, v in schedule.items())})"
+    bad = {k: v for k, v in schedule.items() if not is_real(v) or v < 0}
+    if bad:
+        return (
+            f"@interval({', '.join(f'{k}={v!r}' for k, v in bad.items())}): intervals must be "
+            "finite non-negative numbers (int or float)."
+        )
+    # Each field on its own first: the sum of huge values (seconds=1e300, or an int
+    # too large for a float) must give this message, not an OverflowError.
+    too_long = any(v > MAX_SECONDS / UNIT_SECONDS[k] for k, v in schedule.items())
+    total = math.inf if too_long else sum(float(v) * UNIT_SECONDS[k] for k, v in schedule.items())
+    if total > MAX_SECONDS:
+        return (
+            f"{given} is longer than the longest interval, {MAX_INTERVAL_DAYS} days "
+            "(10 years); use @cron with a year for rarer jobs."
+        )
+    if not schedule or total < MIN_INTERVAL_SECONDS:
+        return (
+            f"{given} needs an interval of at least {MIN_INTERVAL_SECONDS} second, e.g. "
+            "@interval(minutes=5)" + _unknown_hint(options, INTERVAL_FIELDS)
+        )
+    return None
+
+
+# Set only once every module imported: a discovery that raised (a bad declaration,
+# a missing module) is tried again in full by the next call, which raises again
+# until the code is fixed. Python forgets a module whose import raised.
 _discovered = False
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import zoneinfo
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from django.db.models import Avg, Count, Max, OuterRef, Subquery
 from django.utils import timezone
@@ -117,6 +119,8 @@ def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
     if not job.enabled or job.paused:
         return []
     trigger = trigger_for(job)
+    if trigger is None:
+        return []
     stored = (
         DjangoJob.objects.using(db.alias())
         .filter(id=job.id)
@@ -129,39 +133,50 @@ def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
         # Overdue (the scheduler is not running): show what comes after now.
         if isinstance(trigger, IntervalTrigger) and at is not None:
             steps = math.ceil((now - at).total_seconds() / trigger.interval_length)
-            at = at + steps * trigger.interval
+            at = _later(lambda: at + steps * trigger.interval)
         else:
-            at = trigger.get_next_fire_time(None, now)
+            at = _later(trigger.get_next_fire_time, None, now)
     times = []
     while at is not None and len(times) < count:
         times.append(at)
-        at = trigger.get_next_fire_time(at, at)
+        at = _later(trigger.get_next_fire_time, at, at)
     return times
 
 
-def trigger_for(job: Job):
-    """Rebuild a job's trigger from its catalog row, without importing its code."""
-    options = job.options or {}
-    if job.kind == "cron" and "=" not in job.schedule:
-        schedule: tuple = (("crontab", job.schedule),)
-    else:
-        pairs = [part.split("=", 1) for part in job.schedule.split(", ")]
-        if job.kind == "interval":
-            schedule = tuple((k, float(v) if "." in v else int(v)) for k, v in pairs)
-        else:
-            schedule = tuple((k, v) for k, v in pairs)
-    dates = {
-        key: datetime.fromisoformat(options[key]) if options.get(key) else None
-        for key in ("start_date", "end_date")
-    }
-    return registry.build_trigger(
-        job.kind,
-        schedule,
-        job.timezone,
-        options.get("jitter"),
-        dates["start_date"],
-        dates["end_date"],
-    )
+def _later(compute: Callable[..., datetime | None], *args: Any) -> datetime | None:
+    """A fire time, or None past the last date Python can hold (a start date in 9990)."""
+    try:
+        return compute(*args)
+    except (OverflowError, ValueError):
+        return None
+
+
+def trigger_for(job: Job) -> BaseTrigger | None:
+    """Rebuild a job's trigger from its catalog row, without importing its code.
+
+    From the schedule's fields as declared (``Job.schedule_fields``), never from the
+    display text. None for a row without them (written before migration 0005, until
+    the scheduler next syncs) or that this code cannot read (written by other code).
+    """
+    fields = job.schedule_fields
+    if not isinstance(fields, dict) or not fields:
+        return None
+    options = job.options if isinstance(job.options, dict) else {}
+    try:
+        dates = {
+            key: datetime.fromisoformat(options[key]) if options.get(key) else None
+            for key in ("start_date", "end_date")
+        }
+        return registry.build_trigger(
+            job.kind,
+            tuple(fields.items()),
+            job.timezone,
+            options.get("jitter"),
+            dates["start_date"],
+            dates["end_date"],
+        )
+    except (ValueError, TypeError, LookupError):  # (unknown zones are a LookupError)
+        return None
 
 
 def in_zone(value: datetime, zone: str) -> datetime:

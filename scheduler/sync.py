@@ -61,13 +61,21 @@ def first_job(
     return build_job(scheduler, spec, next_run_time)
 
 
+def display_schedule(spec: JobSpec) -> str:
+    """The schedule as display text, cut to fit its column (a long crontab list can be longer)."""
+    text = spec.schedule_text
+    limit = Job._meta.get_field("schedule").max_length
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def catalog_values(spec: JobSpec, fingerprint: str) -> dict[str, Any]:
     """The catalog row of a job, but for ``paused`` (set in the admin) and ``synced_at``."""
     return {
         "name": spec.name,
         "func": spec.func_ref,
         "kind": spec.kind,
-        "schedule": spec.schedule_text,
+        "schedule": display_schedule(spec),
+        "schedule_fields": spec.schedule,
         "timezone": spec.timezone,
         "options": spec.options,
         "enabled": spec.enabled,
@@ -80,6 +88,7 @@ _CATALOG_FIELDS = [
     "func",
     "kind",
     "schedule",
+    "schedule_fields",
     "timezone",
     "options",
     "enabled",
@@ -93,12 +102,14 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
     store.specs = specs
     jobs = Job.objects.using(db.alias())
 
-    def read_catalog() -> dict[str, dict[str, Any]]:
-        # The fingerprint covers every other catalog field.
+    def read_catalog() -> tuple[dict[str, dict[str, Any]], set[str]]:
+        # The fingerprint covers every other catalog field, but for the schedule's fields
+        # on rows written before they were kept (migration 0005 left them empty).
         rows = jobs.values("id", "paused", "name", "enabled", "fingerprint")
-        return {row["id"]: row for row in rows}
+        unstructured = jobs.filter(schedule_fields={}).values_list("id", flat=True)
+        return {row["id"]: row for row in rows}, set(unstructured)
 
-    catalog = db.retrying(read_catalog, "read the job catalog")
+    catalog, unstructured = db.retrying(read_catalog, "read the job catalog")
     stored = store.stored_ids()
     now = datetime.now(UTC)
     synced_at = dj_timezone.now()
@@ -110,10 +121,11 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
         row = catalog.get(spec.id)
         paused = row["paused"] if row else False
         fingerprint = spec.fingerprint
-        catalog_changed = row is None or (row["fingerprint"], row["name"], row["enabled"]) != (
-            fingerprint,
-            spec.name,
-            spec.enabled,
+        catalog_changed = (
+            row is None
+            or (row["fingerprint"], row["name"], row["enabled"])
+            != (fingerprint, spec.name, spec.enabled)
+            or spec.id in unstructured
         )
         store_stale = spec.enabled and (
             row is None or row["fingerprint"] != fingerprint or spec.id not in stored

@@ -53,6 +53,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="scheduler-soak-"))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "PYTHONUNBUFFERED": "1"}
     env.setdefault("DATABASE_URL", f"sqlite:///{folder / 'db.sqlite3'}")
+    # The example settings refuse to start without a key when DEBUG is off.
+    env.setdefault("SECRET_KEY", "soak-only-" + "x" * 50)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     began = time.monotonic()
     events = []

@@ -1,23 +1,113 @@
 """Settings of the example project, driven by environment variables.
 
 DATABASE_URL     database (default: a SQLite file, db.sqlite3, beside manage.py)
-SECRET_KEY       secret key (a fixed development key when unset: set it in production)
+SECRET_KEY       secret key: required unless DEBUG is on (then a fixed development key)
 DEBUG            "1" to turn debug mode on (default off)
 ALLOWED_HOSTS    comma-separated host names (default: localhost only)
 TIME_ZONE        default time zone of jobs and of the admin (default UTC)
+
+With DEBUG off the site is served over HTTPS only (what ``manage.py check
+--deploy`` asks for). Behind a proxy or load balancer:
+
+SECURE_PROXY_SSL_HEADER         the header by which the proxy says a request came over
+                                HTTPS: "HTTP_X_FORWARDED_PROTO" (value "https") or
+                                "HTTP_X_FORWARDED_PROTO,https"; only if the proxy always
+                                sets or overwrites it
+SECURE_SSL_REDIRECT             "0" when the proxy itself redirects HTTP to HTTPS
+SECURE_HSTS_SECONDS             Strict-Transport-Security max-age (default one year; 0: none)
+SECURE_HSTS_INCLUDE_SUBDOMAINS  "0" when subdomains are not all served over HTTPS
+SECURE_HSTS_PRELOAD             "1" to ask browsers to preload HSTS (default off)
+SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE   "0" to send the cookies over plain HTTP too
+CSRF_TRUSTED_ORIGINS            comma-separated origins allowed to POST, e.g.
+                                "https://admin.example.com"
+
+Booleans are 1/0, true/false, yes/no or on/off; anything else fails at start,
+naming the variable.
 """
 
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = os.environ.get("DEBUG", "") == "1"
-# The fallback is for the demo and the tests only: set SECRET_KEY in production.
-SECRET_KEY = os.environ.get("SECRET_KEY") or "dev-only-insecure-key-do-not-use-in-production"
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(name: str, default: bool) -> bool:
+    """A boolean environment variable; a typo fails here rather than flipping a setting."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(
+        f"The environment variable {name} is {os.environ[name]!r}: "
+        "use 1 or 0 (or true/false, yes/no, on/off)."
+    )
+
+
+def _seconds(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ImproperlyConfigured(
+            f"The environment variable {name} is {value!r}: use a whole number of seconds."
+        )
+    return int(value)
+
+
+def _list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _proxy_ssl_header() -> tuple[str, str] | None:
+    value = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+    if not value:
+        return None
+    header, _, expected = (part.strip() for part in value.partition(","))
+    if not header.startswith("HTTP_") or "," in expected:
+        raise ImproperlyConfigured(
+            f"The environment variable SECURE_PROXY_SSL_HEADER is {value!r}: use the header "
+            "as Django names it, e.g. HTTP_X_FORWARDED_PROTO or HTTP_X_FORWARDED_PROTO,https."
+        )
+    return header, expected or "https"
+
+
+DEBUG = _flag("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        # Without this a deployment would sign sessions with a key from this
+        # public repository. One line: it is what the operator sees at start.
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: set the SECRET_KEY environment variable to a long random "
+            "string (python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+            "or DEBUG=1 for local development."
+        )
+    # Development only; the prefix makes check --deploy call it insecure.
+    SECRET_KEY = "django-insecure-example-project-development-key-do-not-deploy"
+ALLOWED_HOSTS = _list("ALLOWED_HOSTS", "localhost,127.0.0.1")
+CSRF_TRUSTED_ORIGINS = _list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS only when not debugging: what check --deploy asks for, each switchable for
+# a deployment behind a proxy that terminates TLS (see the module docstring).
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
+SECURE_SSL_REDIRECT = _flag("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = _flag("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _flag("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = _seconds("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# Off by default, so check --deploy warns (security.W021) until the owner decides:
+# the preload directive lets anyone submit the domain to the browsers' built-in
+# lists, which takes months to undo, and it covers every subdomain.
+SECURE_HSTS_PRELOAD = _flag("SECURE_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

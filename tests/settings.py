@@ -3,7 +3,16 @@
 import os
 import tempfile
 
-from settings import *  # noqa: F403
+# The example settings refuse to start without a key when DEBUG is off, as the
+# tests run. setdefault: a key set by the caller wins. Subprocesses inherit it.
+os.environ.setdefault("SECRET_KEY", "tests-only-" + "x" * 50)
+
+from settings import *  # noqa: E402, F403
+
+# The test client and the test servers speak plain HTTP.
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
 
 _TMP = os.environ.get("SCHEDULER_TEST_DIR") or tempfile.mkdtemp(prefix="scheduler-tests-")
 

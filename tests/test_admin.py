@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import html as html_lib
+import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import load_backend
+from django.template.loader import render_to_string
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
@@ -19,11 +25,12 @@ from django_apscheduler.models import DjangoJob
 
 from scheduler import admin as scheduler_admin
 from scheduler import db as scheduler_db
-from scheduler.models import Job, JobRun
+from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.registry import autodiscover
 from scheduler.service import make_scheduler
 from scheduler.sync import sync
 from tests import jobs
+from tests.proc.pg import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -906,3 +913,343 @@ def test_buttons_work_for_a_job_id_with_underscore(admin_client, calls):
 def test_run_page_with_a_malformed_id_redirects(admin_client):
     response = admin_client.get(f"{RUNS_URL}abc/change/")
     assert response.status_code == 302
+
+
+# Permissions are checked before any work -----------------------------------------------
+
+INSTANCES_URL = "/admin/scheduler/schedulerinstance/"
+DASHBOARD_URL = "/admin/scheduler/dashboard/"
+JOB_URL = f"{JOBS_URL}tests.nightly/"
+
+# Every view of the scheduler's admin, as (method, URL); {run} and {instance} are filled in.
+EVERY_VIEW = [
+    ("get", JOBS_URL),
+    ("post", JOBS_URL),  # a bulk action: run now
+    ("get", f"{JOBS_URL}add/"),
+    ("get", f"{JOB_URL}change/"),
+    ("post", f"{JOB_URL}change/"),
+    ("get", f"{JOB_URL}history/"),
+    ("get", f"{JOB_URL}delete/"),
+    ("post", f"{JOB_URL}delete/"),
+    ("get", f"{JOB_URL}run/"),
+    ("post", f"{JOB_URL}run/"),
+    ("get", f"{JOB_URL}pause/"),
+    ("post", f"{JOB_URL}pause/"),
+    ("get", f"{JOB_URL}resume/"),
+    ("post", f"{JOB_URL}resume/"),
+    ("get", RUNS_URL),
+    ("get", f"{RUNS_URL}add/"),
+    ("get", RUNS_URL + "{run}/change/"),
+    ("post", RUNS_URL + "{run}/change/"),
+    ("get", RUNS_URL + "{run}/history/"),
+    ("get", RUNS_URL + "{run}/delete/"),
+    ("post", RUNS_URL + "{run}/delete/"),
+    ("get", INSTANCES_URL),
+    ("get", f"{INSTANCES_URL}add/"),
+    ("get", INSTANCES_URL + "{instance}/change/"),
+    ("get", INSTANCES_URL + "{instance}/history/"),
+    ("get", INSTANCES_URL + "{instance}/delete/"),
+    ("post", INSTANCES_URL + "{instance}/delete/"),
+    ("get", DASHBOARD_URL),
+]
+ALL_PERMISSIONS = (
+    *VIEW,
+    "scheduler.run_job",
+    "scheduler.pause_job",
+    "scheduler.view_schedulerinstance",
+    "scheduler.delete_schedulerinstance",
+    "scheduler.delete_jobrun",
+    "scheduler.change_job",
+)
+
+
+@pytest.fixture
+def objects(catalog) -> dict[str, str]:
+    """One run and one scheduler instance to aim the views at; the catalog's jobs."""
+    now = timezone.now()
+    instance = SchedulerInstance.objects.create(
+        id="a" * 32,
+        hostname="web1",
+        pid=4242,
+        version="0.1.0",
+        role=SchedulerInstance.Role.ACTIVE,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    return {"run": str(make_run(status="failed").pk), "instance": instance.pk}
+
+
+def scheduler_queries(ctx) -> list[str]:
+    """Statements on the scheduler's tables or django-apscheduler's (not sessions or users)."""
+    return [sql for sql in sqls(ctx) if '"scheduler_' in sql or '"django_apscheduler_' in sql]
+
+
+def request(client: Client, method: str, url: str, objects: dict[str, str]):
+    url = url.format(**objects)
+    data = {}
+    if method == "post" and url == JOBS_URL:
+        data = {"action": "run_now", "_selected_action": ["tests.nightly"], "index": "0"}
+    with capture() as ctx:
+        response = getattr(client, method)(url, data)
+    return response, scheduler_queries(ctx)
+
+
+def nothing_changed(objects: dict[str, str]) -> None:
+    assert list(JobRun.objects.values_list("pk", flat=True)) == [int(objects["run"])]
+    assert not Job.objects.filter(paused=True).exists()
+    assert set(Job.objects.values_list("id", flat=True)) == set(TEST_JOBS)
+    assert SchedulerInstance.objects.filter(pk=objects["instance"]).exists()
+
+
+@pytest.mark.parametrize("method, url", EVERY_VIEW)
+def test_staff_without_permissions_get_403_before_any_work(staff_client, objects, method, url):
+    nobody = staff_client()
+
+    response, queries = request(nobody, method, url, objects)
+
+    assert response.status_code == 403
+    assert queries == []
+    nothing_changed(objects)
+
+
+@pytest.mark.parametrize("method, url", EVERY_VIEW)
+def test_non_staff_users_are_sent_to_the_login_page(objects, method, url):
+    user = User.objects.create_user("outsider", password="x", is_staff=False)
+    for perm in ALL_PERMISSIONS:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    client = Client()
+    client.force_login(user)
+
+    response, queries = request(client, method, url, objects)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=")
+    assert queries == []
+    nothing_changed(objects)
+
+
+# What a user who may look at everything may still not do: each button, form and delete.
+WRITES = [
+    ("post", f"{JOB_URL}change/"),
+    ("get", f"{JOB_URL}delete/"),
+    ("post", f"{JOB_URL}delete/"),
+    ("get", f"{JOB_URL}run/"),
+    ("post", f"{JOB_URL}run/"),
+    ("get", f"{JOB_URL}pause/"),
+    ("post", f"{JOB_URL}pause/"),
+    ("get", f"{JOB_URL}resume/"),
+    ("post", f"{JOB_URL}resume/"),
+    ("post", RUNS_URL + "{run}/change/"),
+    ("get", RUNS_URL + "{run}/delete/"),
+    ("post", RUNS_URL + "{run}/delete/"),
+    ("get", INSTANCES_URL + "{instance}/delete/"),
+    ("post", INSTANCES_URL + "{instance}/delete/"),
+]
+
+
+@pytest.mark.parametrize("method, url", WRITES)
+def test_viewers_get_403_before_any_work(staff_client, objects, method, url):
+    viewer = staff_client(*VIEW, "scheduler.view_schedulerinstance")
+
+    response, queries = request(viewer, method, url, objects)
+
+    assert response.status_code == 403
+    assert queries == []
+    nothing_changed(objects)
+
+
+@pytest.mark.parametrize(
+    "perms, url",
+    [
+        (("scheduler.pause_job",), f"{JOB_URL}run/"),
+        (("scheduler.run_job",), f"{JOB_URL}pause/"),
+        (("scheduler.run_job",), f"{JOB_URL}resume/"),
+    ],
+)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_each_button_needs_its_own_permission_whatever_the_method(
+    staff_client, objects, perms, url, method
+):
+    client = staff_client(*VIEW, *perms)
+
+    response, queries = request(client, method, url, objects)
+
+    assert response.status_code == 403
+    assert queries == []
+    nothing_changed(objects)
+
+
+@pytest.mark.parametrize("button", ["run", "pause", "resume"])
+def test_a_permitted_get_on_a_button_is_405_before_any_work(staff_client, objects, button):
+    client = staff_client(*VIEW, "scheduler.run_job", "scheduler.pause_job")
+
+    response, queries = request(client, "get", f"{JOB_URL}{button}/", objects)
+
+    assert response.status_code == 405
+    assert queries == []
+    nothing_changed(objects)
+
+
+def test_job_page_computes_nothing_without_the_view_permission(staff_client, objects):
+    # Every permission but the one the page needs: its figures cost a dozen queries.
+    client = staff_client("scheduler.view_jobrun", "scheduler.run_job", "scheduler.pause_job")
+
+    response, queries = request(client, "get", f"{JOB_URL}change/", objects)
+
+    assert response.status_code == 403
+    assert queries == []
+
+
+def test_dashboard_needs_the_view_permission_of_runs(staff_client, objects):
+    response, queries = request(staff_client(*VIEW[:1]), "get", DASHBOARD_URL, objects)
+    assert response.status_code == 403
+    assert queries == []
+
+    response, _ = request(staff_client("scheduler.view_jobrun"), "get", DASHBOARD_URL, objects)
+    assert response.status_code == 200
+
+
+def test_actions_a_user_may_not_take_are_not_taken(staff_client, objects):
+    viewer = staff_client(*VIEW)
+    for action in ("run_now", "pause", "resume"):
+        with capture() as ctx:
+            response = post_action(viewer, action, ["tests.nightly"])
+        assert response.status_code == 200
+        writes = [sql for sql in sqls(ctx) if sql.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+        assert not [sql for sql in writes if '"scheduler_' in sql]
+    nothing_changed(objects)
+
+
+# Scheduler instances ------------------------------------------------------------------
+
+
+def test_scheduler_instances_cannot_be_deleted(admin_client, objects):
+    instance = objects["instance"]
+
+    assert admin_client.get(f"{INSTANCES_URL}{instance}/delete/").status_code == 403
+    response = admin_client.post(f"{INSTANCES_URL}{instance}/delete/", {"post": "yes"})
+    assert response.status_code == 403
+
+    page = admin_client.get(INSTANCES_URL)
+    assert page.status_code == 200
+    assert "web1:4242" in text(page)
+    assert "action-checkbox" not in text(page)
+    assert 'name="action"' not in text(page)
+    assert "delete_selected" not in text(page)
+    admin_client.post(
+        INSTANCES_URL, {"action": "delete_selected", "_selected_action": [instance], "post": "yes"}
+    )
+    assert "Delete" not in strip_tags(text(admin_client.get(f"{INSTANCES_URL}{instance}/change/")))
+    assert SchedulerInstance.objects.filter(pk=instance).exists()
+
+
+def test_page_of_a_missing_job_redirects(admin_client, catalog):
+    response = admin_client.get(f"{JOBS_URL}no.such.job/change/", follow=True)
+    assert response.redirect_chain == [("/admin/", 302)]
+    assert "doesn’t exist" in text(response)
+
+
+# When the scheduler's database cannot be read ---------------------------------------------
+
+PLAIN = "The scheduler's database cannot be read; details are in the server log."
+
+
+@contextmanager
+def scheduler_database(config: dict) -> Iterator[str]:
+    """``SCHEDULER["DATABASE"]`` pointed at a second alias, as in a project with a jobs database.
+
+    Django's connection handler read DATABASES at start, so the alias's
+    connection is handed to it here; the test framework allows such
+    dynamically created connections (it refuses aliases it knew at start).
+    """
+    alias = "jobs"
+    databases = {**settings.DATABASES, alias: config}
+    override = override_settings(
+        DATABASES=databases, SCHEDULER={**settings.SCHEDULER, "DATABASE": alias}
+    )
+    with warnings.catch_warnings():
+        # "Overriding setting DATABASES can lead to unexpected behavior": handled below.
+        warnings.simplefilter("ignore", UserWarning)
+        override.enable()
+    filled = connections.configure_settings(
+        {DEFAULT_DB_ALIAS: settings.DATABASES[DEFAULT_DB_ALIAS], alias: dict(config)}
+    )[alias]
+    connection = load_backend(filled["ENGINE"]).DatabaseWrapper(filled, alias)
+    setattr(connections._connections, alias, connection)
+    try:
+        yield alias
+    finally:
+        connection.close()
+        delattr(connections._connections, alias)
+        override.disable()
+
+
+def unreachable_postgres(port: int) -> dict:
+    """A PostgreSQL database on a port where nothing listens: connecting is refused."""
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "jobs",
+        "USER": "jobs_owner",
+        "PASSWORD": "pw-not-for-staff",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "OPTIONS": {"connect_timeout": 5},
+    }
+
+
+def logged_database_errors(caplog) -> list[str]:
+    return [
+        str(record.exc_info[1])
+        for record in caplog.records
+        if record.levelno == logging.ERROR and record.exc_info
+    ]
+
+
+def test_dashboard_says_plainly_that_the_database_cannot_be_reached(admin_client, caplog):
+    port = free_port()
+    with scheduler_database(unreachable_postgres(port)), caplog.at_level(logging.ERROR):
+        response = admin_client.get(DASHBOARD_URL)
+
+    assert response.status_code == 200
+    page = html_lib.unescape(text(response))
+    assert PLAIN in page
+    assert "The other figures come from the same database" in page
+    for leak in (str(port), "Connection refused", "connection failed", "jobs_owner"):
+        assert leak not in page
+    # The operator finds the real error in the server log.
+    assert any(f"port {port} failed" in error for error in logged_database_errors(caplog))
+
+
+def test_health_banner_says_plainly_that_the_database_cannot_be_reached(caplog):
+    port = free_port()
+    with scheduler_database(unreachable_postgres(port)), caplog.at_level(logging.ERROR):
+        banner = html_lib.unescape(render_to_string("admin/scheduler/health_banner.html"))
+
+    assert f"Cannot tell whether a scheduler is running: {PLAIN}" in " ".join(banner.split())
+    assert str(port) not in banner
+    assert "Connection refused" not in banner
+    assert any(f"port {port} failed" in error for error in logged_database_errors(caplog))
+
+
+def test_health_banner_on_a_page_hides_the_database_error(admin_client, catalog, caplog):
+    # The rest of the page can be read; the liveness cannot (its table is missing).
+    with connections[scheduler_db.alias()].cursor() as cursor:
+        cursor.execute("DROP TABLE scheduler_lease")
+
+    with caplog.at_level(logging.ERROR):
+        response = admin_client.get(JOBS_URL)
+
+    assert set(job_rows(response)) == set(TEST_JOBS)
+    page = html_lib.unescape(text(response))
+    assert f"Cannot tell whether a scheduler is running: {PLAIN}" in " ".join(page.split())
+    assert "scheduler_lease" not in page
+    assert any("no such table: scheduler_lease" in e for e in logged_database_errors(caplog))
+
+
+def test_health_banner_without_a_scheduler(admin_client, catalog):
+    page = html_lib.unescape(text(admin_client.get(JOBS_URL)))
+    assert "No scheduler has ever run on this database." in page
+    assert PLAIN not in page

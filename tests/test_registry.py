@@ -1,7 +1,9 @@
 """The ``@cron`` and ``@interval`` decorators and the ``JobSpec`` they register."""
 
 import dataclasses
+import importlib
 import inspect
+import math
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -283,11 +285,60 @@ def test_interval_makes_an_interval_trigger(registry):
     )
 
 
-def test_registering_the_same_function_again_replaces_it(registry):
+def test_importing_a_module_again_replaces_its_jobs(registry):
     """A module imported twice (autoreload, test runners) must not be a duplicate."""
+    module = importlib.import_module("tests.declared.reloadable")
+    first = module.report
+    module = importlib.reload(module)
+    assert module.report is not first
+    assert registry["tests.declared.reloadable.report"].func is module.report
+    assert registry["tests.declared.reloadable.every_five"].func is module.report
+    assert registry["tests.declared.reloadable.report"].schedule_text == "0 3 * * *"
+    assert registry["tests.declared.reloadable.every_five"].schedule_text == "minutes=5"
+
+
+def test_the_same_declaration_made_again_is_harmless(registry):
+    """A discovery retried after a failed import may declare a job of another module again."""
+    cron("0 3 * * *", id="again", kwargs={})(documented_job)
     cron("0 3 * * *", id="again")(documented_job)
-    cron("0 4 * * *", id="again")(documented_job)
-    assert registry["again"].schedule_text == "0 4 * * *"
+    assert registry["again"].schedule_text == "0 3 * * *"
+
+
+@pytest.mark.parametrize(
+    "declare",
+    [
+        lambda: cron("0 3 * * *")(interval(minutes=5)(documented_job)),
+        lambda: cron("0 4 * * *")(cron("0 3 * * *")(documented_job)),
+        lambda: cron("0 3 * * *", id="both")(interval(minutes=5, id="both")(documented_job)),
+        lambda: cron("0 3 * * *", name="Other")(cron("0 3 * * *")(documented_job)),
+    ],
+    ids=["default-ids", "two-crons", "same-explicit-id", "same-schedule-other-options"],
+)
+def test_two_schedules_on_one_function_need_an_id_each(registry, declare):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        declare()
+    message = str(excinfo.value)
+    assert f"{MODULE}:documented_job has two schedules under this one id" in message
+    assert "Pass a distinct id=... to each decorator." in message
+    assert message.startswith("Scheduled job ")
+
+
+def test_a_module_with_two_schedules_on_one_function_fails_to_import(registry):
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        importlib.import_module("tests.declared.two_schedules")
+    assert str(excinfo.value) == (
+        "Scheduled job 'tests.declared.two_schedules.report': tests.declared.two_schedules:report "
+        "has two schedules under this one id (interval 'minutes=5' and cron '0 3 * * *'); the "
+        "second would replace the first. Pass a distinct id=... to each decorator."
+    )
+
+
+def test_one_function_with_two_schedules_and_two_ids(registry):
+    cron("0 3 * * *", id="report.nightly")(interval(minutes=5, id="report.often")(documented_job))
+    nightly, often = registry["report.nightly"], registry["report.often"]
+    assert (nightly.kind, nightly.schedule_text) == ("cron", "0 3 * * *")
+    assert (often.kind, often.schedule_text) == ("interval", "minutes=5")
+    assert nightly.func is often.func is documented_job
 
 
 def test_one_function_under_two_ids(registry):
@@ -326,6 +377,33 @@ ERRORS = [
     ("interval.negative", lambda i: interval(minutes=-5, id=i)(documented_job), "-5"),
     ("interval.text", lambda i: interval(minutes="5", id=i)(documented_job), "'5'"),
     ("interval.zero", lambda i: interval(seconds=0, id=i)(documented_job), "seconds=0"),
+    ("interval.bool", lambda i: interval(minutes=True, id=i)(documented_job), "minutes=True"),
+    ("interval.none", lambda i: interval(minutes=None, id=i)(documented_job), "minutes=None"),
+    ("interval.nan", lambda i: interval(seconds=math.nan, id=i)(documented_job), "seconds=nan"),
+    ("interval.inf", lambda i: interval(hours=math.inf, id=i)(documented_job), "hours=inf"),
+    (
+        "interval.huge",
+        lambda i: interval(seconds=1e300, id=i)(documented_job),
+        "seconds=1e+300) is longer than the longest interval, 3653 days",
+    ),
+    (
+        "interval.huge.int",
+        lambda i: interval(weeks=10**400, minutes=1.5, id=i)(documented_job),
+        "3653 days",
+    ),
+    (
+        "interval.float.overflow",
+        lambda i: interval(weeks=1e308, days=1e308, id=i)(documented_job),
+        "3653 days",
+    ),
+    ("interval.too.long", lambda i: interval(days=3654, id=i)(documented_job), "days=3654"),
+    (
+        "interval.sum.too.long",
+        lambda i: interval(weeks=520, days=14, id=i)(documented_job),
+        "weeks=520, days=14",
+    ),
+    ("interval.sub.second", lambda i: interval(seconds=0.5, id=i)(documented_job), "seconds=0.5"),
+    ("interval.empty", lambda i: interval(id=i)(documented_job), "@interval()"),
     # args and kwargs
     (
         "args.json",
@@ -361,11 +439,50 @@ ERRORS = [
     ("jitter.text", lambda i: cron("0 3 * * *", id=i, jitter="10s")(documented_job), "'10s'"),
     ("grace.zero", lambda i: cron("0 3 * * *", id=i, misfire_grace_time=0)(documented_job), "0"),
     (
+        "grace.huge",
+        lambda i: cron("0 3 * * *", id=i, misfire_grace_time=10**12)(documented_job),
+        "misfire_grace_time=1000000000000 must be a positive whole number of seconds, "
+        "at most 315619200 (3653 days).",
+    ),
+    (
+        "jitter.huge",
+        lambda i: interval(hours=1, id=i, jitter=10**100)(documented_job),
+        "at most 315619200 (3653 days)",
+    ),
+    (
+        "kwargs.int.keys",
+        lambda i: cron("0 3 * * *", id=i, kwargs={1: "a"})(flexible_job),
+        "kwargs={1: 'a'}: keyword names must be strings.",
+    ),
+    (
         "grace.text",
         lambda i: interval(hours=1, id=i, misfire_grace_time="1h")(documented_job),
         "1h",
     ),
+    # booleans
+    ("enabled.text", lambda i: cron("0 3 * * *", id=i, enabled="no")(documented_job), "'no'"),
+    ("enabled.int", lambda i: cron("0 3 * * *", id=i, enabled=0)(documented_job), "enabled=0"),
+    (
+        "coalesce.text",
+        lambda i: interval(hours=1, id=i, coalesce="false")(documented_job),
+        "coalesce='false'",
+    ),
+    (
+        "coalesce.none",
+        lambda i: interval(hours=1, id=i, coalesce=None)(documented_job),
+        "coalesce=None",
+    ),
     # dates
+    (
+        "start.after.end",
+        lambda i: cron(
+            "0 3 * * *",
+            id=i,
+            start_date="2027-01-01T00:00:00+00:00",
+            end_date=datetime(2026, 6, 1, tzinfo=UTC),
+        )(documented_job),
+        "start_date=2027-01-01T00:00:00+00:00 is after end_date=2026-06-01T00:00:00+00:00",
+    ),
     ("bad.start", lambda i: cron("0 3 * * *", id=i, start_date="soon")(documented_job), "'soon'"),
     ("bad.end", lambda i: cron("0 3 * * *", id=i, end_date=20260101)(documented_job), "20260101"),
     # schedules that never fire
@@ -421,6 +538,32 @@ def test_duplicate_id_is_rejected(registry):
     assert f"{MODULE}:documented_job" in message
     assert f"{MODULE}:other_job" in message
     assert registry["dup"].func is documented_job  # the first one stays
+
+
+@pytest.mark.parametrize(
+    ("fields", "seconds"),
+    [
+        ({"seconds": 1}, 1),
+        ({"seconds": 1.5}, 1.5),
+        ({"minutes": 0.5}, 30),
+        ({"days": 3653}, 3653 * 86400),
+        ({"weeks": 521, "days": 6}, 3653 * 86400),
+        ({"hours": 0, "seconds": 1}, 1),
+    ],
+    ids=str,
+)
+def test_interval_limits_are_inclusive(registry, fields, seconds):
+    assert registry_module.MIN_INTERVAL_SECONDS == 1
+    assert registry_module.MAX_INTERVAL_DAYS == 3653
+    interval(**fields, id="edge")(documented_job)
+    assert registry["edge"].make_trigger().interval == timedelta(seconds=seconds)
+
+
+def test_start_date_may_equal_end_date(registry):
+    at = datetime(2030, 1, 1, 3, 0, tzinfo=UTC)
+    cron("0 3 * * *", id="once", start_date=at, end_date=at, timezone="UTC")(documented_job)
+    trigger = registry["once"].make_trigger()
+    assert trigger.get_next_fire_time(None, datetime(2029, 1, 1, tzinfo=UTC)) == at
 
 
 def test_schedule_with_end_date_in_the_past_is_allowed(registry):

@@ -11,8 +11,16 @@ SCHEDULER_<KEY>         any other key of scheduler/conf.py, as JSON
 import json
 import os
 
-from scheduler.conf import DEFAULTS
-from settings import *  # noqa: F403
+# The example settings need a key with DEBUG off (see tests/settings.py).
+os.environ.setdefault("SECRET_KEY", "tests-only-" + "x" * 50)
+
+from scheduler.conf import DEFAULTS  # noqa: E402
+from settings import *  # noqa: E402, F403
+
+# runserver in the browser tests speaks plain HTTP on 127.0.0.1.
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
 
 SCHEDULER = {
     "JOB_MODULES": [

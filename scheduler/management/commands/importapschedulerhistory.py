@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 from django_apscheduler.models import DjangoJobExecution
 
 from scheduler import db
@@ -17,6 +19,10 @@ STATUSES = {
     DjangoJobExecution.MAX_INSTANCES: JobRun.Status.SKIPPED,
     DjangoJobExecution.SENT: JobRun.Status.INTERRUPTED,
 }
+UNKNOWN_STATUS = (
+    "Imported from django-apscheduler with status {status!r}, which scheduler has no "
+    "equivalent for."
+)
 
 
 class Command(BaseCommand):
@@ -25,16 +31,28 @@ class Command(BaseCommand):
         "JobRun table. Safe to run twice: runs already imported are left alone."
     )
 
-    def add_arguments(self, parser) -> None:
-        parser.add_argument("--batch-size", type=int, default=2000)
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=2000,
+            help="executions read and written per statement (default 2000)",
+        )
 
     def handle(self, *args: Any, batch_size: int, **options: Any) -> None:
+        if batch_size < 1:
+            # Checked here rather than by argparse: one line, not a usage screen.
+            raise CommandError(f"--batch-size must be a positive number of rows, not {batch_size}.")
         alias = db.alias()
+        self.check_tables(alias)
         executions = DjangoJobExecution.objects.using(alias).order_by("id")
         imported = seen = 0
+        unknown: Counter[str] = Counter()
         batch: list[JobRun] = []
         for execution in executions.iterator(chunk_size=batch_size):
             seen += 1
+            if execution.status not in STATUSES:
+                unknown[execution.status] += 1
             batch.append(self.convert(execution))
             if len(batch) >= batch_size:
                 imported += self.save(batch, alias)
@@ -44,6 +62,32 @@ class Command(BaseCommand):
             f"Imported {imported} of {seen} django-apscheduler executions "
             f"({seen - imported} were already imported)."
         )
+        if unknown:
+            statuses = ", ".join(f"{status!r} ({count})" for status, count in unknown.most_common())
+            self.stdout.write(
+                f"{unknown.total()} had a status scheduler has no equivalent for: {statuses}. "
+                "They are recorded as interrupted, with the original status in their exception."
+            )
+
+    @staticmethod
+    def check_tables(alias: str) -> None:
+        """Fail in one line naming the missing table, rather than with a database traceback."""
+        tables = set(connections[alias].introspection.table_names())
+        source = DjangoJobExecution._meta.db_table
+        database = "" if alias == "default" else f" --database {alias}"
+        if source not in tables:
+            raise CommandError(
+                f"The database {alias!r} has no table {source} (django-apscheduler's run "
+                "history): if that history is in this database, run django_apscheduler's "
+                f"migrations first (python manage.py migrate django_apscheduler{database}); "
+                "if it never had any, there is nothing to import."
+            )
+        target = JobRun._meta.db_table
+        if target not in tables:
+            raise CommandError(
+                f"The database {alias!r} has no table {target} (scheduler's run history): "
+                f"run python manage.py migrate scheduler{database} first."
+            )
 
     @staticmethod
     def convert(execution: DjangoJobExecution) -> JobRun:
@@ -57,6 +101,10 @@ class Command(BaseCommand):
         exception = execution.exception or ""
         if execution.status == DjangoJobExecution.SENT:
             exception = "Interrupted: imported from django-apscheduler without a result."
+        elif execution.status not in STATUSES:
+            # Keep what django-apscheduler said, so that nothing is lost in the mapping.
+            note = UNKNOWN_STATUS.format(status=execution.status)
+            exception = f"{note}\n{exception}" if exception else note
         return JobRun(
             job_id=execution.job_id,
             job_name=execution.job_id,

@@ -1,0 +1,60 @@
+"""System checks: ``manage.py check`` (and every command that runs the checks first,
+``runapscheduler`` among them) reports a broken ``SCHEDULER`` setting and job
+declarations that cannot work, each as an ``Error`` with a stable id.
+
+The ids, listed in the README's Settings section:
+
+* ``scheduler.E001``: the ``SCHEDULER`` setting is not a dict;
+* ``scheduler.E002``: unknown keys in it;
+* ``scheduler.E003`` .. ``scheduler.E014``: one id per key (see ``conf.CHECK_IDS``);
+* ``scheduler.E020``: a ``@cron``/``@interval`` declaration that cannot work;
+* ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from scheduler import conf, registry
+
+DECLARATION = "scheduler.E020"
+JOB_MODULE = "scheduler.E021"
+
+
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """One Error per problem of the ``SCHEDULER`` setting."""
+    return [
+        checks.Error(problem.message, hint=problem.hint, id=f"scheduler.{problem.id}")
+        for problem in conf.problems()
+    ]
+
+
+def check_jobs(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Import the job modules as ``runapscheduler`` does; a declaration that raises is an Error."""
+    if conf.problems():
+        # Discovery reads the setting; check_settings reports what is wrong with it, and
+        # the declarations are checked once it is fixed.
+        return []
+    try:
+        registry.autodiscover()
+    except registry.DeclarationError as exc:
+        # The message names the job; importing stops at the first bad declaration.
+        return [checks.Error(str(exc), id=DECLARATION)]
+    except ImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="List only modules that exist, as dotted paths (myapp.jobs).",
+                id=JOB_MODULE,
+            )
+        ]
+    return []
