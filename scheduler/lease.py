@@ -65,13 +65,6 @@ class Leadership(threading.Thread):
         self.stepping_down = threading.Event()
         self.lease_seconds = float(conf.get("LEASE_SECONDS"))
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
-        if self.heartbeat * 2 > self.lease_seconds:
-            logger.warning(
-                "SCHEDULER['HEARTBEAT_INTERVAL'] (%s s) should be at most half of "
-                "LEASE_SECONDS (%s s), or the leader may lose its lease between renewals.",
-                self.heartbeat,
-                self.lease_seconds,
-            )
         self._deadline = 0.0  # monotonic time when our lease ends, as far as we know
         self._leader = False
         self._last_heartbeat = 0.0
