@@ -22,7 +22,9 @@ class Job(models.Model):
     # The schedule itself, as declared: {"crontab": "0 3 * * *"}, {"minute": "*/5"} or
     # {"minutes": 5}. The admin words it and rebuilds its trigger from this, never from
     # the text, which cannot be parsed back ("day=last fri, 1st mon" has ", " in a value).
-    schedule_fields = models.JSONField(_("schedule fields"), default=dict, blank=True)
+    schedule_fields = models.JSONField(
+        _("schedule fields"), default=dict, db_default={}, blank=True
+    )
     timezone = models.CharField(_("time zone"), max_length=64)
     options = models.JSONField(_("options"), default=dict)
     enabled = models.BooleanField(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.admin.utils import quote
+from django.db import connection
 from django.test import Client
 from django.utils.html import escape, strip_tags
 from django_apscheduler.models import DjangoJob
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.django_db
 
 JOBS_URL = "/admin/scheduler/job/"
 DASHBOARD_URL = "/admin/scheduler/dashboard/"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -199,11 +201,23 @@ def test_one_function_with_two_schedules_runs_each(admin_client, registry):
 
 
 def test_a_row_written_before_the_fields_were_kept_renders_and_is_refreshed(admin_client, registry):
-    """Migration 0005 leaves the fields empty; the admin copes, the next sync fills them."""
+    """Migration 0005 leaves the fields empty; the admin copes, the next sync fills them.
+
+    Code that does not know the column (a scheduler of the previous release during a
+    rolling deploy, the benchmarks' seeding) still writes rows: the database fills it in.
+    """
     cron(minute="1, 2", id="legacy.job")(schedule_cases.job)
     spec = registry["legacy.job"]
     sync_into_catalog({"legacy.job": spec})
-    Job.objects.filter(id="legacy.job").update(schedule_fields={})
+    Job.objects.filter(id="legacy.job").delete()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO scheduler_job (id, name, func, kind, schedule, timezone, options, "
+            "enabled, paused, pending_change, fingerprint, synced_at) "
+            "VALUES (%s, %s, %s, 'cron', 'minute=1, 2', 'UTC', '{}', %s, %s, %s, %s, %s)",
+            ["legacy.job", spec.name, spec.func_ref, True, False, False, spec.fingerprint, T0],
+        )
+    assert Job.objects.get(id="legacy.job").schedule_fields == {}
 
     assert job_rows(admin_client)["legacy.job"]["schedule_in_words"] == "minute=1, 2"
     assert fire_times_shown(job_page(admin_client, "legacy.job")) == []

@@ -13,6 +13,10 @@ package) through ``runuser``, in a directory owned by that user.
 ``PgSchedulerEnv`` is ``SchedulerEnv`` of tests/proc/harness.py with the
 subprocesses pointed at a PostgreSQL database and the helpers reading it with
 psycopg.
+
+scripts/chaos.py runs outside pytest and uses the same server and
+environment, so only ``postgres_server`` (the tests' way in) imports pytest;
+``PostgresServer`` raises ``ServerUnavailable`` where a test would skip.
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 
 from tests.proc.harness import SchedulerEnv
 
 NOT_FOUND = "PostgreSQL server binaries not found (install the postgresql Debian package)"
 SERVER_USER = "postgres"
+
+
+class ServerUnavailable(RuntimeError):
+    """PostgreSQL cannot be run here (a test skips, saying why)."""
 
 
 def find_bindir() -> Path | None:
@@ -77,8 +84,12 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 only."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable_commits: bool = False) -> None:
         self.bindir = bindir
+        # synchronous_commit=off (the default here, for speed) acknowledges a commit
+        # before its WAL is written: a crash (``stop("immediate")``) may then lose it.
+        # fsync=off stays harmless, as the machine itself does not crash.
+        self.durable_commits = durable_commits
         self.as_root = os.geteuid() == 0
         self.base = Path(tempfile.mkdtemp(prefix="ha-pg-"))
         self.data = self.base / "data"
@@ -90,9 +101,9 @@ class PostgresServer:
                 user = pwd.getpwnam(SERVER_USER)
             except KeyError:
                 shutil.rmtree(self.base, ignore_errors=True)
-                pytest.skip(
+                raise ServerUnavailable(
                     f"running as root and there is no {SERVER_USER!r} user to run PostgreSQL"
-                )
+                ) from None
             for path in (self.base, self.sockets):
                 os.chown(path, user.pw_uid, user.pw_gid)
         self.port = 0
@@ -145,13 +156,29 @@ class PostgresServer:
             self.port = free_port()
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.sockets} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
+            "-c full_page_writes=off"
         )
+        if not self.durable_commits:
+            options += " -c synchronous_commit=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o", options, "-w", "-t",
             "60", "start",
         )  # fmt: skip
         self.running = True
+
+    def init_and_start(self) -> None:
+        """``initdb``, then start on a free port (another one if someone takes it first)."""
+        self.init()
+        for attempt in range(3):
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                # Most likely someone took the free port in between: try another one.
+                if attempt == 2:
+                    raise
+                self.port = 0
+                time.sleep(0.2)
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m MODE``: fast disconnects every client, immediate aborts."""
@@ -195,22 +222,17 @@ class PostgresServer:
 @contextmanager
 def postgres_server() -> Iterator[PostgresServer]:
     """A running throwaway cluster; skips the test when PostgreSQL is not installed."""
+    import pytest
+
     bindir = find_bindir()
     if bindir is None:
         pytest.skip(NOT_FOUND)
-    server = PostgresServer(bindir)
     try:
-        server.init()
-        for attempt in range(3):
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                # Most likely someone took the free port in between: try another one.
-                if attempt == 2:
-                    raise
-                server.port = 0
-                time.sleep(0.2)
+        server = PostgresServer(bindir)
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        server.init_and_start()
         yield server
     finally:
         server.teardown()
