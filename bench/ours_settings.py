@@ -13,6 +13,9 @@ os.environ.setdefault("SECRET_KEY", "bench-only-" + "x" * 50)
 from settings import *  # noqa: E402, F403
 
 SCHEDULER = {"JOB_MODULES": ["bench.jobs_ours"]}
+# The admin scenario talks plain HTTP to a local server, as the django-apscheduler
+# project it is compared with does.
+SECURE_SSL_REDIRECT = SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
 
 if os.environ.get("BENCH_QUERY_COUNT"):
     from bench import querycount
