@@ -255,12 +255,12 @@ def history(args: argparse.Namespace) -> dict[str, Any]:
     if args.system == "ours":
         from scheduler import runner
         from scheduler.registry import autodiscover
-        from scheduler.sync import build_job
+        from scheduler.sync import first_job
 
         specs = autodiscover()
         spec = specs["bench.history.noop"]
         scheduler = _scheduler("ours", jobs=False)
-        job = build_job(scheduler, spec, datetime.now(UTC), False)
+        job = first_job(scheduler, spec, datetime.now(UTC), False)
 
         def one_run() -> None:
             runner.run_scheduled(job, [next(times)])
