@@ -54,7 +54,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
             report.outcome = "failed"
             report.longrepr = f"skipped in CI, where it must run: {reason}"
     if report.when == "call" and report.failed:
-        env = getattr(item, "funcargs", {}).get("scheduler_env")
+        funcargs = getattr(item, "funcargs", {})
+        env = funcargs.get("scheduler_env") or funcargs.get("pg_env")
         if isinstance(env, SchedulerEnv):
             for name, text in env.logs():
                 report.sections.append((f"log {name}", text[-20000:]))

@@ -44,35 +44,47 @@ def pg_server() -> Iterator[PostgresServer]:
         yield server
 
 
+def make_env(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> SchedulerEnv:
+    if kind == "sqlite":
+        env = SchedulerEnv(tmp_path)
+        env.db_path.write_bytes(request.getfixturevalue("migrated_db").read_bytes())
+        return env
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    if not server.running:
+        server.start()
+    pg_env = PgSchedulerEnv(tmp_path, server, f"rb_{uuid.uuid4().hex[:10]}")
+    pg_env.migrate()
+    return pg_env
+
+
+def cleanup(env: SchedulerEnv) -> None:
+    env.cleanup()
+    if isinstance(env, PgSchedulerEnv) and not env.server.running:
+        env.server.start()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def scheduler_env(
-    request: pytest.FixtureRequest, tmp_path: Path, migrated_db: Path
-) -> Iterator[SchedulerEnv]:
+def scheduler_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SchedulerEnv]:
     """A fresh migrated database of each kind; every process started on it is killed after.
 
     Named like conftest.py's fixture, so that a failure report shows the logs and runs.
     """
-    if request.param == "sqlite":
-        env = SchedulerEnv(tmp_path)
-        env.db_path.write_bytes(migrated_db.read_bytes())
-    else:
-        server: PostgresServer = request.getfixturevalue("pg_server")
-        if not server.running:
-            server.start()
-        env = PgSchedulerEnv(tmp_path, server, f"rb_{uuid.uuid4().hex[:10]}")
-        env.migrate()
+    env = make_env(request.param, request, tmp_path)
     try:
         yield env
     finally:
-        env.cleanup()
-        if isinstance(env, PgSchedulerEnv) and not env.server.running:
-            env.server.start()
+        cleanup(env)
 
 
-def postgres_only(env: SchedulerEnv) -> PgSchedulerEnv:
-    if not isinstance(env, PgSchedulerEnv):
-        pytest.skip("needs a database server that can be stopped (runs on PostgreSQL)")
-    return env
+@pytest.fixture
+def pg_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PgSchedulerEnv]:
+    """A database server the tests can stop and start: PostgreSQL."""
+    env = make_env("postgres", request, tmp_path)
+    assert isinstance(env, PgSchedulerEnv)
+    try:
+        yield env
+    finally:
+        cleanup(env)
 
 
 def request_runs(env: SchedulerEnv, job_ids: list[str]) -> list[int]:
@@ -209,9 +221,9 @@ def test_a_result_the_database_refuses_is_written_row_by_row(scheduler_env: Sche
 
 
 def test_a_result_is_written_when_the_database_comes_back_after_the_retry_timeout(
-    scheduler_env: SchedulerEnv,
+    pg_env: PgSchedulerEnv,
 ) -> None:
-    env = postgres_only(scheduler_env)
+    env = pg_env
     options = {"LEASE_SECONDS": 2, "HEARTBEAT_INTERVAL": 1, "DB_RETRY_TIMEOUT": 2}
     proc = env.start(HOSTILE, PROC_SLOW_SECONDS=1.5, **options)
     (run_id,) = request_runs(env, ["hostile.slow"])
@@ -227,9 +239,9 @@ def test_a_result_is_written_when_the_database_comes_back_after_the_retry_timeou
 
 
 def test_a_stop_while_the_database_is_away_is_bounded_and_settled_at_the_next_start(
-    scheduler_env: SchedulerEnv,
+    pg_env: PgSchedulerEnv,
 ) -> None:
-    env = postgres_only(scheduler_env)
+    env = pg_env
     options = {"LEASE_SECONDS": 2, "HEARTBEAT_INTERVAL": 1, "SHUTDOWN_GRACE": 2}
     proc = env.start(HOSTILE, PROC_SLOW_SECONDS=30, **options)
     (run_id,) = request_runs(env, ["hostile.slow"])
@@ -250,12 +262,12 @@ def test_a_stop_while_the_database_is_away_is_bounded_and_settled_at_the_next_st
 
 
 def test_after_an_outage_the_first_catch_up_runs_and_nothing_is_skipped(
-    scheduler_env: SchedulerEnv,
+    pg_env: PgSchedulerEnv,
 ) -> None:
     """A max_instances=1 job every second, the database away for 3 seconds (less than
     the lease): the fire times that passed are recorded missed, one catch-up runs, no
     fire time is recorded skipped, and no row is left without a final status."""
-    env = postgres_only(scheduler_env)
+    env = pg_env
     proc = env.start("tests.proc.clock", LEASE_SECONDS=10, HEARTBEAT_INTERVAL=1)
     wait_for(lambda: len(env.runs("clock.tick", status="succeeded")) >= 2, 10, "2 ticks")
     sleep_until_fraction(0.5)
