@@ -160,6 +160,7 @@ QUIET_END = 15.0  # seconds without chaos before the final stop
 REQUESTS_END = 8.0  # seconds before the final stop when requests stop
 RESULT_WINDOW = 2.0  # a result may wait this long in a process before it is written
 LATE_START = 1.0  # a start this long after SIGTERM is a run started after it
+REQUEST_FAILED = "run-now request of"  # a log line, not a chaos action
 FINAL = ("succeeded", "failed", "missed", "skipped", "interrupted")
 # Tracebacks of these exceptions are the database being away, which the soak causes.
 TRANSIENT = re.compile(
@@ -213,7 +214,11 @@ class Log:
 
     def before(self, t: float, window: float = 20.0, count: int = 3) -> str:
         """The last log lines of the ``window`` seconds before ``t``: what the chaos did."""
-        lines = [f"{self.rel(at)} {text}" for at, text in self.lines if t - window <= at <= t]
+        lines = [
+            f"{self.rel(at)} {text}"
+            for at, text in self.lines
+            if t - window <= at <= t and not text.startswith(REQUEST_FAILED)
+        ]
         return " | ".join(lines[-count:]) or "nothing"
 
 
@@ -675,7 +680,7 @@ class Soak:
                 row_id: int | None = self.db.insert_request(job_id, at)
             except Exception as exc:  # noqa: BLE001 - the database may be away
                 row_id = None
-                self.log(f"run-now request of {job_id} failed ({type(exc).__name__}): uncertain")
+                self.log(f"{REQUEST_FAILED} {job_id} failed ({type(exc).__name__}): uncertain")
             self.requests.append(Request(job_id, at, made, row_id))
 
     def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
