@@ -23,17 +23,26 @@ does (a ``queued`` manual row; on PostgreSQL also ``NOTIFY
 scheduler_control``), each with its own ``scheduled_at``; and the chaos
 thread, at random intervals, in shuffled rounds of the four actions:
 
-* ``kill -9`` of a scheduler (the active one more often than not), restarted;
-* ``SIGSTOP`` of one for longer than its lease, ``SIGCONT`` later;
-* a database outage: PostgreSQL stopped (``-m fast`` or ``immediate``) and
-  started again; on SQLite an exclusive write lock held for a few seconds (past
-  the 20 s busy timeout now and then in soaks of 300 s or more);
-* ``SIGTERM`` of one, waited for, restarted.
+* ``kill -9`` of a scheduler (the active one more often than not), restarted
+  0-2 s later;
+* ``SIGSTOP`` of one for 1-4 s longer than its lease, then ``SIGCONT``;
+* a database outage: PostgreSQL stopped (``-m fast`` or ``-m immediate``, a
+  crash) and started again 1-6 s later; on SQLite an exclusive write lock held
+  for 2-8 s (in soaks of 300 s or more, now and then 21-24 s: past the
+  schedulers' 20 s busy timeout, so that their writes fail with "database is
+  locked");
+* ``SIGTERM`` of one, waited for, restarted 0-2 s later.
+
+A frozen process and an outage go on in the background, so the other actions
+(and each other) may fall within them: a SIGTERM during an outage, a kill -9
+of the standby while the active one is frozen.
 
 Every action is logged with its time. The random choices come from ``--seed``
 (printed at the start): the same seed replays the same actions, targets and
-pauses (the system's timing differs from run to run). The last 12 seconds are
-quiet, then every scheduler gets SIGTERM and their exit codes are recorded.
+pauses (the system's timing differs from run to run). The chaos stops 15 s
+before the end (an outage or a frozen process still under way finishes first,
+and the quiet 15 s start then), then every scheduler gets SIGTERM and their exit
+codes are recorded.
 
 The checks (each must count zero; the script exits 1 otherwise)
 -------------------------------------------------------------
@@ -52,7 +61,8 @@ rows left running or queued
     requests are older than 8 s by then).
 rows contradicting the marks
     ``succeeded`` needs a start line and an end line that says ok; ``failed``
-    needs a start line and, if the body ended, an end line that says fail;
+    needs a start line and an end line that says fail (and no "could not start
+    the run" message: the job did start);
     ``missed``/``skipped`` must have no start line; ``interrupted`` with an end
     line only as described below.
 runs without a row
@@ -69,7 +79,9 @@ runs started after SIGTERM
 schedulers that exited on their own
     a process that ended without the soak killing or stopping it (restarted).
 bad exits after SIGTERM
-    an exit code other than 0 after SIGTERM, or no exit within the grace + 15 s.
+    an exit code other than 0 after SIGTERM, or no exit within the grace + 15 s
+    (but death by SIGTERM itself of a process that had not logged a line yet:
+    Python was still loading, before the scheduler could install its handler).
 unexpected tracebacks in logs
     a traceback in a scheduler's log whose exception is not a database error
     (OperationalError / InterfaceError, expected while the database is away),
@@ -125,6 +137,7 @@ sys.path.insert(0, str(ROOT))
 from tests.proc.harness import (  # noqa: E402 - after the path is set
     ACTIVE_LINE,
     PYTHON,
+    STARTED_LINE,
     SchedulerEnv,
     SchedulerProcess,
     db_text,
@@ -143,10 +156,11 @@ GRACE = 3
 SETTINGS = {"LEASE_SECONDS": LEASE, "HEARTBEAT_INTERVAL": 1, "POLL_INTERVAL": 0.2}
 SETTINGS["SHUTDOWN_GRACE"] = GRACE
 PROCESSES = {"postgres": 3, "sqlite": 2}
-QUIET_END = 12.0  # seconds without chaos before the final stop
+QUIET_END = 15.0  # seconds without chaos before the final stop
 REQUESTS_END = 8.0  # seconds before the final stop when requests stop
 RESULT_WINDOW = 2.0  # a result may wait this long in a process before it is written
 LATE_START = 1.0  # a start this long after SIGTERM is a run started after it
+REQUEST_FAILED = "run-now request of"  # a log line, not a chaos action
 FINAL = ("succeeded", "failed", "missed", "skipped", "interrupted")
 # Tracebacks of these exceptions are the database being away, which the soak causes.
 TRANSIENT = re.compile(
@@ -200,7 +214,11 @@ class Log:
 
     def before(self, t: float, window: float = 20.0, count: int = 3) -> str:
         """The last log lines of the ``window`` seconds before ``t``: what the chaos did."""
-        lines = [f"{self.rel(at)} {text}" for at, text in self.lines if t - window <= at <= t]
+        lines = [
+            f"{self.rel(at)} {text}"
+            for at, text in self.lines
+            if t - window <= at <= t and not text.startswith(REQUEST_FAILED)
+        ]
         return " | ".join(lines[-count:]) or "nothing"
 
 
@@ -443,6 +461,7 @@ class Soak:
         self.quiet = threading.Event()  # chaos over
         self.stop_requests = threading.Event()
         self.closing = threading.Event()
+        self.frozen: set[int] = set()  # pids under SIGSTOP
         self.threads: list[threading.Thread] = []
         self.t_active = 0.0
         self.t_stop = 0.0
@@ -499,24 +518,32 @@ class Soak:
             self.launch(life.slot)
 
     def pick(self, rng: random.Random, leader_chance: float) -> Life | None:
-        """A running scheduler: the active one with ``leader_chance``, else any other."""
+        """A running scheduler, not frozen: the active one with ``leader_chance``, else
+        another. The same draws whatever the state, so that a seed replays its actions."""
+        roll, index = rng.random(), rng.random()
         with self.lock:
-            lives = [life for life in self.current.values() if not life.expected_exit]
+            lives = [
+                life
+                for life in self.current.values()
+                if not life.expected_exit and life.pid not in self.frozen
+            ]
         if not lives:
             return None
         leader = self.db.leader_pid()
         leaders = [life for life in lives if life.pid == leader]
         others = [life for life in lives if life.pid != leader]
-        if leaders and (not others or rng.random() < leader_chance):
-            return leaders[0]
-        return rng.choice(others)
+        pool = leaders if leaders and (not others or roll < leader_chance) else others
+        return pool[int(index * len(pool))]
 
     def role(self, life: Life) -> str:
         return "active" if self.db.leader_pid() == life.pid else "standby"
 
     # -- chaos actions --------------------------------------------------------------
+    # Each draws its random figures first: a seed replays the same figures whatever
+    # the schedulers did meanwhile.
 
     def kill9(self, rng: random.Random) -> None:
+        restart_after = rng.uniform(0, 2)
         life = self.pick(rng, 0.6)
         if life is None:
             return
@@ -528,30 +555,46 @@ class Soak:
         life.popen.wait(30)
         self.ended(life, "kill -9")
         self.log(f"kill -9 {life.name} ({role})", life.killed_at)
-        time.sleep(rng.uniform(0, 2))
+        time.sleep(restart_after)
         self.launch(life.slot)
 
-    def sigstop(self, rng: random.Random) -> None:
+    def sigstop(self, rng: random.Random) -> threading.Thread | None:
+        """Freeze one past its lease; it thaws in the background while other actions go on."""
+        frozen = LEASE + rng.uniform(1, 4)
         life = self.pick(rng, 0.7)
         if life is None:
-            return
+            return None
         role = self.role(life)
-        frozen = LEASE + rng.uniform(1, 4)
+        with self.lock:
+            self.frozen.add(life.pid)
         start = time.time()
         life.popen.send_signal(signal.SIGSTOP)
         self.log(f"SIGSTOP {life.name} ({role}) for {frozen:.1f} s", start)
-        try:
-            time.sleep(frozen)
-        finally:
-            life.popen.send_signal(signal.SIGCONT)
-            end = time.time()
-            life.stops.append((start, end))
-            self.log(f"SIGCONT {life.name}", end)
 
-    def outage(self, rng: random.Random) -> None:
-        self.outages.append(self.db.outage(rng, self.log, self.seconds >= 300))
+        def thaw() -> None:
+            try:
+                self.closing.wait(frozen)
+            finally:
+                life.popen.send_signal(signal.SIGCONT)
+                end = time.time()
+                life.stops.append((start, end))
+                with self.lock:
+                    self.frozen.discard(life.pid)
+                self.log(f"SIGCONT {life.name}", end)
+
+        return self.thread(thaw, "thaw")
+
+    def outage(self, rng: random.Random) -> threading.Thread:
+        """A database outage, in the background: other actions may fall within it."""
+        child = random.Random(rng.random())
+
+        def outage() -> None:
+            self.outages.append(self.db.outage(child, self.log, self.seconds >= 300))
+
+        return self.thread(outage, "outage")
 
     def sigterm(self, rng: random.Random) -> None:
+        restart_after = rng.uniform(0, 2)
         life = self.pick(rng, 0.5)
         if life is None:
             return
@@ -562,7 +605,7 @@ class Soak:
         life.popen.send_signal(signal.SIGTERM)
         self.log(f"SIGTERM {life.name} ({role})", life.sigterm_at)
         self.wait_exit(life, "SIGTERM")
-        time.sleep(rng.uniform(0, 2))
+        time.sleep(restart_after)
         self.launch(life.slot)
 
     def wait_exit(self, life: Life, fate: str) -> None:
@@ -577,12 +620,21 @@ class Soak:
         self.ended(life, fate)
         took = life.ended - (life.sigterm_at or life.ended)
         self.log(f"{life.name} exited with {life.exit_code} {took:.1f} s after SIGTERM")
-        if life.exit_code != 0 and not any(life.name in text for text in self.bad_exits):
+        if life.exit_code == -signal.SIGTERM and not self.was_up(life):
+            # Killed by the signal's default action while Python and Django were still
+            # loading, before the scheduler could install its handler: nothing had run.
+            self.log(f"{life.name} was still loading: SIGTERM's default action ended it")
+        elif life.exit_code != 0 and not any(life.name in text for text in self.bad_exits):
             self.bad_exits.append(f"{life.name} exited with {life.exit_code} after SIGTERM")
+
+    def was_up(self, life: Life) -> bool:
+        """Whether the process got as far as logging anything of the scheduler's own."""
+        text = (self.dir / life.log_name).read_bytes().decode("utf-8", "replace")
+        return bool(STAMP.search(text)) or STARTED_LINE in text
 
     def chaos(self) -> None:
         rng = random.Random(self.seed)
-        actions: dict[str, Callable[[random.Random], None]] = {
+        actions: dict[str, Callable[[random.Random], threading.Thread | None]] = {
             "kill -9": self.kill9,
             "SIGSTOP": self.sigstop,
             "database outage": self.outage,
@@ -590,17 +642,26 @@ class Soak:
         }
         names = list(actions)
         round_: list[str] = []
+        # SIGSTOP and outages run on in the background; one of each kind at a time.
+        background: dict[str, threading.Thread] = {}
         while not self.quiet.wait(rng.uniform(2, 6)):
             if not round_:
                 # Shuffled rounds: even a short soak does each action at least once.
                 round_ = rng.sample(names, len(names))
             name = round_.pop()
+            if name in background:
+                background.pop(name).join()
             self.actions[name] += 1
             try:
-                actions[name](rng)
+                running = actions[name](rng)
             except Exception:  # noqa: BLE001 - reported, and the soak fails
                 self.errors.append(f"chaos action {name} failed:\n{traceback.format_exc()}")
                 self.log(f"SOAK ERROR in {name}: {traceback.format_exc()}")
+                continue
+            if running is not None:
+                background[name] = running
+        for running in background.values():
+            running.join()
 
     def request_runs(self) -> None:
         rng = random.Random(self.seed + 1)
@@ -619,7 +680,7 @@ class Soak:
                 row_id: int | None = self.db.insert_request(job_id, at)
             except Exception as exc:  # noqa: BLE001 - the database may be away
                 row_id = None
-                self.log(f"run-now request of {job_id} failed ({type(exc).__name__}): uncertain")
+                self.log(f"{REQUEST_FAILED} {job_id} failed ({type(exc).__name__}): uncertain")
             self.requests.append(Request(job_id, at, made, row_id))
 
     def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
@@ -646,26 +707,31 @@ class Soak:
         for slot in range(2, count + 1):
             self.launch(slot)
         end = self.t_active + self.seconds
-        threads = [self.thread(self.chaos, "chaos"), self.thread(self.request_runs, "requests")]
-        self.threads = threads
-        quiet_at, requests_end = end - QUIET_END, end - REQUESTS_END
-        while time.time() < end:
-            now = time.time()
-            if now >= quiet_at and not self.quiet.is_set():
-                self.quiet.set()
-                self.log("chaos over: quiet until the final stop")
-            if now >= requests_end:
-                self.stop_requests.set()
+        chaos = self.thread(self.chaos, "chaos")
+        requests = self.thread(self.request_runs, "requests")
+        self.threads = [chaos, requests]
+        self.supervise(until=end - QUIET_END)
+        self.quiet.set()
+        # An outage or a frozen process still under way ends first; then the quiet time.
+        while chaos.is_alive() and time.time() < end + 120:
+            self.watch()
+            chaos.join(0.2)
+        if chaos.is_alive():
+            self.errors.append("the chaos thread did not end")
+        self.log("chaos over: quiet until the final stop")
+        end = max(end, time.time() + QUIET_END)
+        self.supervise(until=end - REQUESTS_END)
+        self.stop_requests.set()
+        requests.join(60)
+        if requests.is_alive():
+            self.errors.append("the requests thread did not end")
+        self.supervise(until=end)
+        self.final_stop()
+
+    def supervise(self, until: float) -> None:
+        while time.time() < until:
             self.watch()
             time.sleep(0.2)
-        self.quiet.set()
-        self.stop_requests.set()
-        for thread in threads:
-            thread.join(GRACE + 60)
-            if thread.is_alive():
-                self.errors.append(f"thread {thread.name} did not end")
-        self.watch()
-        self.final_stop()
 
     def final_stop(self) -> None:
         with self.lock:
@@ -959,6 +1025,8 @@ class Checker:
                     why = "failed, but the job never ended (interrupted)"
                 elif outcome != "fail":
                     why = "failed, but the job succeeded"
+                elif "could not start" in row["exception"]:
+                    why = "failed as never started, but the job ran (and failed)"
             elif status in ("missed", "skipped"):
                 if starts:
                     why = f"{status}, but the job ran"
@@ -1135,7 +1203,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         os.environ["PROC_CHAOS_WITHOUT"] = record.without
         return 0 if check(record, args.recheck, args.examples) else 1
     if args.seconds < 30:
-        parser.error("--seconds must be at least 30 (the last 12 s are quiet)")
+        parser.error("--seconds must be at least 30 (the last 15 s are quiet)")
     # SIGTERM (a CI timeout) unwinds like Ctrl+C: the schedulers and PostgreSQL are stopped.
     signal.signal(signal.SIGTERM, _terminated)
     # Read by tests/proc/chaos_jobs.py, here and in every scheduler.
