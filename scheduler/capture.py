@@ -86,11 +86,7 @@ class _Tee(io.TextIOBase):
         return self._binary
 
     def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            if getattr(_local, "buffer", None) is None:
-                raise
+        _flush(self._stream)
 
     def isatty(self) -> bool:
         return self._stream.isatty()
@@ -128,14 +124,19 @@ class _BinaryTee(io.RawIOBase):
         return True
 
     def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            if getattr(_local, "buffer", None) is None:
-                raise
+        _flush(self._stream)
 
     def fileno(self) -> int:
         return self._stream.fileno()
+
+
+def _flush(stream: TextIO | BinaryIO) -> None:
+    """Flush the console; inside a run, a console that is gone is not the job's failure."""
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        if getattr(_local, "buffer", None) is None:
+            raise
 
 
 def _is_ours(logger_name: str) -> bool:

@@ -230,13 +230,18 @@ class Leadership(threading.Thread):
         global _current
         self.stop.set()
         self.join(timeout=5)
-        try:
-            SchedulerInstance.objects.using(db.alias()).filter(id=self.instance_id).update(
-                role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
-            )
-        except db.TRANSIENT as exc:
-            logger.warning("Could not record this scheduler as stopped: %s", exc)
+        record_stopped(self.instance_id)
         _current = None
+
+
+def record_stopped(instance_id: str) -> None:
+    """The process is leaving: record its instance as stopped."""
+    try:
+        SchedulerInstance.objects.using(db.alias()).filter(id=instance_id).update(
+            role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
+        )
+    except db.TRANSIENT as exc:
+        logger.warning("Could not record this process as stopped: %s", exc)
 
 
 # Seconds of slack when comparing a process's start with a row it wrote: the two
@@ -288,12 +293,7 @@ class Presence(threading.Thread):
         self.stop.set()
         if self.is_alive():
             self.join(timeout=5)
-        try:
-            SchedulerInstance.objects.using(db.alias()).filter(id=self.instance_id).update(
-                role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
-            )
-        except db.TRANSIENT as exc:
-            logger.warning("Could not record this process as stopped: %s", exc)
+        record_stopped(self.instance_id)
 
 
 def pid_alive(pid: int, since: datetime | None = None) -> bool:
