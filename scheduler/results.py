@@ -24,7 +24,7 @@ Nothing handed to the writer is dropped:
 
 Every run this process claimed is *open* here until its final row is
 written; the active scheduler sweeps its own ``running`` rows that are not
-open (see ``sweep``).
+open (``control.Control.watch_running``).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def stop(deadline: float | None = None) -> int:
         left = len(_pending) + len(_inserts)
     if left:
         logger.error(
-            "Could not record %d run result(s) before exiting (database unavailable); the next "
-            "start marks their rows interrupted.",
+            "Could not write %d history row(s) before exiting (database unavailable); the "
+            "next start marks the runs among them interrupted.",
             left,
         )
     return left
