@@ -186,14 +186,14 @@ class Service:
 
     def shutdown(self, control: Control, leadership: lease.Leadership) -> None:
         """Start nothing more, let running jobs finish within the grace, record the rest,
-        give the lease up, and leave: within SHUTDOWN_GRACE + SETTLE_SECONDS whatever the
-        database does."""
+        give the lease up, and leave: within SHUTDOWN_GRACE + SETTLE_SECONDS (+ 2 s for a
+        database that hangs) whatever the database does."""
         grace = conf.get("SHUTDOWN_GRACE")
         began = time.monotonic()
         deadline = began + grace
         hard = deadline + SETTLE_SECONDS
         # Whatever hangs below (a database that does not answer), the process leaves.
-        watchdog = threading.Timer(hard - began + SETTLE_SECONDS, _leave_now)
+        watchdog = threading.Timer(hard - began + 2.0, _leave_now)
         watchdog.daemon = True
         watchdog.start()
         executor = self.executor
