@@ -2,6 +2,12 @@
 
     .venv/bin/python scripts/chaos.py                          # PostgreSQL, then SQLite; 600 s each
     .venv/bin/python scripts/chaos.py --db sqlite --seconds 120 --seed 7 --keep
+    .venv/bin/python scripts/chaos.py --recheck /tmp/scheduler-chaos-sqlite-XXXX  # a kept soak
+    .venv/bin/python scripts/chaos.py --without chaos.nul,chaos.surrogate         # jobs left out
+
+``--keep`` keeps the soak's directory (printed at the start): chaos.log, marks.txt,
+one log per scheduler process, report.txt (every finding) and record.json (what
+``--recheck`` reads). docs/reliability.md says more, with measured figures.
 
 What it runs
 ------------
@@ -88,6 +94,8 @@ unexpected tracebacks in logs
     a traceback in a scheduler's log whose exception is not a database error
     (OperationalError / InterfaceError, expected while the database is away),
     and every "--- Logging error ---".
+soak errors
+    the soak's own threads or chaos actions failed: its figures are not sound.
 
 When may a run that wrote its end line be ``interrupted``?
 -----------------------------------------------------------
