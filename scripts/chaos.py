@@ -2,6 +2,12 @@
 
     .venv/bin/python scripts/chaos.py                          # PostgreSQL, then SQLite; 600 s each
     .venv/bin/python scripts/chaos.py --db sqlite --seconds 120 --seed 7 --keep
+    .venv/bin/python scripts/chaos.py --recheck /tmp/scheduler-chaos-sqlite-XXXX  # a kept soak
+    .venv/bin/python scripts/chaos.py --without chaos.nul,chaos.surrogate         # jobs left out
+
+``--keep`` keeps the soak's directory (printed at the start): chaos.log, marks.txt,
+one log per scheduler process, report.txt (every finding) and record.json (what
+``--recheck`` reads). docs/reliability.md says more, with measured figures.
 
 What it runs
 ------------
@@ -79,13 +85,17 @@ runs started after SIGTERM
 schedulers that exited on their own
     a process that ended without the soak killing or stopping it (restarted).
 bad exits after SIGTERM
-    an exit code other than 0 after SIGTERM, or no exit within the grace + 15 s
-    (but death by SIGTERM itself of a process that had not logged a line yet:
-    Python was still loading, before the scheduler could install its handler).
+    an exit code other than 0 after SIGTERM, a stop longer than
+    ``SHUTDOWN_GRACE`` + 5 s (the README's bound) + 2 s, or no exit within the
+    grace + 15 s (but death by SIGTERM itself of a process that had not logged
+    a line yet: Python was still loading, before the scheduler could install its
+    handler).
 unexpected tracebacks in logs
     a traceback in a scheduler's log whose exception is not a database error
     (OperationalError / InterfaceError, expected while the database is away),
     and every "--- Logging error ---".
+soak errors
+    the soak's own threads or chaos actions failed: its figures are not sound.
 
 When may a run that wrote its end line be ``interrupted``?
 -----------------------------------------------------------
@@ -101,7 +111,10 @@ outcome is lost only if the process dies holding it:
   was still waiting or retrying); or
 * it got SIGTERM and the end line came at least ``SHUTDOWN_GRACE`` - 0.5 s
   after the signal: the shutdown had marked the run interrupted and the
-  process leaves without waiting for it.
+  process leaves without waiting for it; or
+* it got SIGTERM and left while the database was away (a stop is bounded:
+  ``SHUTDOWN_GRACE`` + 5 s), and the end line came at most 2 s before that
+  outage began (a result from before the outage should have been written).
 
 Any other ``interrupted`` row with an end line is a lost result. An
 ``interrupted`` row without an end line is always consistent (the body did not
@@ -159,6 +172,8 @@ PROCESSES = {"postgres": 3, "sqlite": 2}
 QUIET_END = 15.0  # seconds without chaos before the final stop
 REQUESTS_END = 8.0  # seconds before the final stop when requests stop
 RESULT_WINDOW = 2.0  # a result may wait this long in a process before it is written
+STOP_SETTLE = 5.0  # a stop takes at most SHUTDOWN_GRACE + this (README)
+STOP_SLACK = 2.0  # for a loaded machine: reaping, Python's exit
 LATE_START = 1.0  # a start this long after SIGTERM is a run started after it
 REQUEST_FAILED = "run-now request of"  # a log line, not a chaos action
 FINAL = ("succeeded", "failed", "missed", "skipped", "interrupted")
@@ -211,6 +226,15 @@ class Log:
             if self.path is not None:
                 with self.path.open("a") as out:
                     out.write(line + "\n")
+
+    def around(self, t: float, before: float = 10.0, after: float = 15.0) -> str:
+        """The chaos actions from ``before`` seconds before ``t`` to ``after`` seconds after."""
+        lines = [
+            f"{self.rel(at)} {text}"
+            for at, text in self.lines
+            if t - before <= at <= t + after and not text.startswith(REQUEST_FAILED)
+        ]
+        return " | ".join(lines) or "nothing"
 
     def before(self, t: float, window: float = 20.0, count: int = 3) -> str:
         """The last log lines of the ``window`` seconds before ``t``: what the chaos did."""
@@ -288,8 +312,8 @@ class Record:
     requests: list[Request]
     outages: list[Outage]
     actions: dict[str, int]
-    crashes: list[str]
-    bad_exits: list[str]
+    crashes: list[tuple[str, str]]
+    bad_exits: list[tuple[str, str]]
     errors: list[str]
     log_lines: list[tuple[float, str]]
     rows: list[dict[str, Any]]
@@ -455,8 +479,9 @@ class Soak:
         self.requests: list[Request] = []
         self.outages: list[Outage] = []
         self.actions: Counter[str] = Counter()
-        self.crashes: list[str] = []  # processes that ended without the soak ending them
-        self.bad_exits: list[str] = []
+        # Processes that ended without the soak ending them: (category, evidence).
+        self.crashes: list[tuple[str, str]] = []
+        self.bad_exits: list[tuple[str, str]] = []  # (category, evidence)
         self.lock = threading.RLock()
         self.quiet = threading.Event()  # chaos over
         self.stop_requests = threading.Event()
@@ -513,7 +538,7 @@ class Soak:
                 life.expected_exit = True
             self.ended(life, "exited on its own")
             text = f"{life.name} exited on its own with code {life.exit_code}"
-            self.crashes.append(text)
+            self.crashes.append((f"exit code {life.exit_code}", text))
             self.log(f"CRASH: {text}; restarting slot {life.slot}")
             self.launch(life.slot)
 
@@ -609,23 +634,29 @@ class Soak:
         self.launch(life.slot)
 
     def wait_exit(self, life: Life, fate: str) -> None:
+        hung = False
         try:
             life.popen.wait(GRACE + 15)
         except subprocess.TimeoutExpired:
-            text = f"{life.name} still running {GRACE + 15} s after SIGTERM: killed"
-            self.bad_exits.append(text)
-            self.log(f"HUNG: {text}")
+            hung = True
+            self.log(f"HUNG: {life.name} still running {GRACE + 15} s after SIGTERM: kill -9")
             life.popen.kill()
             life.popen.wait(30)
         self.ended(life, fate)
         took = life.ended - (life.sigterm_at or life.ended)
-        self.log(f"{life.name} exited with {life.exit_code} {took:.1f} s after SIGTERM")
-        if life.exit_code == -signal.SIGTERM and not self.was_up(life):
+        text = f"{life.name} exited with {life.exit_code} {took:.1f} s after SIGTERM ({fate})"
+        self.log(text)
+        if hung:
+            self.bad_exits.append((f"no exit within {GRACE + 15} s of SIGTERM", text))
+        elif life.exit_code == -signal.SIGTERM and not self.was_up(life):
             # Killed by the signal's default action while Python and Django were still
             # loading, before the scheduler could install its handler: nothing had run.
             self.log(f"{life.name} was still loading: SIGTERM's default action ended it")
-        elif life.exit_code != 0 and not any(life.name in text for text in self.bad_exits):
-            self.bad_exits.append(f"{life.name} exited with {life.exit_code} after SIGTERM")
+        elif life.exit_code != 0:
+            self.bad_exits.append((f"exit code {life.exit_code}", text))
+        elif took > GRACE + STOP_SETTLE + STOP_SLACK:
+            # README: the whole stop takes at most SHUTDOWN_GRACE + 5 s.
+            self.bad_exits.append((f"stop longer than SHUTDOWN_GRACE + {STOP_SETTLE} s", text))
 
     def was_up(self, life: Life) -> bool:
         """Whether the process got as far as logging anything of the scheduler's own."""
@@ -841,6 +872,11 @@ def tracebacks(text: str) -> list[tuple[int, str, str]]:
 Finding = tuple[str, str]
 
 
+def pairs(findings: list[Any]) -> list[Finding]:
+    """Findings as saved (JSON lists; plain strings in older records)."""
+    return [(f, f) if isinstance(f, str) else (f[0], f[1]) for f in findings]
+
+
 class Checker:
     def __init__(self, record: Record, directory: Path) -> None:
         self.soak = record
@@ -905,8 +941,8 @@ class Checker:
             ("runs without a row", self.runs_without_row),
             ("jobs that failed only under the scheduler", self.broken_jobs),
             ("runs started after SIGTERM", self.started_after_sigterm),
-            ("schedulers that exited on their own", lambda: [(t, t) for t in soak.crashes]),
-            ("bad exits after SIGTERM", lambda: [(t, t) for t in soak.bad_exits]),
+            ("schedulers that exited on their own", lambda: pairs(soak.crashes)),
+            ("bad exits after SIGTERM", lambda: pairs(soak.bad_exits)),
             ("unexpected tracebacks in logs", self.unexpected_tracebacks),
             ("soak errors", lambda: [(t.splitlines()[0], t) for t in soak.errors]),
         ]
@@ -949,7 +985,7 @@ class Checker:
                             f"{job_id} at {self.when(at)}: {len(rows)} rows "
                             f"{[r['status'] for r in rows]}; marks: "
                             f"{[(m.event, m.pid) for m in self.starts.get((job_id, at), [])]}; "
-                            f"chaos before: {self.log.before(at.timestamp())}",
+                            f"chaos around: {self.log.around(at.timestamp())}",
                         )
                     )
             expected_set = set(expected)
@@ -1001,6 +1037,14 @@ class Checker:
                 return True
         if life.sigterm_at is not None and end.t >= life.sigterm_at + GRACE - 0.5:
             return True
+        if life.sigterm_at is not None and life.ended is not None:
+            # The stop is bounded: with the database away as it left, the results it
+            # held could not be written (ones from before the outage should have been).
+            if any(
+                o.start <= life.ended <= o.end + 1 and end.t >= o.start - RESULT_WINDOW
+                for o in self.soak.outages
+            ):
+                return True
         return False
 
     def contradictions(self) -> list[Finding]:
