@@ -40,7 +40,7 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
-from scheduler import db, lease
+from scheduler import db, lease, results
 from scheduler.registry import JobSpec, registry
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,13 @@ class JobStore(DjangoJobStore):
                 for job_id in dirty
                 if job_id in index.jobs
             ]
+        # The rows of the fire times these jobs moved past without running them
+        # (missed, skipped) go first: a kill -9 must not leave a fire time with neither
+        # a row nor a next run time before it.
+        if not results.wait_not_run(LOOP_RETRY_TIMEOUT):
+            with self._lock:
+                self._dirty |= dirty
+            return
 
         def write() -> None:
             with db.writing(), transaction.atomic(using=db.alias()):

@@ -58,6 +58,10 @@ _inserts: list[JobRun] = []  # rows of fire times that did not run (INSERT, firs
 _stop = False
 _deadline: float | None = None  # monotonic: give up writing after this, once stopping
 _thread: threading.Thread | None = None
+# Rows of fire times that did not run: how many were handed to the writer, and how many
+# of those are written (see ``wait_not_run``).
+_handed = 0
+_inserted = 0
 _open: set[int] = set()  # ids of runs claimed by this process without a final row yet
 _open_lock = threading.Lock()
 
@@ -130,11 +134,25 @@ def record_not_run(rows: list[JobRun]) -> None:
     insert(rows)
 
 
+def wait_not_run(timeout: float) -> bool:
+    """Wait until the rows of fire times that did not run, handed over so far, are written.
+
+    The job store writes a job's next run time only after this: once it moves past
+    fire times that did not run, their rows must not be lost with the process.
+    """
+    with _changed:
+        target = _handed
+        return _changed.wait_for(lambda: _inserted >= target or _thread is None, timeout)
+
+
 def _hand_over(queue: list[JobRun], rows: list[JobRun]) -> bool:
+    global _handed
     with _changed:
         if _thread is None or _stop:
             return False
         queue.extend(rows)
+        if queue is _inserts:
+            _handed += len(rows)
         if len(_pending) + len(_inserts) == len(rows):  # the writer waits for a first row only
             _changed.notify_all()
         return True
@@ -256,6 +274,13 @@ class _Starts:
 starts = _Starts()
 
 
+def _count_inserted(count: int) -> None:
+    global _inserted
+    with _changed:
+        _inserted += count
+        _changed.notify_all()
+
+
 def _stopping_past_deadline() -> bool:
     return _stop and _deadline is not None and time.monotonic() >= _deadline
 
@@ -288,6 +313,7 @@ def _loop() -> None:
         try:
             if rows:
                 insert(rows, timeout)
+                _count_inserted(len(rows))
                 rows = []
             if group:
                 write(group, timeout, _stopping_past_deadline)

@@ -251,11 +251,19 @@ CLAIM_AHEAD = timedelta(milliseconds=100)
 
 
 class _Claimed:
-    __slots__ = ("run", "ahead")
+    """The runs the main loop claimed for one job: those it is about to submit (one, or
+    several with ``coalesce=False``), or one fire time claimed ahead of its time."""
 
-    def __init__(self, run: JobRun, ahead: bool) -> None:
-        self.run = run
+    __slots__ = ("runs", "tried", "ahead")
+
+    def __init__(self, runs: list[JobRun], tried: list[datetime], ahead: bool) -> None:
+        self.runs = runs  # the claims that won
+        self.tried = tried  # the fire times it tried to claim (a lost one is another's)
         self.ahead = ahead  # claimed before its fire time
+
+    @property
+    def first(self) -> datetime:
+        return self.tried[0]
 
 
 class Executor(BasePoolExecutor):
@@ -320,42 +328,51 @@ class Executor(BasePoolExecutor):
         if not jobs or self._closed or not lease.holds():
             return
         free = self._max_workers - self._busy
-        runs = []
+        # Every fire time about to be submitted is claimed here, before the main loop
+        # moves its job on: a fire time that a worker claimed later could be lost with
+        # the process (kill -9) once the store had written the job's next run time.
+        groups: list[tuple[Job, list[JobRun], bool]] = []
         for job in jobs:
             if job.id in self._claimed:
                 free -= 1  # claimed ahead: it starts now too
                 continue
-            if len(runs) >= free:
-                break
-            if self._instances[job.id] >= job.max_instances:
+            if self._slots_taken(job):
                 continue  # submit_job records it skipped
             times = job._get_run_times(now)
             if job.coalesce:
                 times = times[-1:]
-            if len(times) != 1 or _too_late(job, times[0]):
-                continue
-            runs.append(self._new_claim(job, times[0]))
-        if not runs:
+            times = [at for at in times if not _too_late(job, at)]
+            if times:
+                groups.append((job, [self._new_claim(job, at) for at in times], False))
+                free -= 1
+        if not groups:
             return  # nothing due needs a claim now: no statement at all
-        due_count = len(runs)
-        if upcoming is not None and len(runs) < free:
+        if upcoming is not None and free > 0:
             for job in upcoming(now, now + CLAIM_AHEAD):
-                if len(runs) >= free:
+                if free <= 0:
                     break
-                if job.id in self._claimed or job.id in due:
+                if job.id in self._claimed or job.id in due or self._slots_taken(job):
                     continue
-                if self._instances[job.id] >= job.max_instances:
-                    continue
-                runs.append(self._new_claim(job, job.next_run_time))
+                groups.append((job, [self._new_claim(job, job.next_run_time)], True))
+                free -= 1
         try:
-            won = claims.claim_many(runs)
+            won = {id(run) for run in claims.claim_many([r for _, g, _ in groups for r in g])}
         except Exception as exc:
             if db.is_transient(exc):
                 db.close_broken()
             raise
-        ahead = {id(run) for run in runs[due_count:]}
-        for run in won:
-            self._claimed[run.job_id] = _Claimed(run, id(run) in ahead)
+        for job, runs, ahead in groups:
+            mine = [run for run in runs if id(run) in won]
+            if mine or not ahead:
+                self._claimed[job.id] = _Claimed(mine, [r.scheduled_at for r in runs], ahead)
+
+    def _slots_taken(self, job: Job) -> bool:
+        """Whether a run of ``job`` may not start now (max_instances, or a run-now request
+        waiting for the next free slot)."""
+        taken = self._instances[job.id]
+        if job.id in self._manual_waiting:
+            taken += 1
+        return taken >= job.max_instances
 
     @staticmethod
     def _new_claim(job: Job, at: datetime) -> JobRun:
@@ -370,9 +387,9 @@ class Executor(BasePoolExecutor):
         stale = []
         for job_id, claimed in self._claimed.items():
             job = due.get(job_id)
-            if job is None and claimed.run.scheduled_at > now:
+            if job is None and claimed.first > now:
                 continue  # still ahead
-            if job is not None and job.next_run_time == claimed.run.scheduled_at:
+            if job is not None and job.next_run_time == claimed.first:
                 continue  # due now, about to be submitted
             stale.append(job_id)
         for job_id in stale:
@@ -384,7 +401,7 @@ class Executor(BasePoolExecutor):
     def job_changed(self, job_id: str, next_run_time: datetime | None) -> None:
         """A job was paused, changed or removed (or its next run time advanced)."""
         claimed = self._claimed.get(job_id)
-        if claimed is not None and claimed.run.scheduled_at != next_run_time:
+        if claimed is not None and claimed.ahead and claimed.first != next_run_time:
             del self._claimed[job_id]
             self._give_back(claimed, "Missed: the job changed before the run could start.")
 
@@ -398,9 +415,10 @@ class Executor(BasePoolExecutor):
         # A fire time claimed ahead and not submitted did not come as claimed, or
         # comes after this scheduler stopped: a later start catches up on it.
         # One claimed when it was due, and not submitted, was missed.
-        if claimed.ahead and lease.holds() and _withdraw([claimed.run], timeout):
+        if claimed.ahead and lease.holds() and _withdraw(claimed.runs, timeout):
             return
-        _abandon(claimed.run, Status.MISSED, reason)
+        for run in claimed.runs:
+            _abandon(run, Status.MISSED, reason)
 
     # -- manual runs ------------------------------------------------------------------------
 
@@ -477,11 +495,19 @@ class Executor(BasePoolExecutor):
                 f"Coalesced: the scheduler caught up on {len(folded) + 1} fire times "
                 f"with one run at {run_times[-1].isoformat()}.",
             )
+        # Fire times too late to start are recorded here, before the main loop moves the
+        # job on (claimed ones were not too late when claimed: their worker judges them).
+        claimed = self._claimed.get(job.id)
+        tried = set(claimed.tried) if claimed is not None else set()
+        late = {at: why for at in run_times if at not in tried and (why := _too_late(job, at))}
+        if late:
+            record(job.id, name, Status.MISSED, list(late), list(late.values())[-1])
+            run_times = [at for at in run_times if at not in late]
+            if not run_times:
+                return
         try:
             with self._lock:
-                if job.id in self._manual_waiting and (
-                    self._instances[job.id] >= job.max_instances - 1
-                ):
+                if self._slots_taken(job):
                     raise MaxInstancesReachedError(job)
                 super().submit_job(job, run_times)
         except MaxInstancesReachedError:
@@ -492,10 +518,10 @@ class Executor(BasePoolExecutor):
                     f"(max_instances={job.max_instances})."
                 )
             claimed = self._claimed.pop(job.id, None)
-            if claimed is not None:
-                _abandon(claimed.run, Status.SKIPPED, reason)
-            else:
-                record(job.id, name, Status.SKIPPED, run_times, reason)
+            for run in claimed.runs if claimed is not None else []:
+                _abandon(run, Status.SKIPPED, reason)
+            rest = [at for at in run_times if claimed is None or at not in claimed.tried]
+            record(job.id, name, Status.SKIPPED, rest, reason)
             raise
         except BaseException as exc:
             # APScheduler logs it and moves the job on: the fire times would vanish.
@@ -523,46 +549,50 @@ class Executor(BasePoolExecutor):
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         claimed = self._claimed.pop(job.id, None)
-        run = claimed.run if claimed is not None else None
-        if claimed is not None and run_times != [run.scheduled_at]:
-            # The worker claims the fire times it is given itself.
+        if claimed is not None and not set(claimed.tried) <= set(run_times):
+            # Not the fire times submitted: the worker claims the ones it is given.
             self._give_back(claimed, "Missed: the scheduler submitted other fire times.")
-            run = None
+            claimed = None
+        # The runs claimed for it, and the fire times nobody tried to claim yet (a fire
+        # time tried and not won is another scheduler's).
+        runs = claimed.runs if claimed is not None else []
+        unclaimed = [at for at in run_times if claimed is None or at not in claimed.tried]
 
         def callback(future) -> None:
             if future.cancelled():
                 # The scheduler stopped before a worker was free to start it.
                 self._run_job_success(job.id, [])
-                if run is not None:
+                if runs:
                     results.starts.started()
+                for run in runs:
                     _abandon(run, Status.MISSED, STOPPED)
-                else:
-                    record(job.id, job.name, Status.MISSED, run_times, STOPPED)
+                record(job.id, job.name, Status.MISSED, unclaimed, STOPPED)
                 return
             exc = future.exception()
             if exc:
-                if run is not None and run.status == Status.RUNNING:
-                    # It failed before the job was called, so nothing else finishes its row.
-                    _abandon(
-                        run,
-                        Status.FAILED,
-                        f"The scheduler could not start the run: {describe_exception(exc)}",
-                    )
+                for run in runs:
+                    if run.status == Status.RUNNING:
+                        # It failed before the job was called: nothing else finishes its row.
+                        _abandon(
+                            run,
+                            Status.FAILED,
+                            f"The scheduler could not start the run: {describe_exception(exc)}",
+                        )
                 self._run_job_error(job.id, exc, exc.__traceback__)
             else:
                 self._run_job_success(job.id, [])
 
-        if run is not None:
+        if runs:
             results.starts.add()
         try:
-            future = self._submit(run_scheduled, job, run_times, run, self.stopping)
+            future = self._submit(run_scheduled, job, unclaimed, runs, self.stopping)
         except BaseException as exc:
             reason = f"Missed: the scheduler could not start the run ({describe_exception(exc)})."
-            if run is not None:
+            if runs:
                 results.starts.started()
+            for run in runs:
                 _abandon(run, Status.MISSED, reason)
-            else:
-                record(job.id, job.name, Status.MISSED, run_times, reason)
+            record(job.id, job.name, Status.MISSED, unclaimed, reason)
             raise _Recorded(reason) from exc
         future.add_done_callback(callback)
 
@@ -583,6 +613,8 @@ class _Recorded(Exception):
 def _abandon(run: JobRun, status: str, reason: str) -> None:
     """Finish a claimed run that was never started (soon, by the results writer)."""
     run.status, run.exception = status, reason
+    # A claim's start time was the planned one: it did not start.
+    run.started_at, run.duration = None, None
     run.finished_at = timezone.now()
     results.record(run)
 
@@ -650,26 +682,29 @@ def _too_late(job: Job, run_time: datetime) -> str:
 def run_scheduled(
     job: Job,
     run_times: list[datetime],
-    claimed: JobRun | None = None,
+    claimed: list[JobRun] | None = None,
     stopping: threading.Event | None = None,
 ) -> None:
-    """Worker-thread body for one submission of a scheduled job."""
-    if claimed is not None:
+    """Worker-thread body for one submission of a scheduled job: the runs the main loop
+    claimed for it (``claimed``), then the fire times it did not (``run_times``)."""
+    if claimed:
         results.starts.started()
     db.close_old_connections()
     try:
         spec = registry.get(job.id)
-        if claimed is not None:  # the main loop claimed its fire time
-            reason = _too_late(job, claimed.scheduled_at)
+        name = spec.name if spec else job.name
+        for run in claimed or []:
             if stopping is not None and stopping.is_set():
                 reason = STOPPED
-            if reason:  # it waited for a worker that long, or the scheduler is stopping
-                _abandon(claimed, Status.MISSED, reason)
-                return
-            claimed.started_at = timezone.now()
-            execute(claimed, make_call(spec, job, claimed.scheduled_at))
-            return
-        name = spec.name if spec else job.name
+            elif not lease.holds():
+                reason = LOST_LEASE
+            else:  # it may have waited for a worker that long
+                reason = _too_late(job, run.scheduled_at)
+            if reason:
+                _abandon(run, Status.MISSED, reason)
+                continue
+            run.started_at = timezone.now()
+            execute(run, make_call(spec, job, run.scheduled_at))
         for index, run_time in enumerate(run_times):
             if stopping is not None and stopping.is_set():
                 record(job.id, name, Status.MISSED, run_times[index:], STOPPED)

@@ -62,8 +62,32 @@ def recover_local_orphans() -> int:
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Seconds, past SHUTDOWN_GRACE, to write the last results and leave; then the process
-# leaves anyway (the database may be away, or hanging).
-SETTLE_SECONDS = 5.0
+# leaves anyway (the database may be away, or hang: SQLite waits out its busy timeout
+# inside one call, where no signal handler runs).
+SETTLE_SECONDS = 4.5
+# Seconds a stop signal during start-up may wait for the main thread to notice it.
+STARTUP_STOP_SECONDS = 1.0
+
+
+class _SignalPipe(threading.Thread):
+    """Hears a stop signal at once, even while the main thread is inside a database call
+    (SQLite's busy wait, a connection attempt), where Python runs no signal handler."""
+
+    def __init__(self, heard: Callable[[int], None]) -> None:
+        super().__init__(name="scheduler-signals", daemon=True)
+        self.heard = heard
+        self._read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def run(self) -> None:
+        # The signals themselves go to the main thread (see ``Service.start``).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        while data := os.read(self._read, 64):
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self.heard(signum)
 
 
 class StartupStopped(Exception):
@@ -84,6 +108,7 @@ class Service:
         # a stop signal would resume the main loop the stop just paused.
         self._role_lock = threading.Lock()
         self._stopping = False
+        self._up = False  # past start-up: the stop signal's handler takes it from here
 
     def request_stop(self, signum: int, frame: object = None) -> None:
         name = signal.Signals(signum).name
@@ -124,14 +149,32 @@ class Service:
         self.scheduler._jobstores["default"].deactivate()
         self.write("Lost the leader lease: standing by.")
 
+    def heard(self, signum: int) -> None:
+        """A stop signal, as the signal pipe hears it (in its own thread)."""
+        if self._up:
+            return  # the handler in the main thread does the rest
+        name = signal.Signals(signum).name
+
+        def leave() -> None:
+            if not self._up:
+                logger.warning("Received %s while starting up: stopping now.", name)
+                self.write(f"Scheduler stopped ({name}) before it was up.")
+                _leave(0)
+
+        timer = threading.Timer(STARTUP_STOP_SECONDS, leave)
+        timer.daemon = True
+        timer.start()
+
     def run(self) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.request_stop)
+        _SignalPipe(self.heard).start()
         try:
             leadership, control = self.start()
         except StartupStopped:
             self.write(f"Scheduler stopped ({self.reason}) before it was up.")
             return
+        self._up = True
         # Threads started before this command (by settings or imported libraries) can
         # still take a stop signal; waking now and then runs its handler all the same.
         while not self.stop_event.wait(0.25):
@@ -186,14 +229,15 @@ class Service:
 
     def shutdown(self, control: Control, leadership: lease.Leadership) -> None:
         """Start nothing more, let running jobs finish within the grace, record the rest,
-        give the lease up, and leave: within SHUTDOWN_GRACE + SETTLE_SECONDS (+ 2 s for a
-        database that hangs) whatever the database does."""
+        give the lease up, and leave: within SHUTDOWN_GRACE + SETTLE_SECONDS whatever the
+        database does."""
         grace = conf.get("SHUTDOWN_GRACE")
         began = time.monotonic()
         deadline = began + grace
         hard = deadline + SETTLE_SECONDS
+        writes_end = hard - 0.5  # the last writes give up here, before the watchdog below
         # Whatever hangs below (a database that does not answer), the process leaves.
-        watchdog = threading.Timer(hard - began + 2.0, _leave_now)
+        watchdog = threading.Timer(hard - began, _leave_now)
         watchdog.daemon = True
         watchdog.start()
         executor = self.executor
@@ -230,14 +274,14 @@ class Service:
             )
             try:
                 interrupted = runner.interrupt(
-                    list(left), reason, max(0.5, hard - time.monotonic())
+                    list(left), reason, max(0.1, writes_end - time.monotonic())
                 )
             except Exception as exc:
                 logger.error("Could not mark %d running job(s) interrupted: %s", len(left), exc)
         # Results still waiting for the writer thread, before the lease row says stopped.
-        results.stop(hard)
+        results.stop(writes_end)
         leadership.finish()
-        control.join(timeout=max(0.0, hard - time.monotonic()))
+        control.join(timeout=max(0.0, writes_end - time.monotonic()))
         self.write(
             f"Scheduler stopped ({self.reason or 'stop'}): "
             f"{interrupted} running job(s) marked interrupted."
@@ -260,5 +304,9 @@ def _leave(code: int) -> None:
 
 
 def _leave_now() -> None:
-    logger.error("Shutdown did not finish in time (the database does not answer?); leaving now.")
-    _leave(1)
+    # The stop was obeyed; what could not be written is settled at the next start.
+    logger.error(
+        "The database did not answer within the shutdown grace: leaving now; rows left "
+        "running are marked interrupted at the next start."
+    )
+    _leave(0)
