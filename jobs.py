@@ -1,14 +1,16 @@
-"""Example jobs of this project: one for each feature, and the history pruner."""
+"""Example jobs of this project: one for each feature.
+
+(The history pruner ships with the app: ``scheduler.prune_history``.)
+"""
 
 import logging
 import random
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.utils import timezone
 
-from scheduler import conf, cron, interval
-from scheduler.models import JobRun
+from scheduler import cron, interval
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +52,6 @@ def rebuild_search_index() -> None:
     for step in range(5):
         time.sleep(1)
         print(f"indexed batch {step + 1}/5")
-
-
-@cron("0 3 * * *")
-def prune_history() -> None:
-    """Delete run history older than SCHEDULER['HISTORY_DAYS']."""
-    days = conf.get("HISTORY_DAYS")
-    if days is None:
-        print("HISTORY_DAYS is None: keeping all history")
-        return
-    cutoff = timezone.now() - timedelta(days=days)
-    deleted, _ = (
-        JobRun.objects.using(conf.database())
-        .filter(scheduled_at__lt=cutoff, status__in=JobRun.FINAL)
-        .delete()
-    )
-    print(f"deleted {deleted} runs older than {days} days")
 
 
 @cron("30 8 * * mon-fri", enabled=False)

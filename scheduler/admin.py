@@ -10,87 +10,27 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from scheduler import db, describe, stats
-from scheduler.control import notify
+from scheduler import describe, health, stats
 from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
-from scheduler.templatetags.scheduler_admin import staff_health
+from scheduler.paginator import BoundedCountPaginator
+from scheduler.requests import queue_run, set_paused
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
     if admin.site.is_registered(_model):
         admin.site.unregister(_model)
-
-COUNT_LIMIT = 10_000
-
-
-class BoundedCountPaginator(Paginator):
-    """Counts at most COUNT_LIMIT + 1 rows, so a page never waits on a full-table COUNT.
-
-    Past the limit the page links stop at the limit, but any page number
-    still works (``?p=N``); filters and the date hierarchy narrow the list.
-    """
-
-    @cached_property
-    def count(self) -> int:
-        return self.object_list.order_by()[: COUNT_LIMIT + 1].count()
-
-    @property
-    def capped(self) -> bool:
-        return self.count > COUNT_LIMIT
-
-    def validate_number(self, number):
-        if not self.capped:
-            return super().validate_number(number)
-        try:
-            number = int(number)
-        except (TypeError, ValueError):
-            raise PageNotAnInteger(_("That page number is not an integer")) from None
-        if number < 1:
-            raise EmptyPage(_("That page number is less than 1"))
-        return number
-
-    def page(self, number):
-        if not self.capped:
-            return super().page(number)
-        number = self.validate_number(number)
-        bottom = (number - 1) * self.per_page
-        return self._get_page(self.object_list[bottom : bottom + self.per_page], number, self)
-
-
-def queue_run(job: Job, user: str) -> JobRun:
-    run = JobRun.objects.using(db.alias()).create(
-        job_id=job.id,
-        job_name=job.name,
-        status=JobRun.Status.QUEUED,
-        trigger=JobRun.Trigger.MANUAL,
-        scheduled_at=timezone.now(),
-        requested_by=user[:150],
-    )
-    notify()
-    return run
-
-
-def set_paused(jobs: QuerySet[Job], paused: bool) -> int:
-    changed = (
-        jobs.filter(enabled=True).exclude(paused=paused).update(paused=paused, pending_change=True)
-    )
-    if changed:
-        notify()
-    return changed
 
 
 def _user(request: HttpRequest) -> str:
@@ -170,7 +110,6 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .using(db.alias())
             .annotate(
                 next_run_time=Subquery(
                     DjangoJob.objects.filter(id=OuterRef("pk")).values("next_run_time")[:1]
@@ -223,14 +162,14 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
     @admin.display(description=_("state"))
     def state(self, job: Job) -> str:
         if not job.enabled:
-            label, status = _("disabled in code"), "skipped"
+            label, state = _("disabled in code"), "disabled"
         elif job.paused:
-            label, status = _("paused"), "missed"
+            label, state = _("paused"), "paused"
         else:
-            label, status = pgettext_lazy("job state", "active"), "succeeded"
+            label, state = pgettext_lazy("job state", "active"), "active"
         if job.pending_change:
             label = format_html("{} ({})", label, _("waiting for the scheduler"))
-        return describe.status_badge(status, label)
+        return describe.state_badge(state, label)
 
     # Actions -----------------------------------------------------------------
 
@@ -318,7 +257,7 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
         if request.method != "POST":
             return HttpResponse(status=405)
         job = self._job(request, object_id)
-        if set_paused(Job.objects.using(db.alias()).filter(pk=job.pk), paused):
+        if set_paused(Job.objects.filter(pk=job.pk), paused):
             text = _("Paused %(job)s.") if paused else _("Resumed %(job)s.")
             self.message_user(request, text % {"job": job.id}, messages.SUCCESS)
         else:
@@ -328,9 +267,9 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         self.check_change_view(request)  # before the figures below, a dozen queries
         job_id = unquote(object_id)  # the admin escapes "_" and other characters in URLs
-        runs = JobRun.objects.using(db.alias()).filter(job_id=job_id)
+        runs = JobRun.objects.filter(job_id=job_id)
         runs = runs.order_by("-scheduled_at", "-id")[:20]
-        job = Job.objects.using(db.alias()).filter(pk=job_id).first()
+        job = Job.objects.filter(pk=job_id).first()
         if job is None:  # Django's "does not exist" redirect; nothing to compute
             return super().change_view(request, object_id, form_url, extra_context)
         summary = stats.job_summary(job_id)
@@ -357,7 +296,7 @@ class JobFilter(admin.SimpleListFilter):
     parameter_name = "job_id__exact"
 
     def lookups(self, request, model_admin):
-        ids = Job.objects.using(db.alias()).values_list("id", flat=True)
+        ids = Job.objects.values_list("id", flat=True)
         return [(job_id, job_id) for job_id in ids]
 
     def queryset(self, request, queryset):
@@ -409,9 +348,6 @@ class JobRunAdmin(PermissionsFirst, admin.ModelAdmin):
         "output_text",
     ]
     readonly_fields = fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[JobRun]:
-        return super().get_queryset(request).using(db.alias())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -476,9 +412,6 @@ class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
     fields = ["id", "hostname", "pid", "role_badge", "version", "started", "heartbeat", "stopped"]
     readonly_fields = fields
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerInstance]:
-        return super().get_queryset(request).using(db.alias())
-
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -490,8 +423,7 @@ class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
 
     @admin.display(description=_("role"), ordering="role")
     def role_badge(self, instance: SchedulerInstance) -> str:
-        status = {"active": "succeeded", "standby": "queued"}.get(instance.role, "skipped")
-        return describe.status_badge(status, instance.get_role_display())
+        return describe.state_badge(instance.role, instance.get_role_display())
 
     @admin.display(description=_("started at"), ordering="started_at")
     def started(self, instance: SchedulerInstance) -> str:
@@ -534,11 +466,11 @@ class DashboardAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        health = staff_health()
+        health_now = health.for_staff()
         figures = {}
         # When the database cannot be read, the page says so rather than failing on
         # the figures, which come from the same database.
-        if not health.get("error"):
+        if not health_now.get("error"):
             by_status = stats.last_day_by_status(now)
             figures = {
                 "by_status": [
@@ -547,14 +479,14 @@ class DashboardAdmin(admin.ModelAdmin):
                 ],
                 "total_day": sum(by_status.values()),
                 "failing": stats.failing_jobs(),
-                "upcoming": stats.upcoming(),
+                "upcoming": stats.next_runs(),
                 "slowest": stats.slowest_jobs(now),
             }
         context = {
             **self.admin_site.each_context(request),
             "title": _("Scheduler dashboard"),
             "opts": self.opts,
-            "health": health,
+            "health": health_now,
             **figures,
             **(extra_context or {}),
         }

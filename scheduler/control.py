@@ -19,25 +19,12 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
 
-from scheduler import conf, db, lease, results, runner
+from scheduler import claims, conf, db, lease, results, runner
 from scheduler.models import Job, JobRun
 from scheduler.registry import registry
+from scheduler.requests import CHANNEL
 
 logger = logging.getLogger(__name__)
-
-CHANNEL = "scheduler_control"
-
-
-def notify() -> None:
-    """Wake the active scheduler now (PostgreSQL; elsewhere it finds the request by polling)."""
-    connection = connections[db.alias()]
-    if connection.vendor != "postgresql":
-        return
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(f"NOTIFY {CHANNEL}")
-    except db.TRANSIENT as exc:
-        logger.warning("Could not notify the scheduler (it will poll): %s", exc)
 
 
 def _requeue_if_cancelled(run: JobRun):
@@ -55,7 +42,7 @@ class _Listener:
     def __init__(self) -> None:
         import psycopg
 
-        params = connections[db.alias()].get_connection_params()
+        params = connections[conf.database()].get_connection_params()
         for key in ("cursor_factory", "context", "prepare_threshold", "pool"):
             params.pop(key, None)
         self.connection = psycopg.connect(**params, autocommit=True)
@@ -81,7 +68,7 @@ class Control(threading.Thread):
         self.executor = executor
         self.stop = stop
         self._listener: _Listener | None = None
-        self._listen = connections[db.alias()].vendor == "postgresql"
+        self._listen = connections[conf.database()].vendor == "postgresql"
         self._last_sweep = time.monotonic()
         # A sweep a heartbeat: often enough to settle a lost run soon, cheap (one query).
         self._sweep_every = float(conf.get("HEARTBEAT_INTERVAL"))
@@ -135,7 +122,7 @@ class Control(threading.Thread):
     def start_queued_runs(self) -> int:
         """Claim and start queued manual runs, each once one of its job's ``max_instances``
         slots is free (until then it stays queued: run-now waits its turn)."""
-        runs = JobRun.objects.using(db.alias())
+        runs = JobRun.objects
         queued = list(
             runs.filter(status=JobRun.Status.QUEUED)
             .order_by("id")
@@ -185,8 +172,7 @@ class Control(threading.Thread):
         ``running`` rows that nothing in this process will finish."""
         me = lease.instance_id()
         rows = list(
-            JobRun.objects.using(db.alias())
-            .filter(status=JobRun.Status.RUNNING)
+            JobRun.objects.filter(status=JobRun.Status.RUNNING)
             .exclude(instance="")
             .values_list("id", "job_id", "instance")
         )
@@ -207,12 +193,12 @@ class Control(threading.Thread):
                 lost,
                 "Interrupted: the scheduler that claimed it had no thread running it "
                 "(found by its own sweep).",
-                runner.WITHDRAW_TIMEOUT,
+                claims.WITHDRAW_TIMEOUT,
             )
             logger.error("Marked %d run(s) of this scheduler with no thread as interrupted.", count)
 
     def apply_pause_changes(self) -> int:
-        jobs = Job.objects.using(db.alias())
+        jobs = Job.objects
         applied = 0
         for job in jobs.filter(pending_change=True):
             try:

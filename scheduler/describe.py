@@ -188,17 +188,39 @@ STATUS_COLOURS = {
 }
 
 
+# A job's state and a scheduler instance's role: not run statuses, colours of their own.
+STATE_COLOURS = {
+    "active": ("#166534", "#dcfce7"),
+    "paused": ("#92400e", "#fef3c7"),
+    "disabled": ("#6b21a8", "#f3e8ff"),
+    "standby": ("#475569", "#e2e8f0"),
+    "stopped": ("#6b21a8", "#f3e8ff"),
+    "runjob": ("#1d4ed8", "#dbeafe"),
+}
+_NEUTRAL = ("#111827", "#f3f4f6")
+
+
 def status_badge(status: str | None, label: str | None = None) -> SafeString | str:
+    """A run status as a badge: its name in text, not colour alone."""
     if not status:
         return "—"
-    fg, bg = STATUS_COLOURS.get(status, ("#111827", "#f3f4f6"))
+    return _badge(f"scheduler-{status}", STATUS_COLOURS.get(status, _NEUTRAL), label or status)
+
+
+def state_badge(state: str, label: str) -> SafeString:
+    """A job's state (active, paused, disabled) or an instance's role, as a badge."""
+    return _badge(f"scheduler-state-{state}", STATE_COLOURS.get(state, _NEUTRAL), label)
+
+
+def _badge(css_class: str, colours: tuple[str, str], label: object) -> SafeString:
+    fg, bg = colours
     return format_html(
-        '<span class="scheduler-badge scheduler-{}" style="color:{};background:{};'
+        '<span class="scheduler-badge {}" style="color:{};background:{};'
         'padding:1px 8px;border-radius:9px;font-weight:600;white-space:nowrap">{}</span>',
-        status,
+        css_class,
         fg,
         bg,
-        label or status,
+        label,
     )
 
 
@@ -218,7 +240,7 @@ def duration_chart(runs: list[dict], width: int = 640, height: int = 120) -> Saf
         seconds = run["duration"]
         h = max(2.0, (seconds or 0) / top * (height - 20)) if seconds is not None else 2.0
         x = index * slot + (slot - bar) / 2
-        fg, _bg = STATUS_COLOURS.get(run["status"], ("#111827", "#f3f4f6"))
+        fg, _bg = STATUS_COLOURS.get(run["status"], _NEUTRAL)
         label = _("%(when)s: %(status)s, %(duration)s") % {
             "when": when(run["scheduled_at"]),
             "status": RunStatus(run["status"]).label,

@@ -12,13 +12,15 @@ What changes against django-apscheduler's ``DjangoJobStore``:
 * database errors are retried, and the calls APScheduler's main loop does not
   guard never raise, so a database restart cannot kill the scheduler;
 * many jobs are written in one statement (:meth:`put_jobs`) at start-up;
-* while this process holds the lease (:meth:`activate`), it is the only
-  writer, so it serves the main loop from an in-memory index of the jobs
-  and writes changed next run times back in one batch about once a second
-  (:meth:`flush`), instead of two or three queries per wake-up. If it dies
-  before a write-back, the store is at most a second behind; the history
-  table's unique (job, fire time) claim keeps the next leader from running
-  those fire times again.
+* two views of the jobs, one at a time: the table itself (``_TableView``: any
+  process, each call reads or writes it), and, while this process holds the
+  lease (:meth:`JobStore.activate`) and is the only writer, an in-memory index
+  (``_IndexView``) that serves the main loop and writes changed next run
+  times back in one batch about once a second (:meth:`JobStore.flush`),
+  instead of two or three queries per wake-up. If the process dies before a
+  write-back, the store is at most a second behind; the history table's
+  unique (job, fire time) claim keeps the next leader from running those fire
+  times again.
 
 The table keeps django-apscheduler's shape, so that its users can switch.
 """
@@ -29,7 +31,7 @@ import bisect
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
@@ -40,7 +42,7 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
-from scheduler import db, lease, results
+from scheduler import bulk, claims, conf, db, lease, results
 from scheduler.registry import JobSpec, registry
 
 logger = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ def job_state(job_id: str) -> bytes:
 
 
 class _TimeRow:
-    """A job's new next run time, as ``db.update_many`` reads it (building 200 model
+    """A job's new next run time, as ``bulk.update_many`` reads it (building 200 model
     instances a second cost more than writing them)."""
 
     __slots__ = ("pk", "next_run_time")
@@ -139,233 +141,58 @@ class _TimeRow:
         self.next_run_time = get_django_internal_datetime(next_run_time)
 
 
-class JobStore(DjangoJobStore):
-    def __init__(self, specs: Mapping[str, JobSpec] | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        # The declarations jobs are rebuilt from (``sync`` sets the ones it stored).
-        self.specs: Mapping[str, JobSpec] = registry if specs is None else specs
-        self._lock = threading.RLock()
-        self._index: _Index | None = None
-        self._dirty: set[str] = set()
-        self._closed = False
-        self._unknown_reported: set[str] = set()
-        # Called with the due jobs the index hands to the main loop, before it submits
-        # them, and with a way to look ahead (``upcoming``).
-        self.on_due: Callable[..., None] | None = None
-        # Called with a job's id and new next run time when it changes or goes.
-        self.on_change: Callable[[str, datetime | None], None] | None = None
+class _TableView:
+    """The jobs as the table holds them: every call reads or writes it."""
 
-    # -- the active scheduler's in-memory index ------------------------------------
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
 
-    def activate(self) -> None:
-        """Index every job in memory: this process now holds the lease."""
+    def due(self, now: datetime) -> list[Job]:
+        return self.store._read_jobs(next_run_time__lte=get_django_internal_datetime(now))
 
-        def load() -> list[tuple[str, datetime | None]]:
-            return list(self._objects.values_list("id", "next_run_time"))
+    def due_between(self, after: datetime, until: datetime) -> list[Job]:
+        return []  # claims ahead are the active scheduler's
 
-        rows = db.retrying(load, "load the jobs")
-        with self._lock:
-            self._index = _Index(rows)
-            self._dirty = set()
-
-    def deactivate(self) -> None:
-        """Forget the index: the lease is gone, and the store belongs to the next leader."""
-        with self._lock:
-            self._drop_dirty()
-            self._index = None
-
-    def flush(self) -> None:
-        """Write the changed next run times back, in one transaction."""
-        with self._lock:
-            if self._index is None or not self._dirty:
-                return
-            if not lease.holds():
-                # The store now belongs to the new leader: our old times would undo its work.
-                self._drop_dirty()
-                return
-            dirty, self._dirty = self._dirty, set()
-            index = self._index
-            times = [
-                _TimeRow(job_id, index.next_run_time(job_id))
-                for job_id in dirty
-                if job_id in index.jobs
-            ]
-        # The rows of the fire times these jobs moved past without running them
-        # (missed, skipped) go first: a kill -9 must not leave a fire time with neither
-        # a row nor a next run time before it.
-        if not results.wait_not_run(LOOP_RETRY_TIMEOUT):
-            with self._lock:
-                self._dirty |= dirty
-            return
-
-        def write() -> None:
-            with db.writing(), transaction.atomic(using=db.alias()):
-                db.update_many(DjangoJob, times, ["next_run_time"])
-
-        try:
-            db.retrying(write, f"store the next run times of {len(times)} jobs", LOOP_RETRY_TIMEOUT)
-        except db.TRANSIENT:
-            with self._lock:
-                self._dirty |= {row.pk for row in times}
-            logger.error("Could not store the next run times of %d jobs; will retry.", len(times))
-
-    def _drop_dirty(self) -> None:
-        if self._dirty:
-            logger.warning("Lost the lease: dropping %d unsaved next run times.", len(self._dirty))
-        self._dirty = set()
-
-    def _jobs(self, job_ids: list[str]) -> list[Job]:
-        """The index's jobs of ``job_ids`` that the code declares."""
-        return [job for job in map(self._job, job_ids) if job is not None]
-
-    def _job(self, job_id: str) -> Job | None:
-        """A job of the index, built on first use (None, and removed, if the code does not
-        declare it)."""
-        index = self._index
-        if job_id not in index.jobs:
-            return None
-        job = index.jobs[job_id]
-        if job is None:
-            job = self._load(job_id, index.next_run_time(job_id))
-            if job is None:
-                index.drop(job_id)
-                self._dirty.discard(job_id)
-                self._remove_unknown([job_id])
-                return None
-            index.jobs[job_id] = job
-        return job
-
-    def register_event_listeners(self) -> None:
-        # Our runner records every run itself, with the real start time;
-        # django-apscheduler's listeners would write a second, less exact history.
-        return None
-
-    @property
-    def _objects(self):
-        return DjangoJob.objects.using(db.alias())
-
-    def lookup_job(self, job_id: str) -> Job | None:
-        with self._lock:
-            if self._index is not None:
-                return self._job(job_id)
-
-        def lookup() -> list[datetime | None]:
-            return list(self._objects.filter(id=job_id).values_list("next_run_time", flat=True))
-
-        found = db.retrying(lookup, f"look up job {job_id!r}")
-        if not found:
-            return None
-        job = self._load(job_id, found[0])
-        if job is None:
-            self._remove_unknown([job_id])
-        return job
-
-    def close(self) -> None:
-        """Hand no more due jobs to the main loop: the scheduler is stopping."""
-        self._closed = True
-
-    def get_due_jobs(self, now: datetime) -> list[Job]:
-        if self._closed or not lease.holds():
-            # A scheduler that stops or lost its lease must not advance the shared
-            # next run times.
-            return []
-        with self._lock:
-            due = None
-            if self._index is not None:
-                due = self._jobs(self._index.due(now.timestamp()))
-        if due is None:
-            return self._get_jobs(next_run_time__lte=get_django_internal_datetime(now))
-        if due and self.on_due is not None:
-            try:
-                self.on_due(due, now, self.upcoming)
-            except Exception as exc:
-                if db.is_transient(exc):
-                    # Nothing is submitted and no job moves on: APScheduler's main loop
-                    # looks again in ``jobstore_retry_interval``, and once the database
-                    # is back the fire times that passed are caught up or recorded.
-                    raise DatabaseAway(f"cannot claim {len(due)} due run(s): {exc}") from exc
-                # The due jobs still run: each worker claims its own fire time.
-                logger.exception("Could not claim %d due jobs ahead of their workers.", len(due))
-        return due
-
-    def upcoming(self, after: datetime, until: datetime) -> list[Job]:
-        """The active store's jobs due after ``after`` and no later than ``until``."""
-        with self._lock:
-            if self._index is None:
-                return []
-            start = after.timestamp()
-            return self._jobs(
-                [
-                    job_id
-                    for job_id in self._index.due(until.timestamp())
-                    if self._index.times[job_id] > start
-                ]
-            )
-
-    def get_next_run_time(self) -> datetime | None:
-        with self._lock:
-            if self._index is not None:
-                at = self._index.next_time()
-                return datetime.fromtimestamp(at, UTC) if at is not None else None
-
+    def next_run_time(self) -> datetime | None:
         def earliest() -> datetime | None:
             return (
-                self._objects.filter(next_run_time__isnull=False)
+                self.store._objects.filter(next_run_time__isnull=False)
                 .order_by("next_run_time")
                 .values_list("next_run_time", flat=True)
                 .first()
             )
 
         try:
-            next_run_time = db.retrying(earliest, "read the next run time", LOOP_RETRY_TIMEOUT)
+            at = db.retrying(earliest, "read the next run time", LOOP_RETRY_TIMEOUT)
         except db.TRANSIENT:
             # APScheduler's main loop does not catch errors here: wake up soon and try again.
             return datetime.now(UTC) + RETRY_WAKEUP
-        return get_apscheduler_datetime(next_run_time, self._scheduler) if next_run_time else None
+        return get_apscheduler_datetime(at, self.store._scheduler) if at else None
 
-    def get_all_jobs(self) -> list[Job]:
-        with self._lock:
-            if self._index is not None:
-                jobs = self._jobs(list(self._index.jobs))
-                jobs.sort(key=lambda j: (j.next_run_time is None, j.next_run_time or 0))
-                return jobs
-        jobs = self._get_jobs()
-        self._fix_paused_jobs_sorting(jobs)
+    def all_jobs(self) -> list[Job]:
+        jobs = self.store._read_jobs()
+        self.store._fix_paused_jobs_sorting(jobs)
         return jobs
 
-    def add_job(self, job: Job) -> None:
-        def add() -> None:
-            try:
-                with transaction.atomic(using=db.alias()):
-                    self._objects.create(
-                        id=job.id,
-                        next_run_time=get_django_internal_datetime(job.next_run_time),
-                        job_state=job_state(job.id),
-                    )
-            except IntegrityError:
-                raise ConflictingIdError(job.id) from None
+    def lookup(self, job_id: str) -> Job | None:
+        def lookup() -> list[datetime | None]:
+            rows = self.store._objects.filter(id=job_id).values_list("next_run_time", flat=True)
+            return list(rows)
 
-        db.retrying(add, f"add job {job.id!r}")
-        with self._lock:
-            if self._index is not None:
-                self._index.put(job)
+        found = db.retrying(lookup, f"look up job {job_id!r}")
+        if not found:
+            return None
+        job = self.store._load(job_id, found[0])
+        if job is None:
+            self.store._remove_unknown([job_id])
+        return job
 
-    def update_job(self, job: Job) -> None:
-        """Store a job's new next run time (the only thing of a job the table keeps)."""
-        with self._lock:
-            indexed = self._index is not None
-            if indexed:
-                if job.id not in self._index.jobs:
-                    raise JobLookupError(job.id)
-                self._index.put(job)
-                self._dirty.add(job.id)
-        if indexed:
-            if self.on_change is not None:
-                self.on_change(job.id, job.next_run_time)
-            return
+    def added(self, job: Job) -> None:
+        pass
 
+    def update(self, job: Job) -> None:
         def update() -> int:
-            return self._objects.filter(id=job.id).update(
+            return self.store._objects.filter(id=job.id).update(
                 next_run_time=get_django_internal_datetime(job.next_run_time)
             )
 
@@ -379,13 +206,246 @@ class JobStore(DjangoJobStore):
         if not updated:
             raise JobLookupError(job.id)
 
+    def removed(self, job_id: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass  # every write went to the table already
+
+    def forget(self) -> None:
+        pass
+
+
+class _IndexView:
+    """The active scheduler's jobs in memory, ordered by next run time; the changed next
+    run times are written back by :meth:`flush`."""
+
+    def __init__(self, store: JobStore, rows: Iterable[tuple[str, datetime | None]]) -> None:
+        self.store = store
+        self.index = _Index(rows)
+        self.dirty: set[str] = set()
+
+    def due(self, now: datetime) -> list[Job]:
+        return self._jobs(self.index.due(now.timestamp()))
+
+    def due_between(self, after: datetime, until: datetime) -> list[Job]:
+        start = after.timestamp()
+        ids = [job_id for job_id in self.index.due(until.timestamp())]
+        return self._jobs([job_id for job_id in ids if self.index.times[job_id] > start])
+
+    def next_run_time(self) -> datetime | None:
+        at = self.index.next_time()
+        return datetime.fromtimestamp(at, UTC) if at is not None else None
+
+    def all_jobs(self) -> list[Job]:
+        jobs = self._jobs(list(self.index.jobs))
+        jobs.sort(key=lambda j: (j.next_run_time is None, j.next_run_time or 0))
+        return jobs
+
+    def lookup(self, job_id: str) -> Job | None:
+        return self._job(job_id)
+
+    def added(self, job: Job) -> None:
+        self.index.put(job)
+
+    def update(self, job: Job) -> None:
+        if job.id not in self.index.jobs:
+            raise JobLookupError(job.id)
+        self.index.put(job)
+        self.dirty.add(job.id)
+
+    def removed(self, job_id: str) -> None:
+        self.index.drop(job_id)
+        self.dirty.discard(job_id)
+
+    def flush(self) -> None:
+        """Write the changed next run times back, in one transaction."""
+        with self.store._lock:
+            if not self.dirty:
+                return
+            if not lease.holds():
+                # The store now belongs to the new leader: our old times would undo its work.
+                self.forget()
+                return
+            dirty, self.dirty = self.dirty, set()
+            times = [
+                _TimeRow(job_id, self.index.next_run_time(job_id))
+                for job_id in dirty
+                if job_id in self.index.jobs
+            ]
+        # The rows of the fire times these jobs moved past without running them
+        # (missed, skipped) go first: a kill -9 must not leave a fire time with neither
+        # a row nor a next run time before it.
+        if not results.wait_not_run(LOOP_RETRY_TIMEOUT):
+            with self.store._lock:
+                self.dirty |= dirty
+            return
+
+        def write() -> None:
+            with db.writing(), transaction.atomic(using=conf.database()):
+                bulk.update_many(DjangoJob, times, ["next_run_time"])
+
+        try:
+            db.retrying(write, f"store the next run times of {len(times)} jobs", LOOP_RETRY_TIMEOUT)
+        except db.TRANSIENT:
+            with self.store._lock:
+                self.dirty |= {row.pk for row in times}
+            logger.error("Could not store the next run times of %d jobs; will retry.", len(times))
+
+    def forget(self) -> None:
+        """The lease is gone: the next run times not written back are the next leader's."""
+        if self.dirty:
+            logger.warning("Lost the lease: dropping %d unsaved next run times.", len(self.dirty))
+        self.dirty = set()
+
+    def _jobs(self, job_ids: list[str]) -> list[Job]:
+        """The index's jobs of ``job_ids`` that the code declares."""
+        return [job for job in map(self._job, job_ids) if job is not None]
+
+    def _job(self, job_id: str) -> Job | None:
+        """A job of the index, built on first use (None, and removed, if the code does not
+        declare it)."""
+        if job_id not in self.index.jobs:
+            return None
+        job = self.index.jobs[job_id]
+        if job is None:
+            job = self.store._load(job_id, self.index.next_run_time(job_id))
+            if job is None:
+                self.removed(job_id)
+                self.store._remove_unknown([job_id])
+                return None
+            self.index.jobs[job_id] = job
+        return job
+
+
+class JobStore(DjangoJobStore):
+    """APScheduler's job store: the table, or the active scheduler's index (see the module
+    docstring); jobs rebuilt from the code's declarations."""
+
+    def __init__(
+        self,
+        specs: Mapping[str, JobSpec] | None = None,
+        book: claims.ClaimBook | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        # The declarations jobs are rebuilt from (``sync`` sets the ones it stored).
+        self.specs: Mapping[str, JobSpec] = registry if specs is None else specs
+        self._lock = threading.RLock()
+        self._view: _TableView | _IndexView = _TableView(self)
+        self._closed = False
+        self._unknown_reported: set[str] = set()
+        # The main loop's claims: it claims the due jobs before they are submitted,
+        # and gives back a claim made ahead when its job changes or goes.
+        self.book = book
+
+    # -- which view -------------------------------------------------------------------
+
+    def activate(self) -> None:
+        """Index every job in memory: this process now holds the lease."""
+
+        def load() -> list[tuple[str, datetime | None]]:
+            return list(self._objects.values_list("id", "next_run_time"))
+
+        rows = db.retrying(load, "load the jobs")
+        with self._lock:
+            self._view = _IndexView(self, rows)
+
+    def deactivate(self) -> None:
+        """Forget the index: the lease is gone, and the store belongs to the next leader."""
+        with self._lock:
+            self._view.forget()
+            self._view = _TableView(self)
+
+    @property
+    def active(self) -> bool:
+        return isinstance(self._view, _IndexView)
+
+    def flush(self) -> None:
+        """Write the changed next run times of the index back (one transaction)."""
+        self._view.flush()
+
+    def close(self) -> None:
+        """Hand no more due jobs to the main loop: the scheduler is stopping."""
+        self._closed = True
+
+    # -- APScheduler's job store interface ----------------------------------------------
+
+    def register_event_listeners(self) -> None:
+        # Our runner records every run itself, with the real start time;
+        # django-apscheduler's listeners would write a second, less exact history.
+        return None
+
+    def lookup_job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._view.lookup(job_id)
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        if self._closed or not lease.holds():
+            # A scheduler that stops or lost its lease must not advance the shared
+            # next run times.
+            return []
+        with self._lock:
+            due = self._view.due(now)
+        if due and self.book is not None:
+            try:
+                self.book.claim_due(due, now, self.due_between)
+            except Exception as exc:
+                if db.is_transient(exc):
+                    # Nothing is submitted and no job moves on: APScheduler's main loop
+                    # looks again in ``jobstore_retry_interval``, and once the database
+                    # is back the fire times that passed are caught up or recorded.
+                    raise DatabaseAway(f"cannot claim {len(due)} due run(s): {exc}") from exc
+                # The due jobs still run: each worker claims its own fire time.
+                logger.exception("Could not claim %d due jobs ahead of their workers.", len(due))
+        return due
+
+    def due_between(self, after: datetime, until: datetime) -> list[Job]:
+        """The jobs due after ``after`` and no later than ``until`` (the index's only)."""
+        with self._lock:
+            return self._view.due_between(after, until)
+
+    def get_next_run_time(self) -> datetime | None:
+        with self._lock:
+            return self._view.next_run_time()
+
+    def get_all_jobs(self) -> list[Job]:
+        with self._lock:
+            return self._view.all_jobs()
+
+    def add_job(self, job: Job) -> None:
+        def add() -> None:
+            try:
+                with transaction.atomic(using=conf.database()):
+                    self._objects.create(
+                        id=job.id,
+                        next_run_time=get_django_internal_datetime(job.next_run_time),
+                        job_state=job_state(job.id),
+                    )
+            except IntegrityError:
+                raise ConflictingIdError(job.id) from None
+
+        db.retrying(add, f"add job {job.id!r}")
+        with self._lock:
+            self._view.added(job)
+
+    def update_job(self, job: Job) -> None:
+        """Store a job's new next run time (the only thing of a job the table keeps)."""
+        with self._lock:
+            view = self._view
+            if isinstance(view, _IndexView):
+                view.update(job)
+        if isinstance(view, _IndexView):
+            if self.book is not None:
+                self.book.job_changed(job.id, job.next_run_time)
+            return
+        view.update(job)
+
     def remove_job(self, job_id: str) -> None:
         with self._lock:
-            if self._index is not None:
-                self._index.drop(job_id)
-                self._dirty.discard(job_id)
-        if self.on_change is not None:
-            self.on_change(job_id, None)
+            self._view.removed(job_id)
+        if self.book is not None:
+            self.book.job_changed(job_id, None)
         deleted = db.retrying(
             lambda: self._objects.filter(id=job_id).delete()[0], f"remove job {job_id!r}"
         )
@@ -394,10 +454,15 @@ class JobStore(DjangoJobStore):
 
     def remove_all_jobs(self) -> None:
         with self._lock:
-            if self._index is not None:
-                self._index = _Index([])
-                self._dirty = set()
+            if isinstance(self._view, _IndexView):
+                self._view = _IndexView(self, [])
         db.retrying(lambda: self._objects.all().delete(), "remove all jobs")
+
+    def shutdown(self) -> None:
+        self.flush()
+        db.close_broken()
+
+    # -- writing many jobs at once (sync at start) -------------------------------------
 
     def put_jobs(self, jobs: Iterable[Job]) -> None:
         """Insert or replace many jobs at once (in one transaction)."""
@@ -406,10 +471,10 @@ class JobStore(DjangoJobStore):
             return
 
         def put() -> None:
-            with transaction.atomic(using=db.alias()):
+            with transaction.atomic(using=conf.database()):
                 for start in range(0, len(jobs), 1000):
                     rows = [self._row(job) for job in jobs[start : start + 1000]]
-                    db.upsert(DjangoJob, rows, ["next_run_time", "job_state"])
+                    bulk.upsert(DjangoJob, rows, ["next_run_time", "job_state"])
 
         db.retrying(put, f"store {len(jobs)} jobs")
 
@@ -423,9 +488,11 @@ class JobStore(DjangoJobStore):
             db.retrying(lambda: list(self._objects.values_list("id", flat=True)), "list jobs")
         )
 
-    def shutdown(self) -> None:
-        self.flush()
-        db.close_broken()
+    # -- rows and jobs ------------------------------------------------------------------
+
+    @property
+    def _objects(self):
+        return DjangoJob.objects.using(conf.database())
 
     @staticmethod
     def _row(job: Job) -> DjangoJob:
@@ -456,7 +523,7 @@ class JobStore(DjangoJobStore):
         except db.TRANSIENT:
             logger.error("Could not remove stored jobs %s; will try again.", job_ids)
 
-    def _get_jobs(self, **filters) -> list[Job]:
+    def _read_jobs(self, **filters) -> list[Job]:
         def fetch() -> list[tuple[str, datetime | None]]:
             return list(
                 self._objects.filter(**filters)
@@ -478,4 +545,4 @@ class JobStore(DjangoJobStore):
         return jobs
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}(database={db.alias()!r})>"
+        return f"<{type(self).__name__}(database={conf.database()!r})>"

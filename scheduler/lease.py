@@ -23,19 +23,19 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db.models import Case, F, Q, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
 import scheduler
-from scheduler import conf, db
+from scheduler import conf, db, health
 from scheduler.models import JobRun, Lease, SchedulerInstance
 
 logger = logging.getLogger(__name__)
 
-NAME = "scheduler"
+# The one lease row.
+NAME = health.LEASE_NAME
 
 _current: Leadership | None = None
 
@@ -141,7 +141,7 @@ class Leadership(threading.Thread):
             self.on_demoted()
 
     def _try_acquire(self) -> bool:
-        leases = Lease.objects.using(db.alias())
+        leases = Lease.objects
         me = self.instance_id
         expires = Now() + timedelta(seconds=self.lease_seconds)
         taken = (
@@ -174,7 +174,7 @@ class Leadership(threading.Thread):
         return created
 
     def _holder_died_here(self, holder: str) -> bool:
-        instance = SchedulerInstance.objects.using(db.alias()).filter(id=holder).first()
+        instance = SchedulerInstance.objects.filter(id=holder).first()
         return (
             instance is not None
             and instance.id != self.instance_id
@@ -184,7 +184,7 @@ class Leadership(threading.Thread):
 
     def _beat(self, leader: bool) -> None:
         role = SchedulerInstance.Role.ACTIVE if leader else SchedulerInstance.Role.STANDBY
-        instances = SchedulerInstance.objects.using(db.alias())
+        instances = SchedulerInstance.objects
         updated = instances.filter(id=self.instance_id).update(role=role, heartbeat_at=Now())
         if not updated:
             now = timezone.now()
@@ -221,7 +221,7 @@ class Leadership(threading.Thread):
             logger.warning("Could not release the lease (it expires by itself): %s", exc)
 
     def _release(self) -> None:
-        Lease.objects.using(db.alias()).filter(name=NAME, holder=self.instance_id).update(
+        Lease.objects.filter(name=NAME, holder=self.instance_id).update(
             expires_at=Now() - timedelta(seconds=1)
         )
 
@@ -237,7 +237,7 @@ class Leadership(threading.Thread):
 def record_stopped(instance_id: str) -> None:
     """The process is leaving: record its instance as stopped."""
     try:
-        SchedulerInstance.objects.using(db.alias()).filter(id=instance_id).update(
+        SchedulerInstance.objects.filter(id=instance_id).update(
             role=SchedulerInstance.Role.STOPPED, stopped_at=Now(), heartbeat_at=Now()
         )
     except db.TRANSIENT as exc:
@@ -267,7 +267,7 @@ class Presence(threading.Thread):
     def start(self) -> None:
         now = timezone.now()
         db.retrying(
-            lambda: SchedulerInstance.objects.using(db.alias()).create(
+            lambda: SchedulerInstance.objects.create(
                 id=self.instance_id,
                 hostname=conf.HOSTNAME,
                 pid=os.getpid(),
@@ -281,7 +281,7 @@ class Presence(threading.Thread):
         super().start()
 
     def run(self) -> None:
-        instances = SchedulerInstance.objects.using(db.alias())
+        instances = SchedulerInstance.objects
         while not self.stop.wait(self.heartbeat):
             try:
                 instances.filter(id=self.instance_id).update(heartbeat_at=Now())
@@ -337,11 +337,10 @@ def process_start(pid: int) -> float | None:
 def recover_orphans(lease_seconds: float) -> int:
     """Mark runs whose scheduler stopped heartbeating as interrupted, and it as stopped."""
     stale = Now() - timedelta(seconds=lease_seconds)
-    instances = SchedulerInstance.objects.using(db.alias())
+    instances = SchedulerInstance.objects
     alive = instances.filter(heartbeat_at__gte=stale, stopped_at__isnull=True)
     orphans = (
-        JobRun.objects.using(db.alias())
-        .filter(status=JobRun.Status.RUNNING)
+        JobRun.objects.filter(status=JobRun.Status.RUNNING)
         .exclude(instance="")
         .exclude(instance__in=alive.values("id"))
     )
@@ -357,51 +356,3 @@ def recover_orphans(lease_seconds: float) -> int:
         role=SchedulerInstance.Role.STOPPED
     ).update(role=SchedulerInstance.Role.STOPPED)
     return count
-
-
-def health() -> dict[str, Any]:
-    """Is an active scheduler alive? For ``schedulerstatus`` and the admin."""
-    lease_seconds = float(conf.get("LEASE_SECONDS"))
-    now = timezone.now()
-    instances = SchedulerInstance.objects.using(db.alias())
-    fresh = now - timedelta(seconds=lease_seconds)
-    lease = Lease.objects.using(db.alias()).filter(name=NAME).first()
-    active = None
-    if lease is not None and lease.expires_at > now:
-        active = instances.filter(id=lease.holder, heartbeat_at__gte=fresh).first()
-    standbys = instances.filter(
-        role=SchedulerInstance.Role.STANDBY, heartbeat_at__gte=fresh, stopped_at__isnull=True
-    ).count()
-    last = instances.exclude(role=SchedulerInstance.Role.RUNJOB).order_by("-heartbeat_at").first()
-    return {
-        "ok": active is not None,
-        "active": _describe(active, now),
-        "standbys": standbys,
-        "last_seen": _describe(last, now),
-        "lease_seconds": lease_seconds,
-    }
-
-
-def health_or_error() -> dict[str, Any]:
-    """:func:`health`, or why it cannot be known (the database is away)."""
-    from django.db import DatabaseError
-
-    try:
-        return health()
-    except DatabaseError as exc:
-        return {"ok": False, "error": str(exc)}
-
-
-def _describe(instance: SchedulerInstance | None, now) -> dict[str, Any] | None:
-    if instance is None:
-        return None
-    return {
-        "id": instance.id,
-        "hostname": instance.hostname,
-        "pid": instance.pid,
-        "role": instance.role,
-        "version": instance.version,
-        "started_at": instance.started_at.isoformat(),
-        "heartbeat_at": instance.heartbeat_at.isoformat(),
-        "heartbeat_age": round((now - instance.heartbeat_at).total_seconds(), 1),
-    }

@@ -1,9 +1,104 @@
 from __future__ import annotations
 
+import os
+from datetime import datetime
+
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone as dj_timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
+
+from scheduler.conf import HOSTNAME
+
+
+class OnSchedulerDatabase(models.Manager):
+    """The scheduler's tables live in ``SCHEDULER['DATABASE']``: every query of this
+    manager goes there, whether or not the project installs ``scheduler.router``."""
+
+    def get_queryset(self) -> models.QuerySet:
+        from scheduler import conf  # settings are read when the first query is built
+
+        return super().get_queryset().using(conf.database())
+
+
+class JobRunManager(OnSchedulerDatabase):
+    """Queries go to the scheduler's database; the rows the scheduler makes are made here."""
+
+    def claim_row(
+        self, job_id: str, job_name: str, scheduled_at: datetime, instance: str
+    ) -> JobRun:
+        """The (unsaved) ``running`` row that claims a scheduled fire time for this process."""
+        return self.model(
+            job_id=job_id,
+            job_name=job_name,
+            status=RunStatus.RUNNING,
+            trigger=RunTrigger.SCHEDULE,
+            scheduled_at=scheduled_at,
+            started_at=dj_timezone.now(),
+            hostname=HOSTNAME,
+            pid=os.getpid(),
+            instance=instance,
+        )
+
+    def not_run_rows(
+        self,
+        job_id: str,
+        job_name: str,
+        status: str,
+        times: list[datetime],
+        reason: str,
+        instance: str,
+    ) -> list[JobRun]:
+        """(Unsaved) rows of fire times that did not run (``missed``, ``skipped``)."""
+        now = dj_timezone.now()
+        return [
+            self.model(
+                job_id=job_id,
+                job_name=job_name,
+                status=status,
+                trigger=RunTrigger.SCHEDULE,
+                scheduled_at=at,
+                finished_at=now,
+                hostname=HOSTNAME,
+                pid=os.getpid(),
+                instance=instance,
+                exception=reason,
+            )
+            for at in times
+        ]
+
+    def request_row(
+        self, job_id: str, job_name: str, requested_by: str, instance: str = ""
+    ) -> JobRun:
+        """An (unsaved) ``queued`` manual run: a run-now request. With ``instance``, the
+        request of a ``runjob`` process, which runs the job itself once granted a slot."""
+        return self.model(
+            job_id=job_id,
+            job_name=job_name,
+            status=RunStatus.QUEUED,
+            trigger=RunTrigger.MANUAL,
+            scheduled_at=dj_timezone.now(),
+            hostname=HOSTNAME if instance else "",
+            pid=os.getpid() if instance else None,
+            instance=instance,
+            requested_by=requested_by[:150],
+        )
+
+    def prune(self, before: datetime, batch: int = 10_000) -> int:
+        """Delete finished runs scheduled before ``before``, ``batch`` at a time (a
+        million rows in one statement would hold the table's write lock for long).
+        Returns how many were deleted."""
+        deleted = 0
+        while True:
+            ids = list(
+                self.filter(scheduled_at__lt=before, status__in=JobRun.FINAL)
+                .order_by()
+                .values_list("id", flat=True)[:batch]
+            )
+            if not ids:
+                return deleted
+            deleted += self.filter(pk__in=ids).delete()[0]
 
 
 class Job(models.Model):
@@ -36,6 +131,8 @@ class Job(models.Model):
     pending_change = models.BooleanField(default=False, db_index=True)
     fingerprint = models.CharField(max_length=64)
     synced_at = models.DateTimeField(_("synced at"))
+
+    objects = OnSchedulerDatabase()
 
     class Meta:
         verbose_name = _("job")
@@ -99,6 +196,8 @@ class JobRun(models.Model):
     traceback = models.TextField(_("traceback"), blank=True)
     output = models.TextField(_("output"), blank=True)
 
+    objects = JobRunManager()
+
     class Meta:
         verbose_name = _("run")
         verbose_name_plural = _("runs")
@@ -151,6 +250,8 @@ class SchedulerInstance(models.Model):
     heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
     stopped_at = models.DateTimeField(_("stopped at"), null=True, blank=True)
 
+    objects = OnSchedulerDatabase()
+
     class Meta:
         verbose_name = _("scheduler instance")
         verbose_name_plural = _("scheduler instances")
@@ -169,6 +270,8 @@ class Lease(models.Model):
     token = models.BigIntegerField(default=1)
     acquired_at = models.DateTimeField()
     expires_at = models.DateTimeField()
+
+    objects = OnSchedulerDatabase()
 
     class Meta:
         verbose_name = _("leader lease")

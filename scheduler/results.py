@@ -36,8 +36,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from django.db import transaction
+from django.utils import timezone
 
-from scheduler import db
+from scheduler import bulk, conf, db
 from scheduler.models import JobRun
 from scheduler.text import describe_exception, storable
 
@@ -127,6 +128,15 @@ def record(run: JobRun) -> None:
     write([run])
 
 
+def abandon(run: JobRun, status: str, reason: str) -> None:
+    """Finish a claimed run that was never started (soon, by the writer)."""
+    run.status, run.exception = status, reason
+    # A claim's start time was the planned one: it did not start.
+    run.started_at, run.duration = None, None
+    run.finished_at = timezone.now()
+    record(run)
+
+
 def record_not_run(rows: list[JobRun]) -> None:
     """Insert rows of fire times that did not run; a fire time that has a row keeps it."""
     if not rows or _hand_over(_inserts, rows):
@@ -174,9 +184,9 @@ def write(
     def update(group: list[JobRun]) -> None:
         # One row: the statement is its own transaction, one round trip less.
         many = len(group) > 1
-        atomic = transaction.atomic(using=db.alias()) if many else contextlib.nullcontext()
+        atomic = transaction.atomic(using=conf.database()) if many else contextlib.nullcontext()
         with db.writing(), atomic:
-            db.update_many(JobRun, group, FIELDS, where_in={"status": FINISHABLE})
+            bulk.update_many(JobRun, group, FIELDS, where_in={"status": FINISHABLE})
 
     what = f"record the result of {runs[0].job_id!r}"
     if len(runs) > 1:
@@ -226,9 +236,7 @@ def insert(rows: list[JobRun], timeout: float | None = None) -> None:
 
     def create(group: list[JobRun]) -> None:
         with db.writing():
-            JobRun.objects.using(db.alias()).bulk_create(
-                group, batch_size=500, ignore_conflicts=True
-            )
+            JobRun.objects.bulk_create(group, batch_size=500, ignore_conflicts=True)
 
     what = f"record {len(rows)} fire time(s) of {rows[0].job_id!r} that did not run"
     try:

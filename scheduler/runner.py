@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import MaxInstancesReachedError
@@ -38,7 +37,7 @@ Status = JobRun.Status
 
 
 def _runs():
-    return JobRun.objects.using(db.alias())
+    return JobRun.objects
 
 
 # Runs in progress in this process: id -> job id. Read at shutdown.
@@ -52,17 +51,7 @@ def active_runs() -> dict[int, str]:
 
 
 def _new_run(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun:
-    return JobRun(
-        job_id=job_id,
-        job_name=job_name,
-        status=Status.RUNNING,
-        trigger=JobRun.Trigger.SCHEDULE,
-        scheduled_at=scheduled_at,
-        started_at=timezone.now(),
-        hostname=HOSTNAME,
-        pid=os.getpid(),
-        instance=lease.instance_id(),
-    )
+    return JobRun.objects.claim_row(job_id, job_name, scheduled_at, lease.instance_id())
 
 
 # How long a worker that claims its own fire time waits for a database that is away
@@ -79,7 +68,7 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
     """
     if not lease.holds():
         logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
-        record(job_id, job_name, Status.MISSED, [scheduled_at], LOST_LEASE)
+        did_not_run(job_id, job_name, Status.MISSED, [scheduled_at], LOST_LEASE)
         return None
     run = _new_run(job_id, job_name, scheduled_at)
     try:
@@ -87,7 +76,7 @@ def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
     except Exception as exc:
         if not db.is_transient(exc):
             raise
-        record(
+        did_not_run(
             job_id,
             job_name,
             Status.MISSED,
@@ -108,13 +97,12 @@ LOST_LEASE = "Missed: this scheduler lost its lease before the run could start."
 STOPPED = "Missed: the scheduler stopped before the run could start."
 
 
-def record(
+def did_not_run(
     job_id: str,
     job_name: str,
     status: str,
     times: list[datetime],
     reason: str,
-    trigger: str = JobRun.Trigger.SCHEDULE,
 ) -> None:
     """Record fire times that did not run, one row each (soon, by the results writer).
 
@@ -130,24 +118,10 @@ def record(
             "not recorded one by one)"
         )
         times = times[-cap:]
-    now = timezone.now()
-    name = storable(job_name, 255)
     results.record_not_run(
-        [
-            JobRun(
-                job_id=job_id,
-                job_name=name,
-                status=status,
-                trigger=trigger,
-                scheduled_at=at,
-                finished_at=now,
-                hostname=HOSTNAME,
-                pid=os.getpid(),
-                instance=lease.instance_id(),
-                exception=reason,
-            )
-            for at in times
-        ]
+        JobRun.objects.not_run_rows(
+            job_id, storable(job_name, 255), status, times, reason, lease.instance_id()
+        )
     )
 
 
@@ -232,7 +206,7 @@ def run_manual(run: JobRun, stopping: threading.Event | None = None) -> JobRun:
         run.started_at = timezone.now()
         spec = registry.get(run.job_id)
         if spec is None:
-            _abandon(
+            results.abandon(
                 run,
                 Status.FAILED,
                 f"Job {run.job_id!r} is not registered in this scheduler's code.",
@@ -243,62 +217,28 @@ def run_manual(run: JobRun, stopping: threading.Event | None = None) -> JobRun:
         db.close_old_connections()
 
 
-# How far ahead the main loop claims fire times when it claims at all: under load
-# (200 jobs a second, each due at its own moment), one INSERT then covers the next
-# twenty runs instead of one; a single write after the main loop slept cost as
-# much CPU as plain APScheduler's whole run.
-CLAIM_AHEAD = timedelta(milliseconds=100)
-
-
-class _Claimed:
-    """The runs the main loop claimed for one job: those it is about to submit (one, or
-    several with ``coalesce=False``), or one fire time claimed ahead of its time."""
-
-    __slots__ = ("runs", "tried", "ahead")
-
-    def __init__(self, runs: list[JobRun], tried: list[datetime], ahead: bool) -> None:
-        self.runs = runs  # the claims that won
-        self.tried = tried  # the fire times it tried to claim (a lost one is another's)
-        self.ahead = ahead  # claimed before its fire time
-
-    @property
-    def first(self) -> datetime:
-        return self.tried[0]
-
-
 class Executor(BasePoolExecutor):
     """APScheduler's pool executor on our worker threads (``pool.WorkerPool``),
     running each fire time through the runner.
 
-    Before the main loop submits the jobs that are due, ``claim_due`` claims
-    the fire times that a free worker will start at once, all in one INSERT in
-    the main loop's thread, together with the fire times of the next
-    ``CLAIM_AHEAD``; a worker then has nothing to write before calling the job.
-    If that INSERT fails because the database is away, the main loop submits
-    nothing and advances no job (the store raises): it looks again shortly, and
-    once the database is back the fire times that passed are caught up or
-    recorded missed like after any downtime. Fire times it does not claim (no
-    free worker, more than one fire time, late beyond the grace time) are
-    claimed by their worker. A fire time claimed ahead that does not come as
-    claimed (the job was paused, changed or removed; this scheduler stopped
-    first) is given back: its row is deleted, as no run was due; after the
-    lease was lost, it is recorded missed instead (another scheduler may have
-    found it taken already).
-
-    Every fire time submitted ends with a row: its run, or a ``missed`` or
-    ``skipped`` row saying why not. After ``stop_starting`` (a stop signal) no
-    run starts any more.
+    The fire times it is handed were claimed by the main loop just before
+    (``claims.ClaimBook``): it takes a job's claims from the book as it submits
+    the job, and gives back what it does not submit. It keeps each job's
+    ``max_instances`` slots, for scheduled and manual runs and for the runs of
+    other processes alike. Every fire time submitted ends with a row: its run,
+    or a ``missed`` or ``skipped`` row saying why not. After ``stop_starting``
+    (a stop signal) no run starts any more.
     """
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, book: claims.ClaimBook | None = None) -> None:
         super().__init__(WorkerPool(max_workers))
         self._max_workers = max_workers
         self._busy = 0  # submissions, scheduled or manual, not finished yet
         self._busy_lock = threading.Lock()
-        # job id -> its claimed run, until submitted; the main loop's (or, with the
-        # main loop paused, the thread stopping it).
-        self._claimed: dict[str, _Claimed] = {}
-        self._closed = False
+        # The claims the main loop made for the fire times it is about to submit.
+        self.book = book if book is not None else claims.ClaimBook()
+        self.book.slots = self
+        self.closed = False
         # Set by a stop signal: workers start nothing from then on.
         self.stopping = threading.Event()
         # Runs of other processes (``runjob``, a scheduler that is stopping) in progress,
@@ -311,114 +251,18 @@ class Executor(BasePoolExecutor):
         """Start no run from now on (called from the stop signal's handler)."""
         self.stopping.set()
 
-    def claim_due(
-        self,
-        jobs: list[Job],
-        now: datetime,
-        upcoming: Callable[[datetime, datetime], list[Job]] | None = None,
-    ) -> None:
-        """Claim the fire times of ``jobs`` that the main loop will submit for ``now``
-        (and, with ``upcoming``, those due within ``CLAIM_AHEAD``).
+    # -- slots (what the claim book asks) ---------------------------------------------
 
-        Raises the database error when the database is away: the main loop then
-        submits nothing this time.
-        """
-        due = {job.id: job for job in jobs}
-        self._release_claims(due, now)
-        if not jobs or self._closed or not lease.holds():
-            return
-        free = self._max_workers - self._busy
-        # Every fire time about to be submitted is claimed here, before the main loop
-        # moves its job on: a fire time that a worker claimed later could be lost with
-        # the process (kill -9) once the store had written the job's next run time.
-        groups: list[tuple[Job, list[JobRun], bool]] = []
-        for job in jobs:
-            if job.id in self._claimed:
-                free -= 1  # claimed ahead: it starts now too
-                continue
-            if self._slots_taken(job):
-                continue  # submit_job records it skipped
-            times = job._get_run_times(now)
-            if job.coalesce:
-                times = times[-1:]
-            times = [at for at in times if not _too_late(job, at)]
-            if times:
-                groups.append((job, [self._new_claim(job, at) for at in times], False))
-                free -= 1
-        if not groups:
-            return  # nothing due needs a claim now: no statement at all
-        if upcoming is not None and free > 0:
-            for job in upcoming(now, now + CLAIM_AHEAD):
-                if free <= 0:
-                    break
-                if job.id in self._claimed or job.id in due or self._slots_taken(job):
-                    continue
-                groups.append((job, [self._new_claim(job, job.next_run_time)], True))
-                free -= 1
-        try:
-            won = {id(run) for run in claims.claim_many([r for _, g, _ in groups for r in g])}
-        except Exception as exc:
-            if db.is_transient(exc):
-                db.close_broken()
-            raise
-        for job, runs, ahead in groups:
-            mine = [run for run in runs if id(run) in won]
-            if mine or not ahead:
-                self._claimed[job.id] = _Claimed(mine, [r.scheduled_at for r in runs], ahead)
+    def free_workers(self) -> int:
+        return self._max_workers - self._busy
 
-    def _slots_taken(self, job: Job) -> bool:
+    def slots_taken(self, job: Job) -> bool:
         """Whether a run of ``job`` may not start now (max_instances, or a run-now request
         waiting for the next free slot)."""
         taken = self._instances[job.id]
         if job.id in self._manual_waiting:
             taken += 1
         return taken >= job.max_instances
-
-    @staticmethod
-    def _new_claim(job: Job, at: datetime) -> JobRun:
-        spec = registry.get(job.id)
-        run = _new_run(job.id, spec.name if spec else job.name, at)
-        # Claimed ahead: the planned start until the run records its real one.
-        run.started_at = max(run.started_at, at)
-        return run
-
-    def _release_claims(self, due: dict[str, Job], now: datetime) -> None:
-        """Close the claims whose fire time came without the main loop submitting it."""
-        stale = []
-        for job_id, claimed in self._claimed.items():
-            job = due.get(job_id)
-            if job is None and claimed.first > now:
-                continue  # still ahead
-            if job is not None and job.next_run_time == claimed.first:
-                continue  # due now, about to be submitted
-            stale.append(job_id)
-        for job_id in stale:
-            self._give_back(
-                self._claimed.pop(job_id),
-                "Missed: the scheduler claimed this fire time but did not start it.",
-            )
-
-    def job_changed(self, job_id: str, next_run_time: datetime | None) -> None:
-        """A job was paused, changed or removed (or its next run time advanced)."""
-        claimed = self._claimed.get(job_id)
-        if claimed is not None and claimed.ahead and claimed.first != next_run_time:
-            del self._claimed[job_id]
-            self._give_back(claimed, "Missed: the job changed before the run could start.")
-
-    def release_claims(self, reason: str, timeout: float | None = None) -> None:
-        """Close every claim not submitted yet (the scheduler stops or steps down)."""
-        while self._claimed:
-            self._give_back(self._claimed.popitem()[1], reason, timeout)
-
-    @staticmethod
-    def _give_back(claimed: _Claimed, reason: str, timeout: float | None = None) -> None:
-        # A fire time claimed ahead and not submitted did not come as claimed, or
-        # comes after this scheduler stopped: a later start catches up on it.
-        # One claimed when it was due, and not submitted, was missed.
-        if claimed.ahead and lease.holds() and _withdraw(claimed.runs, timeout):
-            return
-        for run in claimed.runs:
-            _abandon(run, Status.MISSED, reason)
 
     # -- manual runs ------------------------------------------------------------------------
 
@@ -430,7 +274,7 @@ class Executor(BasePoolExecutor):
         asked for by hand is not kept waiting by the schedule for ever.
         """
         with self._lock:
-            if self._closed or self._instances[job_id] >= max_instances:
+            if self.closed or self._instances[job_id] >= max_instances:
                 self._manual_waiting.add(job_id)
                 return False
             self._manual_waiting.discard(job_id)
@@ -487,7 +331,7 @@ class Executor(BasePoolExecutor):
         name = spec.name if spec else job.name
         folded = self._coalesced_times(job, run_times)
         if folded:
-            record(
+            did_not_run(
                 job.id,
                 name,
                 Status.MISSED,
@@ -497,17 +341,19 @@ class Executor(BasePoolExecutor):
             )
         # Fire times too late to start are recorded here, before the main loop moves the
         # job on (claimed ones were not too late when claimed: their worker judges them).
-        claimed = self._claimed.get(job.id)
+        claimed = self.book.get(job.id)
         tried = set(claimed.tried) if claimed is not None else set()
-        late = {at: why for at in run_times if at not in tried and (why := _too_late(job, at))}
+        late = {
+            at: why for at in run_times if at not in tried and (why := claims.too_late(job, at))
+        }
         if late:
-            record(job.id, name, Status.MISSED, list(late), list(late.values())[-1])
+            did_not_run(job.id, name, Status.MISSED, list(late), list(late.values())[-1])
             run_times = [at for at in run_times if at not in late]
             if not run_times:
                 return
         try:
             with self._lock:
-                if self._slots_taken(job):
+                if self.slots_taken(job):
                     raise MaxInstancesReachedError(job)
                 super().submit_job(job, run_times)
         except MaxInstancesReachedError:
@@ -517,16 +363,16 @@ class Executor(BasePoolExecutor):
                     "Skipped: a run requested by hand waits for this job's next free slot "
                     f"(max_instances={job.max_instances})."
                 )
-            claimed = self._claimed.pop(job.id, None)
+            claimed = self.book.pop(job.id)
             for run in claimed.runs if claimed is not None else []:
-                _abandon(run, Status.SKIPPED, reason)
+                results.abandon(run, Status.SKIPPED, reason)
             rest = [at for at in run_times if claimed is None or at not in claimed.tried]
-            record(job.id, name, Status.SKIPPED, rest, reason)
+            did_not_run(job.id, name, Status.SKIPPED, rest, reason)
             raise
         except BaseException as exc:
             # APScheduler logs it and moves the job on: the fire times would vanish.
             if not isinstance(exc, _Recorded):
-                record(
+                did_not_run(
                     job.id,
                     name,
                     Status.MISSED,
@@ -548,10 +394,10 @@ class Executor(BasePoolExecutor):
         return times
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        claimed = self._claimed.pop(job.id, None)
+        claimed = self.book.pop(job.id)
         if claimed is not None and not set(claimed.tried) <= set(run_times):
             # Not the fire times submitted: the worker claims the ones it is given.
-            self._give_back(claimed, "Missed: the scheduler submitted other fire times.")
+            self.book.give_back(claimed, "Missed: the scheduler submitted other fire times.")
             claimed = None
         # The runs claimed for it, and the fire times nobody tried to claim yet (a fire
         # time tried and not won is another scheduler's).
@@ -565,15 +411,15 @@ class Executor(BasePoolExecutor):
                 if runs:
                     results.starts.started()
                 for run in runs:
-                    _abandon(run, Status.MISSED, STOPPED)
-                record(job.id, job.name, Status.MISSED, unclaimed, STOPPED)
+                    results.abandon(run, Status.MISSED, STOPPED)
+                did_not_run(job.id, job.name, Status.MISSED, unclaimed, STOPPED)
                 return
             exc = future.exception()
             if exc:
                 for run in runs:
                     if run.status == Status.RUNNING:
                         # It failed before the job was called: nothing else finishes its row.
-                        _abandon(
+                        results.abandon(
                             run,
                             Status.FAILED,
                             f"The scheduler could not start the run: {describe_exception(exc)}",
@@ -591,15 +437,15 @@ class Executor(BasePoolExecutor):
             if runs:
                 results.starts.started()
             for run in runs:
-                _abandon(run, Status.MISSED, reason)
-            record(job.id, job.name, Status.MISSED, unclaimed, reason)
+                results.abandon(run, Status.MISSED, reason)
+            did_not_run(job.id, job.name, Status.MISSED, unclaimed, reason)
             raise _Recorded(reason) from exc
         future.add_done_callback(callback)
 
     def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
-        self._closed = True
-        self.release_claims(reason, timeout)
+        self.closed = True
+        self.book.release(reason, timeout)
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
@@ -608,42 +454,6 @@ class Executor(BasePoolExecutor):
 
 class _Recorded(Exception):
     """A submission failed and its fire times are recorded already."""
-
-
-def _abandon(run: JobRun, status: str, reason: str) -> None:
-    """Finish a claimed run that was never started (soon, by the results writer)."""
-    run.status, run.exception = status, reason
-    # A claim's start time was the planned one: it did not start.
-    run.started_at, run.duration = None, None
-    run.finished_at = timezone.now()
-    results.record(run)
-
-
-def _withdraw(runs: list[JobRun], timeout: float | None = None) -> bool:
-    """Delete claims made ahead for fire times that did not come: no run was due.
-
-    Done at once or not at all: a row deleted later, after another scheduler
-    found the fire time taken and skipped it, would leave that fire time with
-    no row. False when it could not be done (the caller records them missed).
-    """
-    ids = [run.pk for run in runs]
-    try:
-        db.retrying(
-            lambda: _runs().filter(pk__in=ids, status=Status.RUNNING).delete(),
-            "give back fire times claimed ahead",
-            WITHDRAW_TIMEOUT if timeout is None else min(timeout, WITHDRAW_TIMEOUT),
-        )
-    except Exception as exc:
-        if not db.is_transient(exc):
-            raise
-        logger.warning("Could not give back %d fire time(s) claimed ahead: %s", len(ids), exc)
-        return False
-    results.closed(ids)
-    return True
-
-
-# Seconds a give-back waits for the database; it runs in the main loop or while stopping.
-WITHDRAW_TIMEOUT = 2.0
 
 
 def requeue(run: JobRun) -> None:
@@ -657,26 +467,16 @@ def requeue(run: JobRun) -> None:
                 .update(status=Status.QUEUED, hostname="", pid=None, instance="")
             ),
             f"queue the run of {run.job_id!r} again",
-            WITHDRAW_TIMEOUT,
+            claims.WITHDRAW_TIMEOUT,
         )
     except Exception as exc:
         if not db.is_transient(exc):
             raise
-        _abandon(run, Status.INTERRUPTED, "Interrupted: the scheduler stopped before it started.")
+        results.abandon(
+            run, Status.INTERRUPTED, "Interrupted: the scheduler stopped before it started."
+        )
         return
     results.closed([run.pk])
-
-
-def _too_late(job: Job, run_time: datetime) -> str:
-    """Why ``run_time`` must not start now (beyond the job's grace time), or ''."""
-    late = datetime.now(UTC) - run_time
-    grace = job.misfire_grace_time
-    if grace is not None and late > timedelta(seconds=grace):
-        return (
-            f"Missed: would have started {late.total_seconds():.0f} s late, "
-            f"beyond misfire_grace_time ({grace} s)."
-        )
-    return ""
 
 
 def run_scheduled(
@@ -699,19 +499,19 @@ def run_scheduled(
             elif not lease.holds():
                 reason = LOST_LEASE
             else:  # it may have waited for a worker that long
-                reason = _too_late(job, run.scheduled_at)
+                reason = claims.too_late(job, run.scheduled_at)
             if reason:
-                _abandon(run, Status.MISSED, reason)
+                results.abandon(run, Status.MISSED, reason)
                 continue
             run.started_at = timezone.now()
             execute(run, make_call(spec, job, run.scheduled_at))
         for index, run_time in enumerate(run_times):
             if stopping is not None and stopping.is_set():
-                record(job.id, name, Status.MISSED, run_times[index:], STOPPED)
+                did_not_run(job.id, name, Status.MISSED, run_times[index:], STOPPED)
                 return
-            reason = _too_late(job, run_time)
+            reason = claims.too_late(job, run_time)
             if reason:
-                record(job.id, name, Status.MISSED, [run_time], reason)
+                did_not_run(job.id, name, Status.MISSED, [run_time], reason)
                 continue
             run = claim(job.id, name, run_time)
             if run is not None:

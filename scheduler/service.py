@@ -14,7 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, conf, db, lease, results, runner
+from scheduler import capture, claims, conf, db, lease, results, runner
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
 from scheduler.models import JobRun
@@ -25,11 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def make_scheduler() -> BackgroundScheduler:
-    store, executor = JobStore(), runner.Executor(conf.get("THREADS"))
-    # The main loop's due jobs are claimed in one statement before it submits them,
-    # and claims made ahead are given back when their job changes.
-    store.on_due = executor.claim_due
-    store.on_change = executor.job_changed
+    # The main loop's claims: made through the store as jobs fall due, taken by the
+    # executor as it submits them (scheduler.claims.ClaimBook).
+    book = claims.ClaimBook()
+    store, executor = JobStore(book=book), runner.Executor(conf.get("THREADS"), book)
     return BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": executor},
@@ -46,9 +45,7 @@ def recover_local_orphans() -> int:
     process has its pid, or the one that has it started after the row was
     written (pids are reused, and in containers every scheduler is pid 1).
     """
-    runs = JobRun.objects.using(db.alias()).filter(
-        status=JobRun.Status.RUNNING, hostname=runner.HOSTNAME
-    )
+    runs = JobRun.objects.filter(status=JobRun.Status.RUNNING, hostname=runner.HOSTNAME)
     rows = runs.values_list("id", "pid", "started_at")
     dead = [pk for pk, pid, started in rows if pid is None or not lease.pid_alive(pid, started)]
     if not dead:
@@ -145,7 +142,7 @@ class Service:
         # The fire times claimed ahead are the next active scheduler's to run.
         with self.scheduler._jobstores_lock:
             # (Not for long: the database may be why the lease was lost.)
-            self.executor.release_claims(runner.LOST_LEASE, timeout=2)
+            self.executor.book.release(runner.LOST_LEASE, timeout=2)
         self.scheduler._jobstores["default"].deactivate()
         self.write("Lost the leader lease: standing by.")
 
@@ -222,7 +219,7 @@ class Service:
             self.executor.stop_starting()
         self.write(
             f"Scheduler started (pid {os.getpid()}, instance {leadership.instance_id[:8]}, "
-            f"database {db.alias()!r}): {len(self.specs)} job(s) in code. "
+            f"database {conf.database()!r}): {len(self.specs)} job(s) in code. "
             "Stop with Ctrl+C or SIGTERM."
         )
         return leadership, control

@@ -14,14 +14,14 @@ from django.db.models import Avg, Count, Max, OuterRef, Subquery
 from django.utils import timezone
 from django_apscheduler.models import DjangoJob
 
-from scheduler import db, registry
+from scheduler import conf, registry
 from scheduler.models import Job, JobRun
 
 Status = JobRun.Status
 
 
 def _runs():
-    return JobRun.objects.using(db.alias())
+    return JobRun.objects
 
 
 def last_day_by_status(now: datetime) -> dict[str, int]:
@@ -44,7 +44,7 @@ def failing_jobs() -> list[Job]:
         .filter(job_id=OuterRef("pk"), status__in=JobRun.FINAL)
         .order_by("-scheduled_at", "-id")
     )
-    jobs = Job.objects.using(db.alias()).annotate(
+    jobs = Job.objects.annotate(
         last_status=Subquery(last.values("status")[:1]),
         last_failed_at=Subquery(last.values("finished_at")[:1]),
         last_exception=Subquery(last.values("exception")[:1]),
@@ -52,18 +52,14 @@ def failing_jobs() -> list[Job]:
     return list(jobs.filter(last_status=Status.FAILED).order_by("-last_failed_at")[:20])
 
 
-def upcoming(limit: int = 10) -> list[dict[str, Any]]:
+def next_runs(limit: int = 10) -> list[dict[str, Any]]:
     rows = list(
-        DjangoJob.objects.using(db.alias())
+        DjangoJob.objects.using(conf.database())
         .filter(next_run_time__isnull=False)
         .order_by("next_run_time")
         .values("id", "next_run_time")[:limit]
     )
-    names = dict(
-        Job.objects.using(db.alias())
-        .filter(id__in=[row["id"] for row in rows])
-        .values_list("id", "name")
-    )
+    names = dict(Job.objects.filter(id__in=[row["id"] for row in rows]).values_list("id", "name"))
     return [{**row, "name": names.get(row["id"], row["id"])} for row in rows]
 
 
@@ -78,9 +74,7 @@ def slowest_jobs(now: datetime, limit: int = 10) -> list[dict[str, Any]]:
         .order_by("-avg")[:limit]
     )
     names = dict(
-        Job.objects.using(db.alias())
-        .filter(id__in=[row["job_id"] for row in rows])
-        .values_list("id", "name")
+        Job.objects.filter(id__in=[row["job_id"] for row in rows]).values_list("id", "name")
     )
     return [{**row, "name": names.get(row["job_id"], row["job_id"])} for row in rows]
 
@@ -122,7 +116,7 @@ def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
     if trigger is None:
         return []
     stored = (
-        DjangoJob.objects.using(db.alias())
+        DjangoJob.objects.using(conf.database())
         .filter(id=job.id)
         .values_list("next_run_time", flat=True)
         .first()

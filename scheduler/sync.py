@@ -17,7 +17,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from django.db import transaction
 from django.utils import timezone as dj_timezone
 
-from scheduler import db
+from scheduler import bulk, conf, db
 from scheduler.jobstore import JobStore, build_job
 from scheduler.models import Job
 from scheduler.registry import JobSpec
@@ -100,7 +100,7 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
     report = SyncReport()
     # The store rebuilds its jobs from these declarations, never from what it reads.
     store.specs = specs
-    jobs = Job.objects.using(db.alias())
+    jobs = Job.objects
 
     def read_catalog() -> tuple[dict[str, dict[str, Any]], set[str]]:
         # The fingerprint covers every other catalog field, but for the schedule's fields
@@ -150,8 +150,8 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
         report.removed.append(job_id)
 
     def write() -> None:
-        with transaction.atomic(using=db.alias()):
-            db.upsert(Job, to_catalog, [*_CATALOG_FIELDS, "synced_at"])
+        with transaction.atomic(using=conf.database()):
+            bulk.upsert(Job, to_catalog, [*_CATALOG_FIELDS, "synced_at"])
             if gone_from_code:
                 jobs.filter(id__in=gone_from_code).delete()
 

@@ -23,8 +23,8 @@ from django.utils import timezone
 from django.utils.html import strip_tags
 from django_apscheduler.models import DjangoJob
 
-from scheduler import admin as scheduler_admin
-from scheduler import db as scheduler_db
+from scheduler import conf as scheduler_conf
+from scheduler import paginator as scheduler_paginator
 from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.registry import autodiscover
 from scheduler.service import make_scheduler
@@ -140,7 +140,7 @@ def hierarchy_link(response, title: str) -> str:
 
 
 def capture():
-    return CaptureQueriesContext(connections[scheduler_db.alias()])
+    return CaptureQueriesContext(connections[scheduler_conf.database()])
 
 
 def sqls(ctx) -> list[str]:
@@ -426,7 +426,7 @@ def test_run_list_queries_are_bounded(admin_client, catalog, query):
 
 
 def test_run_list_count_stops_at_the_limit(admin_client, catalog, monkeypatch):
-    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    monkeypatch.setattr(scheduler_paginator, "COUNT_LIMIT", 60)
     _many_runs(120)
 
     response = admin_client.get(RUNS_URL)
@@ -440,7 +440,7 @@ def test_run_list_count_stops_at_the_limit(admin_client, catalog, monkeypatch):
 
 
 def test_runs_past_the_count_limit_can_be_paged_to(admin_client, catalog, monkeypatch):
-    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    monkeypatch.setattr(scheduler_paginator, "COUNT_LIMIT", 60)
     runs = _many_runs(120)
 
     page2 = listed_runs(admin_client.get(RUNS_URL, {"p": 2}))
@@ -450,7 +450,7 @@ def test_runs_past_the_count_limit_can_be_paged_to(admin_client, catalog, monkey
 
 
 def test_run_list_states_no_count_it_did_not_make(admin_client, catalog, monkeypatch):
-    monkeypatch.setattr(scheduler_admin, "COUNT_LIMIT", 60)
+    monkeypatch.setattr(scheduler_paginator, "COUNT_LIMIT", 60)
     _many_runs(120)
 
     page = text(admin_client.get(RUNS_URL))
@@ -1236,7 +1236,7 @@ def test_health_banner_says_plainly_that_the_database_cannot_be_reached(caplog):
 
 def test_health_banner_on_a_page_hides_the_database_error(admin_client, catalog, caplog):
     # The rest of the page can be read; the liveness cannot (its table is missing).
-    with connections[scheduler_db.alias()].cursor() as cursor:
+    with connections[scheduler_conf.database()].cursor() as cursor:
         cursor.execute("DROP TABLE scheduler_lease")
 
     with caplog.at_level(logging.ERROR):

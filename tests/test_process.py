@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc.harness import STARTED_LINE, SchedulerEnv, sleep_until_fraction, wait_for
+from tests.proc.harness import (
+    PRUNE,
+    STARTED_LINE,
+    SchedulerEnv,
+    sleep_until_fraction,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -303,7 +309,7 @@ def test_restart_neither_skips_nor_repeats_a_fire_time(scheduler_env: SchedulerE
     time.sleep(2.2)  # two fire times or more fall due while no scheduler runs
 
     second = env.start()
-    assert "3 unchanged" in second.log()
+    assert "4 unchanged" in second.log()  # the three test jobs and the app's own
     restarted = now()
     wait_for(lambda: count(env, TICK, after=restarted) >= 2, 8, "2 ticks after the restart")
     assert second.stop() == 0
@@ -336,17 +342,17 @@ def test_job_removed_from_code_is_removed_from_the_store(scheduler_env: Schedule
     wait_for(lambda: count(env, JOB_A) and count(env, JOB_B), 5, "runs of both A and B")
     assert first.stop() == 0
     history_of_b = env.runs(JOB_B)
-    assert set(env.stored_jobs()) == set(env.catalog()) == {JOB_A, JOB_B}
+    assert set(env.stored_jobs()) == set(env.catalog()) == {JOB_A, JOB_B, PRUNE}
 
     second = env.start(modules="tests.proc.jobs_a")
-    assert "1 removed, 1 unchanged" in second.log()
+    assert "1 removed, 2 unchanged" in second.log()
     restarted = now()
     wait_for(lambda: count(env, JOB_A, after=restarted) >= 1, 5, "A running after the restart")
     assert second.alive()
     assert second.stop() == 0
 
-    assert set(env.stored_jobs()) == {JOB_A}
-    assert set(env.catalog()) == {JOB_A}
+    assert set(env.stored_jobs()) == {JOB_A, PRUNE}
+    assert set(env.catalog()) == {JOB_A, PRUNE}
     # B's history is kept, and B never ran again.
     assert env.runs(JOB_B) == history_of_b
     assert "Traceback" not in second.log()
@@ -455,7 +461,7 @@ def test_list_shows_every_job_with_its_next_run_time(scheduler_env: SchedulerEnv
     listed = env.manage("runapscheduler", "--list", modules=ALL_MODULES)
     assert listed.returncode == 0, listed.stderr
     lines = {line.split("\t")[0]: line for line in listed.stdout.splitlines()}
-    assert set(lines) == {TICK, ECHO, EXPLODE, FAIL, SLOW, JOB_A, JOB_B}
+    assert set(lines) == {TICK, ECHO, EXPLODE, FAIL, SLOW, JOB_A, JOB_B, PRUNE}
     tick = lines[TICK].split("\t")
     assert tick[1] == "Every second: say which fire time it serves."
     assert tick[2] == "cron: second=* (UTC)"

@@ -24,7 +24,7 @@ from django.test.utils import CaptureQueriesContext
 from django_apscheduler.models import DjangoJob
 
 import tests.jobs
-from scheduler import results, runner
+from scheduler import claims, results, runner
 from scheduler.crontab import CronTrigger
 from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun
@@ -247,7 +247,7 @@ def test_logging_of_a_project_logger_named_like_scheduler_is_captured() -> None:
 def test_record_writes_one_row_per_fire_time_and_ignores_conflicts() -> None:
     times = [T0, T0 + SECOND, T0 + 2 * SECOND]
     taken = claimed(at=times[1])
-    runner.record("t.job", "A job", "missed", times, "Missed: the scheduler was down.")
+    runner.did_not_run("t.job", "A job", "missed", times, "Missed: the scheduler was down.")
 
     rows = {r.scheduled_at: r for r in JobRun.objects.filter(job_id="t.job")}
     assert sorted(rows) == times
@@ -260,7 +260,7 @@ def test_record_writes_one_row_per_fire_time_and_ignores_conflicts() -> None:
         assert missed.job_name == "A job" and missed.pid == os.getpid()
 
     # Recording the same fire times again changes nothing and does not raise.
-    runner.record("t.job", "A job", "skipped", times, "Skipped.")
+    runner.did_not_run("t.job", "A job", "skipped", times, "Skipped.")
     assert JobRun.objects.filter(job_id="t.job").count() == 3
     assert not JobRun.objects.filter(status="skipped").exists()
 
@@ -269,7 +269,7 @@ def test_record_writes_one_row_per_fire_time_and_ignores_conflicts() -> None:
 def test_record_keeps_only_the_latest_max_missed_rows(settings) -> None:
     settings.SCHEDULER = {**settings.SCHEDULER, "MAX_MISSED_ROWS": 2}
     times = [T0 + i * SECOND for i in range(5)]
-    runner.record("t.job", "A job", "missed", times, "Missed: down.")
+    runner.did_not_run("t.job", "A job", "missed", times, "Missed: down.")
     rows = list(JobRun.objects.filter(job_id="t.job").order_by("scheduled_at"))
     assert [r.scheduled_at for r in rows] == times[-2:]
     assert rows[0].exception == (
@@ -650,7 +650,7 @@ def test_every_due_run_is_claimed_in_one_statement_before_any_worker_starts() ->
     late = due_job(scheduler, "t.late", at - timedelta(minutes=5))
     try:
         with CaptureQueriesContext(connection) as queries:
-            executor.claim_due([*jobs, late], now)
+            executor.book.claim_due([*jobs, late], now)
         assert len(queries) == 1
         claimed_ids = set(JobRun.objects.filter(status="running").values_list("job_id", flat=True))
         assert claimed_ids == {"t.due0", "t.due1", "t.due2"}
@@ -684,7 +684,7 @@ def test_a_backlog_without_coalesce_is_claimed_whole_before_it_runs() -> None:
     every = IntervalTrigger(seconds=1, start_date=first, timezone=UTC)
     backlog = due_job(scheduler, "t.backlog", first, coalesce=False, trigger=every)
     try:
-        executor.claim_due([backlog], now)
+        executor.book.claim_due([backlog], now)
         times = backlog._get_run_times(now)
         assert len(times) >= 4
         claimed_rows = JobRun.objects.filter(job_id="t.backlog", status="running")
@@ -706,13 +706,13 @@ def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
     full = due_job(scheduler, "t.full", at)
     left = due_job(scheduler, "t.left", at)
     try:
-        executor.claim_due([full, left], now)
+        executor.book.claim_due([full, left], now)
         # t.full reaches max_instances after its claim (a run started meanwhile).
         executor._instances["t.full"] = 1
         with pytest.raises(runner.MaxInstancesReachedError):
             executor.submit_job(full, [at])
         # t.left is never submitted: the next pass finds its claim and closes it.
-        executor.claim_due([], now + SECOND)
+        executor.book.claim_due([], now + SECOND)
     finally:
         executor.shutdown(wait=True)
 
@@ -734,7 +734,7 @@ def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> No
         due_job(scheduler, f"t.soon{i}", now + timedelta(milliseconds=20 * (i + 1)))
         for i in range(4)
     ]
-    later = due_job(scheduler, "t.later", now + runner.CLAIM_AHEAD + SECOND)
+    later = due_job(scheduler, "t.later", now + claims.CLAIM_AHEAD + SECOND)
     asked = []
 
     def upcoming(after: datetime, until: datetime) -> list[APSJob]:
@@ -743,8 +743,8 @@ def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> No
 
     try:
         with CaptureQueriesContext(connection) as queries:
-            executor.claim_due([due], now, upcoming)
-        assert asked == [(now, now + runner.CLAIM_AHEAD)]
+            executor.book.claim_due([due], now, upcoming)
+        assert asked == [(now, now + claims.CLAIM_AHEAD)]
         # One statement for the due run and the next ones, up to the 4 free workers.
         assert len(queries) == 1
         claimed_now = JobRun.objects.filter(status="running")
@@ -761,7 +761,7 @@ def test_the_fire_times_of_the_next_moment_are_claimed_with_the_due_ones() -> No
         # Their turn: no statement at all for claims already made.
         executor.submit_job(due, [due.next_run_time])
         with CaptureQueriesContext(connection) as queries:
-            executor.claim_due(soon[:3], soon[2].next_run_time, upcoming)
+            executor.book.claim_due(soon[:3], soon[2].next_run_time, upcoming)
         assert len(queries) == 0
         for job in soon[:3]:
             executor.submit_job(job, [job.next_run_time])
@@ -789,7 +789,7 @@ def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
     kept = due_job(scheduler, "t.kept", now + 30 * ms)
     future = due_job(scheduler, "t.future", now + 80 * ms)
     try:
-        executor.claim_due([due], now, lambda after, until: [paused, earlier, kept, future])
+        executor.book.claim_due([due], now, lambda after, until: [paused, earlier, kept, future])
         executor.submit_job(due, [due.next_run_time])
         # (t.now's worker may have finished it already: only the claims ahead are sure
         # to be running.)
@@ -800,7 +800,7 @@ def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
         # Meanwhile t.paused was paused (it is no longer due at its time), and
         # t.earlier was rescheduled to an earlier time, due now.
         earlier.next_run_time = now + 20 * ms
-        executor.claim_due([earlier], now + 20 * ms)
+        executor.book.claim_due([earlier], now + 20 * ms)
         # Their claims are given back: the fire times they were made for never came.
         # t.earlier's new time is claimed in their stead.
         assert sorted(JobRun.objects.values_list("job_id", "scheduled_at")) == sorted(
@@ -812,7 +812,7 @@ def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
             ]
         )
         executor.submit_job(earlier, [earlier.next_run_time])
-        executor.claim_due([kept], now + 30 * ms)
+        executor.book.claim_due([kept], now + 30 * ms)
         executor.submit_job(kept, [kept.next_run_time])
         # The scheduler stops before t.future's time: it did not run, and was not due.
         executor.shutdown(wait=True)
@@ -856,11 +856,11 @@ def test_the_active_store_reads_a_job_only_when_it_is_needed(store: JobStore) ->
     store.activate()
     try:
         # Only ids and next run times are read at take-over; jobs are built when needed.
-        assert set(store._index.jobs.values()) == {None}
+        assert set(store._view.index.jobs.values()) == {None}
         with CaptureQueriesContext(connection) as queries:
             due = store.get_due_jobs(datetime.now(UTC))
         assert [job.id for job in due] == ["t.due"] and len(queries) == 0
-        assert store._index.jobs["t.later"] is None
+        assert store._view.index.jobs["t.later"] is None
         assert sorted(job.id for job in store.get_all_jobs()) == ["t.due", "t.gone", "t.later"]
     finally:
         store.deactivate()
@@ -869,9 +869,9 @@ def test_the_active_store_reads_a_job_only_when_it_is_needed(store: JobStore) ->
 def test_datetimes_are_written_as_django_writes_them() -> None:
     from zoneinfo import ZoneInfo
 
-    from scheduler import db
+    from scheduler import bulk
 
-    adapt = db.datetime_adapter(connection)
+    adapt = bulk.datetime_adapter(connection)
     paris = ZoneInfo("Europe/Paris")
     values = [
         None,

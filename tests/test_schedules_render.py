@@ -27,7 +27,7 @@ from scheduler.registry import JobSpec, cron, interval
 from scheduler.service import make_scheduler
 from scheduler.sync import sync
 from tests import schedule_cases
-from tests.proc.harness import SchedulerEnv
+from tests.proc.harness import PRUNE, SchedulerEnv
 from tests.proc.pg import PgSchedulerEnv, postgres_server
 
 pytestmark = pytest.mark.django_db
@@ -148,7 +148,7 @@ def test_runapscheduler_lists_every_accepted_declaration(scheduler_env: Schedule
     result = scheduler_env.manage("runapscheduler", "--list", modules="tests.schedule_cases_jobs")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line.split("\t")[0]: line for line in result.stdout.splitlines()}
-    assert set(lines) == set(schedule_cases.IDS)
+    assert set(lines) == {*schedule_cases.IDS, PRUNE}
     assert f"\tcron: {schedule_cases.LONG_CRONTAB} (UTC)\t" in lines["cases.crontab.long"]
     assert "\tcron: minute=1, 2 (UTC)\tnext: " in lines["cases.fields.comma.space"]
     assert lines["cases.options.disabled"].endswith("\tnext: disabled")
@@ -173,8 +173,9 @@ def test_a_scheduler_on_postgresql_writes_every_accepted_declaration_to_the_cata
             env.cleanup()
         rows = env.query("SELECT id, schedule, schedule_fields FROM scheduler_job")
     catalog = {row["id"]: row for row in rows}
-    assert set(catalog) == set(schedule_cases.IDS)
-    for job_id, row in catalog.items():
+    assert set(catalog) == {*schedule_cases.IDS, PRUNE}
+    for job_id in schedule_cases.IDS:
+        row = catalog[job_id]
         assert row["schedule_fields"] == registry[job_id].schedule
         assert len(row["schedule"]) <= 255
     assert catalog["cases.crontab.long"]["schedule"].endswith("…")

@@ -3,47 +3,25 @@
 from __future__ import annotations
 
 import calendar
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from django import template
 from django.contrib.admin.templatetags.admin_list import date_hierarchy
 from django.contrib.admin.views.main import ChangeList
-from django.db import DatabaseError
 from django.utils import formats, timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
-from scheduler import describe
+from scheduler import describe, health, paginator
 
-logger = logging.getLogger(__name__)
 register = template.Library()
-
-
-def staff_health() -> dict[str, Any]:
-    """``lease.health()`` for the admin: when the database fails, a plain message.
-
-    The database's own error text can name its host, port and user; every
-    staff member sees these pages, so the text goes to the server log instead.
-    (``manage.py schedulerstatus``, an operator's tool, prints it as it is.)
-    """
-    from scheduler import lease
-
-    try:
-        return lease.health()
-    except DatabaseError:
-        logger.error("Cannot read whether a scheduler is alive from its database", exc_info=True)
-        return {
-            "ok": False,
-            "error": _("The scheduler's database cannot be read; details are in the server log."),
-        }
 
 
 @register.simple_tag
 def scheduler_health() -> dict[str, Any]:
     """Whether an active scheduler is alive, for the warning on the scheduler's pages."""
-    return staff_health()
+    return health.for_staff()
 
 
 @register.simple_tag
@@ -58,10 +36,8 @@ def badge(status: str, label: str) -> str:
 
 @register.simple_tag
 def count_limit() -> int:
-    """How far the runs list counts (see BoundedCountPaginator)."""
-    from scheduler.admin import COUNT_LIMIT
-
-    return COUNT_LIMIT
+    """How far the runs list counts (see scheduler.paginator)."""
+    return paginator.COUNT_LIMIT
 
 
 @register.simple_tag

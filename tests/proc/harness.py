@@ -19,6 +19,8 @@ PYTHON = sys.executable
 STARTED_LINE = "Scheduler started"
 # Printed once it holds the leader lease, has synced the job store and runs jobs.
 ACTIVE_LINE = "Active scheduler now"
+# The app's own job (scheduler/jobs.py), registered in every project besides the tests' jobs.
+PRUNE = "scheduler.prune_history"
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from django_apscheduler.models import DjangoJob
 
-from scheduler import claims, db, results, runner
+from scheduler import bulk, claims, results, runner
 from scheduler.jobstore import _TimeRow
 from scheduler.models import JobRun
 
@@ -37,5 +37,5 @@ results.write([unfinished])
 DjangoJob.objects.create(id="pg.job", next_run_time=AT, job_state=b"")
 paused = _TimeRow.__new__(_TimeRow)
 paused.pk, paused.next_run_time = "pg.job", None
-db.update_many(DjangoJob, [paused], ["next_run_time"])
+bulk.update_many(DjangoJob, [paused], ["next_run_time"])
 print("next run time", DjangoJob.objects.get(id="pg.job").next_run_time)

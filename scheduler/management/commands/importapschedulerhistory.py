@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django_apscheduler.models import DjangoJobExecution
 
-from scheduler import db
+from scheduler import conf
 from scheduler.models import JobRun
 
 # django-apscheduler's statuses, mapped to ours.
@@ -43,7 +43,7 @@ class Command(BaseCommand):
         if batch_size < 1:
             # Checked here rather than by argparse: one line, not a usage screen.
             raise CommandError(f"--batch-size must be a positive number of rows, not {batch_size}.")
-        alias = db.alias()
+        alias = conf.database()
         self.check_tables(alias)
         executions = DjangoJobExecution.objects.using(alias).order_by("id")
         imported = seen = 0

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django_apscheduler.models import DjangoJob
 
-from scheduler import db
+from scheduler import conf, db
 from scheduler.registry import autodiscover
 
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
 
     def list_jobs(self) -> None:
         specs = autodiscover()
-        stored = dict(DjangoJob.objects.using(db.alias()).values_list("id", "next_run_time"))
+        stored = dict(DjangoJob.objects.using(conf.database()).values_list("id", "next_run_time"))
         now = datetime.now(UTC)
         if not specs:
             self.stdout.write("No jobs are registered.")

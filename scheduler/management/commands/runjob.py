@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 import time
 from typing import Any
@@ -9,10 +8,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from scheduler import conf, db, lease, results, runner
-from scheduler.control import notify
+from scheduler import conf, db, health, lease, results, runner
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, autodiscover
+from scheduler.requests import notify
 
 Status = JobRun.Status
 
@@ -90,17 +89,9 @@ class Slot:
     def __init__(self, spec: JobSpec, instance_id: str, say: Any) -> None:
         self.spec = spec
         self.say = say
-        self.runs = JobRun.objects.using(db.alias())
-        self.request = JobRun(
-            job_id=spec.id,
-            job_name=spec.name,
-            status=Status.QUEUED,
-            trigger=JobRun.Trigger.MANUAL,
-            scheduled_at=timezone.now(),
-            hostname=runner.HOSTNAME,
-            pid=os.getpid(),
-            instance=instance_id,
-            requested_by=f"runjob ({_user()})"[:150],
+        self.runs = JobRun.objects
+        self.request = JobRun.objects.request_row(
+            spec.id, spec.name, f"runjob ({_user()})", instance_id
         )
 
     def take(self, no_wait: bool) -> JobRun | None:
@@ -133,9 +124,9 @@ class Slot:
         return 2 * float(conf.get("POLL_INTERVAL")) + 1.0
 
     def _granted(self) -> bool:
-        if lease.health_or_error()["ok"]:
+        if health.health_or_error()["ok"]:
             if self.request.pk is None:
-                self.request.save(using=db.alias(), force_insert=True)
+                self.request.save(using=conf.database(), force_insert=True)
                 notify()
             status = self.runs.filter(pk=self.request.pk).values_list("status", flat=True).first()
             if status == Status.RUNNING:
@@ -150,7 +141,7 @@ class Slot:
             return False
         self.request.status = Status.RUNNING
         if self.request.pk is None:
-            self.request.save(using=db.alias(), force_insert=True)
+            self.request.save(using=conf.database(), force_insert=True)
             return True
         return bool(
             self.runs.filter(pk=self.request.pk, status=Status.QUEUED).update(status=Status.RUNNING)
@@ -164,7 +155,7 @@ class Slot:
         if self.request.pk is None:
             self.request.status, self.request.exception = status, reason
             self.request.finished_at = timezone.now()
-            self.request.save(using=db.alias(), force_insert=True)
+            self.request.save(using=conf.database(), force_insert=True)
             return True
         return bool(
             self.runs.filter(pk=self.request.pk, status=Status.QUEUED).update(

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError
 
-from scheduler import db, lease
+from scheduler import db, health
 
 
 class Command(BaseCommand):
@@ -35,7 +35,7 @@ def current_status() -> dict[str, Any]:
         return {"ok": False, "error": str(exc), "not_migrated": True}
     except DatabaseError:
         pass  # health says the database is unavailable
-    return lease.health_or_error()
+    return health.health_or_error()
 
 
 def summary(status: dict[str, Any]) -> str:
