@@ -162,6 +162,8 @@ class Control(threading.Thread):
             except BaseException:
                 self.executor.unreserve(job_id)
                 runner.requeue(run)
+                if self.executor.stopping.is_set():
+                    return started  # a stop came first: the next active scheduler runs it
                 raise
             future.add_done_callback(_requeue_if_cancelled(run))
             started += 1

@@ -61,10 +61,17 @@ fire times without exactly one row
     status; a row for a time that is no fire time counts too.
 run-now requests without a final row
     every request must end in a row in a final status (requests stop 8 s
-    before the end, so each had time to be taken).
+    before the end, so each had time to be taken), unless it waited its turn:
+    requests of a slow job pile up behind each other (run-now takes one of the
+    job's ``max_instances`` slots), and a clean stop leaves the rest
+    ``queued`` for the next scheduler. A request left queued is excused only
+    if, from the moment it was made to the final SIGTERM, runs of its job (from
+    the marks; a run of a killed process ends with the process) filled every
+    slot, with no gap over 1 s.
 rows left running or queued
     after the clean stop, no row may be ``running``, nor ``queued`` (all
-    requests are older than 8 s by then).
+    requests are older than 8 s by then), but for a request that waited its
+    turn as above.
 rows contradicting the marks
     ``succeeded`` needs a start line and an end line that says ok; ``failed``
     needs a start line and an end line that says fail (and no "could not start
@@ -170,6 +177,9 @@ SETTINGS = {"LEASE_SECONDS": LEASE, "HEARTBEAT_INTERVAL": 1, "POLL_INTERVAL": 0.
 SETTINGS["SHUTDOWN_GRACE"] = GRACE
 PROCESSES = {"postgres": 3, "sqlite": 2}
 QUIET_END = 15.0  # seconds without chaos before the final stop
+# A slot freed is taken within a poll (0.2 s) and a claim: more than this, and the
+# queue did not move.
+QUEUE_GAP = 1.0
 REQUESTS_END = 8.0  # seconds before the final stop when requests stop
 RESULT_WINDOW = 2.0  # a result may wait this long in a process before it is written
 STOP_SETTLE = 5.0  # a stop takes at most SHUTDOWN_GRACE + this (README)
@@ -1010,9 +1020,51 @@ class Checker:
                             f"{self.when(request.at)}: no row",
                         )
                     )
-            elif row["status"] not in FINAL:
+            elif row["status"] not in FINAL and not self.waited_its_turn(row):
                 found.append((f"left {row['status']}", self.row_text(row)))
         return found
+
+    def busy_spans(self, job_id: str) -> list[tuple[float, float]]:
+        """When runs of ``job_id`` (any trigger, any process) were going, from the marks: a
+        start without an end lasts until its process ended (or the final stop)."""
+        spans = []
+        for (job, at), starts in self.starts.items():
+            if job != job_id:
+                continue
+            ends = self.ends.get((job, at), [])
+            for start in starts:
+                life = self.by_pid.get(start.pid)
+                died = life.ended if life is not None and life.ended is not None else None
+                end = min((m.t for m in ends), default=died or self.soak.t_stop)
+                spans.append((start.t, end))
+        return sorted(spans)
+
+    def waited_its_turn(self, row: dict[str, Any]) -> bool:
+        """A request left ``queued`` at the clean stop is right only if it never had a free
+        slot: from the moment it was made until the final SIGTERM, runs of its job filled
+        every one of its ``max_instances`` slots (requests of a slow job pile up behind
+        each other; a clean stop leaves the rest queued for the next scheduler)."""
+        if row["status"] != "queued" or row["trigger"] != "manual":
+            return False
+        spec = self.jobs.get(row["job_id"])
+        slots = spec.max_instances if spec is not None else 1
+        begin, stop = row["scheduled_at"].timestamp(), self.soak.t_stop
+        spans = self.busy_spans(row["job_id"])
+        # Starts before ends at the same instant: a slot handed straight on is not free.
+        events = sorted(
+            [(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], -e[1])
+        )
+        going = 0
+        free_since: float | None = begin  # free until shown busy
+        for when, step in events:
+            going += step
+            if going >= slots and free_since is not None:
+                if min(when, stop) - max(free_since, begin) > QUEUE_GAP:
+                    return False  # a slot stayed free that long: the queue did not move
+                free_since = None
+            elif going < slots and free_since is None:
+                free_since = when
+        return free_since is None or stop - max(free_since, begin) <= QUEUE_GAP
 
     def left_running(self) -> list[Finding]:
         cutoff = datetime.fromtimestamp(self.soak.t_stop - REQUESTS_END + 1, UTC)
@@ -1020,7 +1072,11 @@ class Checker:
             (f"{row['status']} ({row['trigger']})", self.row_text(row))
             for row in self.rows
             if row["status"] == "running"
-            or (row["status"] == "queued" and row["scheduled_at"] < cutoff)
+            or (
+                row["status"] == "queued"
+                and row["scheduled_at"] < cutoff
+                and not self.waited_its_turn(row)
+            )
         ]
 
     def interrupted_may_have_ended(self, end: Mark) -> bool:

@@ -1,0 +1,67 @@
+"""scheduler/control.py: requests from the admin, carried out by the active scheduler.
+
+The end-to-end paths (run now, pause, resume through the admin and a real
+``runapscheduler``) are in test_process.py and test_robustness.py; here, the
+control thread's own decisions on a real database and a real executor.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from scheduler.control import Control
+from scheduler.models import JobRun
+from tests.test_runner import started_executor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class StopAfterTheLook(threading.Event):
+    """A stop signal that lands just after the control loop looked for one: the first
+    look sees none, every later one does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+def queued_request(job_id: str = "t.hourly") -> JobRun:
+    request = JobRun.objects.request_row(job_id, job_id, "tester")
+    request.save()
+    return request
+
+
+def test_a_stop_between_the_look_and_the_submission_puts_the_request_back_quietly() -> None:
+    """The stop signal's shutdown closes the pool while the control thread is between its
+    look at the stop flag and the submission: the request goes back to the queue for the
+    next active scheduler, and no error is raised (the soak found a traceback here)."""
+    scheduler, executor = started_executor(1)
+    request = queued_request()
+    executor.stopping = StopAfterTheLook()
+    executor._pool.shutdown(wait=False)  # what the stop does, concurrently
+    control = Control(scheduler, executor, threading.Event())
+
+    assert control.start_queued_runs() == 0
+
+    request.refresh_from_db()
+    assert request.status == JobRun.Status.QUEUED
+    assert (request.pid, request.instance, request.hostname) == (None, "", "")
+
+
+def test_a_submission_that_fails_without_a_stop_is_an_error_and_the_request_stays_queued() -> None:
+    scheduler, executor = started_executor(1)
+    request = queued_request()
+    executor._pool.shutdown(wait=False)
+    control = Control(scheduler, executor, threading.Event())
+
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        control.start_queued_runs()
+
+    request.refresh_from_db()
+    assert request.status == JobRun.Status.QUEUED
