@@ -26,9 +26,11 @@ from typing import Protocol
 from apscheduler.job import Job
 from django.db import connections
 
-from scheduler import bulk, conf, db, lease, results
+from scheduler import bulk, conf, db
+from scheduler.lease import Standing
 from scheduler.models import JobRun
 from scheduler.registry import registry
+from scheduler.results import ResultWriter
 
 logger = logging.getLogger(__name__)
 
@@ -45,64 +47,99 @@ class _Claim:
         self.ready = threading.Event()
 
 
-_lock = threading.Lock()
-_pending: list[_Claim] = []
-_writing = False
+class Claims:
+    """This process's claims of scheduled runs: single claims written in groups
+    (``claim``), the main loop's many in one statement (``claim_many``), and claims made
+    ahead given back (``withdraw``). Owned by the service, through its runner."""
 
+    def __init__(self, standing: Standing, results: ResultWriter) -> None:
+        self.standing = standing
+        self.results = results
+        self._lock = threading.Lock()
+        self._pending: list[_Claim] = []
+        self._writing = False
 
-def claim(run: JobRun, timeout: float | None = None) -> bool:
-    """Insert ``run``'s row; False if that (job, fire time) is someone else's already.
+    def new_row(self, job_id: str, job_name: str, at: datetime) -> JobRun:
+        """The (unsaved) ``running`` row that claims ``at`` for this process."""
+        return JobRun.objects.claim_row(job_id, job_name, at, self.standing.instance_id)
 
-    Retries through outages for up to ``timeout`` seconds (``DB_RETRY_TIMEOUT``), then
-    raises the database error.
-    """
-    global _writing
-    mine = _Claim(run)
-    with _lock:
-        _pending.append(mine)
-        if not _writing:
-            _writing = mine.lead = True
-    while not mine.done:
-        if not mine.lead:
-            mine.ready.wait()
-            mine.ready.clear()
-        if mine.lead and not mine.done:
-            _write_group(timeout)
-    if mine.error is not None:
-        raise mine.error
-    return mine.won
+    def claim(self, run: JobRun, timeout: float | None = None) -> bool:
+        """Insert ``run``'s row; False if that (job, fire time) is someone else's already.
 
+        Retries through outages for up to ``timeout`` seconds (``DB_RETRY_TIMEOUT``), then
+        raises the database error.
+        """
+        mine = _Claim(run)
+        with self._lock:
+            self._pending.append(mine)
+            if not self._writing:
+                self._writing = mine.lead = True
+        while not mine.done:
+            if not mine.lead:
+                mine.ready.wait()
+                mine.ready.clear()
+            if mine.lead and not mine.done:
+                self._write_group(timeout)
+        if mine.error is not None:
+            raise mine.error
+        return mine.won
 
-def claim_many(runs: list[JobRun]) -> list[JobRun]:
-    """Insert the rows in one statement, in this thread, without retrying; the runs that won."""
-    won = _insert(runs)
-    return [run for run in runs if id(run) in won]
+    def claim_many(self, runs: list[JobRun]) -> list[JobRun]:
+        """Insert the rows in one statement, in this thread, without retrying; the runs that
+        won."""
+        won = self._insert(runs)
+        return [run for run in runs if id(run) in won]
 
-
-def _write_group(timeout: float | None) -> None:
-    global _writing
-    with _lock:
-        group = list(_pending)
-        _pending.clear()
-    try:
-        runs = [entry.run for entry in group]
-        won = db.retrying(lambda: _insert(runs), "record the start of runs", timeout)
+    def _write_group(self, timeout: float | None) -> None:
+        with self._lock:
+            group = list(self._pending)
+            self._pending.clear()
+        try:
+            runs = [entry.run for entry in group]
+            won = db.retrying(lambda: self._insert(runs), "record the start of runs", timeout)
+            for entry in group:
+                entry.won = id(entry.run) in won
+        except BaseException as exc:  # every waiting thread must learn of it, whatever it is
+            for entry in group:
+                entry.error = exc
+        with self._lock:
+            for entry in group:
+                entry.done = True
+                entry.lead = False
+            if self._pending:
+                self._pending[0].lead = True
+                self._pending[0].ready.set()
+            else:
+                self._writing = False
         for entry in group:
-            entry.won = id(entry.run) in won
-    except BaseException as exc:  # every waiting thread must learn of it, whatever it is
-        for entry in group:
-            entry.error = exc
-    with _lock:
-        for entry in group:
-            entry.done = True
-            entry.lead = False
-        if _pending:
-            _pending[0].lead = True
-            _pending[0].ready.set()
-        else:
-            _writing = False
-    for entry in group:
-        entry.ready.set()
+            entry.ready.set()
+
+    def _insert(self, runs: list[JobRun]) -> set[int]:
+        won = insert(runs)
+        self.results.opened(run for run in runs if id(run) in won)
+        return won
+
+    def withdraw(self, runs: list[JobRun], timeout: float | None = None) -> bool:
+        """Delete claims made ahead for fire times that did not come: no run was due.
+
+        Done at once or not at all: a row deleted later, after another scheduler
+        found the fire time taken and skipped it, would leave that fire time with
+        no row. False when it could not be done (the caller records them missed).
+        """
+        ids = [run.pk for run in runs]
+        try:
+            db.retrying(
+                lambda: JobRun.objects.filter(pk__in=ids, status=JobRun.Status.RUNNING).delete(),
+                "give back fire times claimed ahead",
+                WITHDRAW_TIMEOUT if timeout is None else min(timeout, WITHDRAW_TIMEOUT),
+            )
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            logger.warning("Could not give back %d fire time(s) claimed ahead: %s", len(ids), exc)
+            return False
+        self.results.closed(ids)
+        return True
 
 
 # The columns a claim writes; the other text columns are empty and the rest NULL.
@@ -132,7 +169,7 @@ def _sql(vendor: str, count: int) -> str:
     )
 
 
-def _insert(runs: list[JobRun]) -> set[int]:
+def insert(runs: list[JobRun]) -> set[int]:
     """One INSERT for the runs; the ids (of the Python objects) of the runs that won."""
     connection = connections[conf.database()]
     when = bulk.datetime_adapter(connection)
@@ -156,7 +193,6 @@ def _insert(runs: list[JobRun]) -> set[int]:
             run._state.adding = False
             run._state.db = conf.database()
             won.add(id(run))
-    results.opened(run for run in runs if id(run) in won)
     return won
 
 
@@ -225,7 +261,8 @@ class ClaimBook:
     the main loop paused, by the thread that stops it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, claims: Claims) -> None:
+        self.claims = claims
         self._claimed: dict[str, Claimed] = {}
         self.slots: Slots | None = None  # set by the executor
 
@@ -241,7 +278,7 @@ class ClaimBook:
         assert slots is not None, "the claim book has no executor"
         due = {job.id: job for job in jobs}
         self._close_stale(due, now)
-        if not jobs or slots.closed or not lease.holds():
+        if not jobs or slots.closed or not self.claims.standing.holds():
             return
         free = slots.free_workers()
         groups: list[tuple[Job, list[JobRun], bool]] = []
@@ -256,7 +293,7 @@ class ClaimBook:
                 times = times[-1:]
             times = [at for at in times if not too_late(job, at)]
             if times:
-                groups.append((job, [_new_claim(job, at) for at in times], False))
+                groups.append((job, [self._new_claim(job, at) for at in times], False))
                 free -= 1
         if not groups:
             return  # nothing due needs a claim now: no statement at all
@@ -266,10 +303,10 @@ class ClaimBook:
                     break
                 if job.id in self._claimed or job.id in due or slots.slots_taken(job):
                     continue
-                groups.append((job, [_new_claim(job, job.next_run_time)], True))
+                groups.append((job, [self._new_claim(job, job.next_run_time)], True))
                 free -= 1
         try:
-            won = {id(run) for run in claim_many([r for _, g, _ in groups for r in g])}
+            won = {id(run) for run in self.claims.claim_many([r for _, g, _ in groups for r in g])}
         except Exception as exc:
             if db.is_transient(exc):
                 db.close_broken()
@@ -314,47 +351,22 @@ class ClaimBook:
                 "Missed: the scheduler claimed this fire time but did not start it.",
             )
 
-    @staticmethod
-    def give_back(claimed: Claimed, reason: str, timeout: float | None = None) -> None:
+    def give_back(self, claimed: Claimed, reason: str, timeout: float | None = None) -> None:
         # A fire time claimed ahead and not submitted did not come as claimed, or
         # comes after this scheduler stopped: a later start catches up on it.
         # One claimed when it was due, and not submitted, was missed.
-        if claimed.ahead and lease.holds() and withdraw(claimed.runs, timeout):
+        claims = self.claims
+        if claimed.ahead and claims.standing.holds() and claims.withdraw(claimed.runs, timeout):
             return
         for run in claimed.runs:
-            results.abandon(run, JobRun.Status.MISSED, reason)
+            claims.results.abandon(run, JobRun.Status.MISSED, reason)
 
-
-def _new_claim(job: Job, at: datetime) -> JobRun:
-    spec = registry.get(job.id)
-    name = spec.name if spec else job.name
-    run = JobRun.objects.claim_row(job.id, name, at, lease.instance_id())
-    # Claimed ahead: the planned start until the run records its real one.
-    run.started_at = max(run.started_at, at)
-    return run
-
-
-def withdraw(runs: list[JobRun], timeout: float | None = None) -> bool:
-    """Delete claims made ahead for fire times that did not come: no run was due.
-
-    Done at once or not at all: a row deleted later, after another scheduler
-    found the fire time taken and skipped it, would leave that fire time with
-    no row. False when it could not be done (the caller records them missed).
-    """
-    ids = [run.pk for run in runs]
-    try:
-        db.retrying(
-            lambda: JobRun.objects.filter(pk__in=ids, status=JobRun.Status.RUNNING).delete(),
-            "give back fire times claimed ahead",
-            WITHDRAW_TIMEOUT if timeout is None else min(timeout, WITHDRAW_TIMEOUT),
-        )
-    except Exception as exc:
-        if not db.is_transient(exc):
-            raise
-        logger.warning("Could not give back %d fire time(s) claimed ahead: %s", len(ids), exc)
-        return False
-    results.closed(ids)
-    return True
+    def _new_claim(self, job: Job, at: datetime) -> JobRun:
+        spec = registry.get(job.id)
+        run = self.claims.new_row(job.id, spec.name if spec else job.name, at)
+        # Claimed ahead: the planned start until the run records its real one.
+        run.started_at = max(run.started_at, at)
+        return run
 
 
 def too_late(job: Job, run_time: datetime) -> str:

@@ -14,21 +14,27 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
 
-from scheduler import claims, conf, db, lease, results, runner
+from scheduler import conf, db
+from scheduler.claims import WITHDRAW_TIMEOUT
+from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun
 from scheduler.registry import registry
 from scheduler.requests import CHANNEL
+from scheduler.runner import Executor, Runner
 
 logger = logging.getLogger(__name__)
 
 
-def _requeue_if_cancelled(run: JobRun):
-    def callback(future) -> None:
+def _requeue_if_cancelled(runner: Runner, run: JobRun) -> Callable[[Future[Any]], None]:
+    def callback(future: Future[Any]) -> None:
         if future.cancelled():
             # The scheduler stopped before a worker was free: the next one runs it.
             runner.requeue(run)
@@ -61,11 +67,18 @@ class _Listener:
 
 class Control(threading.Thread):
     def __init__(
-        self, scheduler: BaseScheduler, executor: runner.Executor, stop: threading.Event
+        self,
+        scheduler: BaseScheduler,
+        store: JobStore,
+        executor: Executor,
+        stop: threading.Event,
     ) -> None:
         super().__init__(name="scheduler-control", daemon=True)
         self.scheduler = scheduler
+        self.store = store
         self.executor = executor
+        self.runner = executor.runner
+        self.standing = executor.runner.standing
         self.stop = stop
         self._listener: _Listener | None = None
         self._listen = connections[conf.database()].vendor == "postgresql"
@@ -76,7 +89,7 @@ class Control(threading.Thread):
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
-        if self._listen and lease.holds():
+        if self._listen and self.standing.holds():
             try:
                 if self._listener is None:
                     self._listener = _Listener()
@@ -108,14 +121,14 @@ class Control(threading.Thread):
             self._listener.close()
 
     def poll(self) -> None:
-        if not lease.holds():
+        if not self.standing.holds():
             self._suspects = set()
             return  # the active scheduler carries out admin requests
         changed = self.apply_pause_changes()
         self.watch_running()
         started = self.start_queued_runs()
         # The active scheduler's next run times live in memory; write them back.
-        self.scheduler._jobstores["default"].flush()
+        self.store.flush()
         if changed or started:
             self.scheduler.wakeup()
 
@@ -147,32 +160,32 @@ class Control(threading.Thread):
             # Claimed: ours alone now. started_at is set when a worker really starts it.
             claimed = runs.filter(pk=run_id, status=JobRun.Status.QUEUED).update(
                 status=JobRun.Status.RUNNING,
-                hostname=runner.HOSTNAME,
+                hostname=conf.HOSTNAME,
                 pid=os.getpid(),
-                instance=lease.instance_id(),
+                instance=self.standing.instance_id,
             )
             if not claimed:
                 self.executor.unreserve(job_id)
                 continue
             run = runs.get(pk=run_id)
-            results.opened([run])
+            self.runner.results.opened([run])
             logger.info("Running %r now, as requested by %s", run.job_id, run.requested_by or "?")
             try:
                 future = self.executor.submit_manual(run)
             except BaseException:
                 self.executor.unreserve(job_id)
-                runner.requeue(run)
+                self.runner.requeue(run)
                 if self.executor.stopping.is_set():
                     return started  # a stop came first: the next active scheduler runs it
                 raise
-            future.add_done_callback(_requeue_if_cancelled(run))
+            future.add_done_callback(_requeue_if_cancelled(self.runner, run))
             started += 1
         return started
 
     def watch_running(self) -> None:
         """Count the runs of other processes against max_instances, and sweep our own
         ``running`` rows that nothing in this process will finish."""
-        me = lease.instance_id()
+        me = self.standing.instance_id
         rows = list(
             JobRun.objects.filter(status=JobRun.Status.RUNNING)
             .exclude(instance="")
@@ -185,17 +198,17 @@ class Control(threading.Thread):
         self._last_sweep = now
         # Read after the rows: a run claimed since is open by now, and one closed
         # since is final in the database.
-        live = results.open_ids()
+        live = self.runner.results.open_ids()
         suspects = {pk for pk, _, owner in rows if owner == me and pk not in live}
         # Twice in a row, a sweep apart: a claim is opened just after its INSERT returns.
         lost = sorted(suspects & self._suspects)
         self._suspects = suspects - set(lost)
         if lost:
-            count = runner.interrupt(
+            count = self.runner.interrupt(
                 lost,
                 "Interrupted: the scheduler that claimed it had no thread running it "
                 "(found by its own sweep).",
-                claims.WITHDRAW_TIMEOUT,
+                WITHDRAW_TIMEOUT,
             )
             logger.error("Marked %d run(s) of this scheduler with no thread as interrupted.", count)
 

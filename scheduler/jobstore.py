@@ -42,8 +42,11 @@ from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
-from scheduler import bulk, claims, conf, db, lease, results
+from scheduler import bulk, conf, db
+from scheduler.claims import ClaimBook
+from scheduler.lease import Alone, Standing
 from scheduler.registry import JobSpec, registry
+from scheduler.results import ResultWriter
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +266,7 @@ class _IndexView:
         with self.store._lock:
             if not self.dirty:
                 return
-            if not lease.holds():
+            if not self.store.standing.holds():
                 # The store now belongs to the new leader: our old times would undo its work.
                 self.forget()
                 return
@@ -276,7 +279,7 @@ class _IndexView:
         # The rows of the fire times these jobs moved past without running them
         # (missed, skipped) go first: a kill -9 must not leave a fire time with neither
         # a row nor a next run time before it.
-        if not results.wait_not_run(LOOP_RETRY_TIMEOUT):
+        if not self.store.results.wait_not_run(LOOP_RETRY_TIMEOUT):
             with self.store._lock:
                 self.dirty |= dirty
             return
@@ -325,7 +328,7 @@ class JobStore(DjangoJobStore):
     def __init__(
         self,
         specs: Mapping[str, JobSpec] | None = None,
-        book: claims.ClaimBook | None = None,
+        book: ClaimBook | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -338,6 +341,10 @@ class JobStore(DjangoJobStore):
         # The main loop's claims: it claims the due jobs before they are submitted,
         # and gives back a claim made ahead when its job changes or goes.
         self.book = book
+        # Whether this process may advance the shared next run times (the lease), and
+        # the writer of the rows of fire times that did not run: the book's, if any.
+        self.standing: Standing = book.claims.standing if book is not None else Alone()
+        self.results = book.claims.results if book is not None else ResultWriter()
 
     # -- which view -------------------------------------------------------------------
 
@@ -381,7 +388,7 @@ class JobStore(DjangoJobStore):
             return self._view.lookup(job_id)
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
-        if self._closed or not lease.holds():
+        if self._closed or not self.standing.holds():
             # A scheduler that stops or lost its lease must not advance the shared
             # next run times.
             return []

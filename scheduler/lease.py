@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from django.db.models import Case, F, Q, When
 from django.db.models.functions import Now
@@ -37,20 +38,30 @@ logger = logging.getLogger(__name__)
 # The one lease row.
 NAME = health.LEASE_NAME
 
-_current: Leadership | None = None
+
+class Standing(Protocol):
+    """What the runtime asks of the lease: may this process start scheduled runs, and
+    under which instance id does it write its rows."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    def holds(self) -> bool: ...
 
 
-def instance_id() -> str:
-    """This process's SchedulerInstance id, or "" outside ``runapscheduler``."""
-    return _current.instance_id if _current is not None else ""
+class Alone:
+    """The standing of a process without a leadership loop (``runjob``, a test): it is on
+    its own, so it always may."""
 
+    def __init__(self, instance_id: str = "") -> None:
+        self._instance_id = instance_id
 
-def holds() -> bool:
-    """True when this process may start scheduled runs.
+    @property
+    def instance_id(self) -> str:
+        return self._instance_id
 
-    Without a leadership loop (``runjob``, tests), the process is on its own.
-    """
-    return _current is None or _current.is_leader()
+    def holds(self) -> bool:
+        return True
 
 
 class Leadership(threading.Thread):
@@ -71,15 +82,11 @@ class Leadership(threading.Thread):
         # Since when (monotonic) this process has reached the database without a failure.
         self._in_contact_since: float | None = None
 
-    def is_leader(self) -> bool:
+    def holds(self) -> bool:
+        """True while this process may start scheduled runs (it holds the lease)."""
         return self._leader and time.monotonic() < self._deadline
 
     # -- the loop ---------------------------------------------------------------
-
-    def start(self) -> None:
-        global _current
-        _current = self
-        super().start()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -227,11 +234,9 @@ class Leadership(threading.Thread):
 
     def finish(self) -> None:
         """The process is leaving: record it as stopped."""
-        global _current
         self.stop.set()
         self.join(timeout=5)
         record_stopped(self.instance_id)
-        _current = None
 
 
 def record_stopped(instance_id: str) -> None:

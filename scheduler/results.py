@@ -53,202 +53,270 @@ FIELDS = ("status", "started_at", "finished_at", "duration", "exception", "trace
 # say while the database was away) still gets the outcome the run really had.
 FINISHABLE = (JobRun.Status.RUNNING, JobRun.Status.INTERRUPTED)
 
-_changed = threading.Condition()
-_pending: list[JobRun] = []  # outcomes to write (UPDATE)
-_inserts: list[JobRun] = []  # rows of fire times that did not run (INSERT, first one wins)
-_stop = False
-_deadline: float | None = None  # monotonic: give up writing after this, once stopping
-_thread: threading.Thread | None = None
-# Rows of fire times that did not run: how many were handed to the writer, and how many
-# of those are written (see ``wait_not_run``).
-_handed = 0
-_inserted = 0
-_open: set[int] = set()  # ids of runs claimed by this process without a final row yet
-_open_lock = threading.Lock()
 
+class ResultWriter:
+    """The history's writes after a claim, for one process (see the module docstring).
 
-# -- the runs this process owes a final row ----------------------------------------
+    Owned by the service (``runapscheduler``), which starts its thread; a writer
+    never started (``runjob``, a test) writes each row at once, in the caller's
+    thread.
+    """
 
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._pending: list[JobRun] = []  # outcomes to write (UPDATE)
+        # Rows of fire times that did not run (INSERT, the first row of a fire time wins).
+        self._inserts: list[JobRun] = []
+        self._stop = False
+        self._deadline: float | None = None  # monotonic: give up after this, once stopping
+        self._thread: threading.Thread | None = None
+        # Rows of fire times that did not run: how many were handed over, and how many of
+        # those are written (see ``wait_not_run``).
+        self._handed = 0
+        self._inserted = 0
+        self._open: set[int] = set()  # runs claimed by this process without a final row
+        self._open_lock = threading.Lock()
+        # Claimed runs handed to workers and not started yet: writes wait for them.
+        self.starts = _Starts()
 
-def opened(runs: Iterable[JobRun]) -> None:
-    """These claimed runs are this process's to finish."""
-    with _open_lock:
-        _open.update(run.pk for run in runs)
+    # -- the runs this process owes a final row ------------------------------------
 
+    def opened(self, runs: Iterable[JobRun]) -> None:
+        """These claimed runs are this process's to finish."""
+        with self._open_lock:
+            self._open.update(run.pk for run in runs)
 
-def closed(run_ids: Iterable[int]) -> None:
-    with _open_lock:
-        _open.difference_update(run_ids)
+    def closed(self, run_ids: Iterable[int]) -> None:
+        with self._open_lock:
+            self._open.difference_update(run_ids)
 
+    def open_ids(self) -> set[int]:
+        with self._open_lock:
+            return set(self._open)
 
-def open_ids() -> set[int]:
-    with _open_lock:
-        return set(_open)
+    # -- the writer thread -----------------------------------------------------------
 
+    def start(self) -> None:
+        """Write results from a thread of their own from now on (see ``record``)."""
+        with self._changed:
+            if self._thread is not None:
+                return
+            self._stop, self._deadline = False, None
+            self._thread = threading.Thread(
+                target=self._loop, name="scheduler-results", daemon=True
+            )
+            self._thread.start()
 
-# -- the writer thread ----------------------------------------------------------------
+    def stop(self, deadline: float | None = None) -> int:
+        """Write everything handed over so far (until the monotonic ``deadline``), then end
+        the writer thread. Returns how many rows could not be written."""
+        with self._changed:
+            thread, self._stop, self._deadline = self._thread, True, deadline
+            self._changed.notify_all()
+        if thread is not None:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0
+            thread.join(wait)
+        with self._changed:
+            self._thread = None
+            left = len(self._pending) + len(self._inserts)
+        if left:
+            logger.error(
+                "Could not write %d history row(s) before exiting (database unavailable); "
+                "the next start marks the runs among them interrupted.",
+                left,
+            )
+        return left
 
-
-def start() -> None:
-    """Write results from a thread of their own from now on (see ``record``)."""
-    global _thread, _stop, _deadline
-    with _changed:
-        if _thread is not None:
+    def record(self, run: JobRun) -> None:
+        """Write ``run``'s outcome: soon, by the writer thread, if it runs; else now."""
+        if self._hand_over(self._pending, [run]):
             return
-        _stop, _deadline = False, None
-        _thread = threading.Thread(target=_loop, name="scheduler-results", daemon=True)
-        _thread.start()
+        self.write([run])
 
+    def abandon(self, run: JobRun, status: str, reason: str) -> None:
+        """Finish a claimed run that was never started (soon, by the writer)."""
+        run.status, run.exception = status, reason
+        # A claim's start time was the planned one: it did not start.
+        run.started_at, run.duration = None, None
+        run.finished_at = timezone.now()
+        self.record(run)
 
-def stop(deadline: float | None = None) -> int:
-    """Write everything handed over so far (until the monotonic ``deadline``), then end the
-    writer thread. Returns how many rows could not be written."""
-    global _thread, _stop, _deadline
-    with _changed:
-        thread, _stop, _deadline = _thread, True, deadline
-        _changed.notify_all()
-    if thread is not None:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1.0)
-    with _changed:
-        _thread = None
-        left = len(_pending) + len(_inserts)
-    if left:
-        logger.error(
-            "Could not write %d history row(s) before exiting (database unavailable); the "
-            "next start marks the runs among them interrupted.",
-            left,
-        )
-    return left
+    def record_not_run(self, rows: list[JobRun]) -> None:
+        """Insert rows of fire times that did not run; a fire time that has a row keeps it."""
+        if not rows or self._hand_over(self._inserts, rows):
+            return
+        self.insert(rows)
 
+    def wait_not_run(self, timeout: float) -> bool:
+        """Wait until the rows of fire times that did not run, handed over so far, are
+        written.
 
-def record(run: JobRun) -> None:
-    """Write ``run``'s outcome: soon, by the writer thread, if it runs; else now."""
-    if _hand_over(_pending, [run]):
-        return
-    write([run])
+        The job store writes a job's next run time only after this: once it moves past
+        fire times that did not run, their rows must not be lost with the process.
+        """
+        with self._changed:
+            target = self._handed
+            return self._changed.wait_for(
+                lambda: self._inserted >= target or self._thread is None, timeout
+            )
 
+    def _hand_over(self, queue: list[JobRun], rows: list[JobRun]) -> bool:
+        with self._changed:
+            if self._thread is None or self._stop:
+                return False
+            queue.extend(rows)
+            if queue is self._inserts:
+                self._handed += len(rows)
+            # The writer waits for a first row only.
+            if len(self._pending) + len(self._inserts) == len(rows):
+                self._changed.notify_all()
+            return True
 
-def abandon(run: JobRun, status: str, reason: str) -> None:
-    """Finish a claimed run that was never started (soon, by the writer)."""
-    run.status, run.exception = status, reason
-    # A claim's start time was the planned one: it did not start.
-    run.started_at, run.duration = None, None
-    run.finished_at = timezone.now()
-    record(run)
+    # -- writing ------------------------------------------------------------------------
 
+    def write(
+        self,
+        runs: list[JobRun],
+        timeout: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Write the outcomes of ``runs`` (one transaction), retrying through outages.
 
-def record_not_run(rows: list[JobRun]) -> None:
-    """Insert rows of fire times that did not run; a fire time that has a row keeps it."""
-    if not rows or _hand_over(_inserts, rows):
-        return
-    insert(rows)
+        Raises a transient database error only if the database stayed away for
+        ``timeout``; anything else the database refuses is written row by row, and
+        a row still refused is finished as failed with the reason.
+        """
 
+        def update(group: list[JobRun]) -> None:
+            # One row: the statement is its own transaction, one round trip less.
+            many = len(group) > 1
+            atomic = transaction.atomic(using=conf.database()) if many else contextlib.nullcontext()
+            with db.writing(), atomic:
+                bulk.update_many(JobRun, group, FIELDS, where_in={"status": FINISHABLE})
 
-def wait_not_run(timeout: float) -> bool:
-    """Wait until the rows of fire times that did not run, handed over so far, are written.
-
-    The job store writes a job's next run time only after this: once it moves past
-    fire times that did not run, their rows must not be lost with the process.
-    """
-    with _changed:
-        target = _handed
-        return _changed.wait_for(lambda: _inserted >= target or _thread is None, timeout)
-
-
-def _hand_over(queue: list[JobRun], rows: list[JobRun]) -> bool:
-    global _handed
-    with _changed:
-        if _thread is None or _stop:
-            return False
-        queue.extend(rows)
-        if queue is _inserts:
-            _handed += len(rows)
-        if len(_pending) + len(_inserts) == len(rows):  # the writer waits for a first row only
-            _changed.notify_all()
-        return True
-
-
-# -- writing ----------------------------------------------------------------------------
-
-
-def write(
-    runs: list[JobRun], timeout: float | None = None, should_stop: Callable[[], bool] | None = None
-) -> None:
-    """Write the outcomes of ``runs`` (one transaction), retrying through outages.
-
-    Raises a transient database error only if the database stayed away for
-    ``timeout``; anything else the database refuses is written row by row, and
-    a row still refused is finished as failed with the reason.
-    """
-
-    def update(group: list[JobRun]) -> None:
-        # One row: the statement is its own transaction, one round trip less.
-        many = len(group) > 1
-        atomic = transaction.atomic(using=conf.database()) if many else contextlib.nullcontext()
-        with db.writing(), atomic:
-            bulk.update_many(JobRun, group, FIELDS, where_in={"status": FINISHABLE})
-
-    what = f"record the result of {runs[0].job_id!r}"
-    if len(runs) > 1:
-        what = f"record the results of {len(runs)} runs"
-    try:
-        db.retrying(lambda: update(runs), what, timeout, should_stop)
-    except Exception as exc:
-        if db.is_transient(exc):
-            raise
+        what = f"record the result of {runs[0].job_id!r}"
         if len(runs) > 1:
-            for run in runs:
-                write([run], timeout, should_stop)
+            what = f"record the results of {len(runs)} runs"
+        try:
+            db.retrying(lambda: update(runs), what, timeout, should_stop)
+        except Exception as exc:
+            if db.is_transient(exc):
+                raise
+            if len(runs) > 1:
+                for run in runs:
+                    self.write([run], timeout, should_stop)
+                return
+            self._write_refused(runs[0], exc, lambda: update(runs), timeout, should_stop)
             return
-        _write_refused(runs[0], exc, lambda: update(runs), timeout, should_stop)
-        return
-    closed(run.pk for run in runs)
+        self.closed(run.pk for run in runs)
 
+    def _write_refused(
+        self,
+        run: JobRun,
+        exc: Exception,
+        update: Callable[[], None],
+        timeout: float | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        """The database refused this run's outcome: keep what matters, say why."""
+        logger.error(
+            "Run %s of %r: its result cannot be stored as it is: %s", run.pk, run.job_id, exc
+        )
+        outcome = run.status
+        run.status = JobRun.Status.FAILED
+        run.exception = (
+            "The scheduler could not store this run's result "
+            f"({storable(describe_exception(exc), 2000, 'head')}); the run itself ended "
+            f"{outcome}."
+        )
+        run.traceback = run.output = ""
+        try:
+            db.retrying(update, f"record the result of {run.job_id!r}", timeout, should_stop)
+        except Exception as again:
+            if db.is_transient(again):
+                raise
+            # Left running and closed: the active scheduler's sweep marks it interrupted.
+            logger.error("Run %s of %r could not be finished at all: %s", run.pk, run.job_id, again)
+        self.closed([run.pk])
 
-def _write_refused(
-    run: JobRun,
-    exc: Exception,
-    update: Callable[[], None],
-    timeout: float | None,
-    should_stop: Callable[[], bool] | None,
-) -> None:
-    """The database refused this run's outcome: keep what matters, say why."""
-    logger.error("Run %s of %r: its result cannot be stored as it is: %s", run.pk, run.job_id, exc)
-    outcome = run.status
-    run.status = JobRun.Status.FAILED
-    run.exception = (
-        "The scheduler could not store this run's result "
-        f"({storable(describe_exception(exc), 2000, 'head')}); the run itself ended {outcome}."
-    )
-    run.traceback = run.output = ""
-    try:
-        db.retrying(update, f"record the result of {run.job_id!r}", timeout, should_stop)
-    except Exception as again:
-        if db.is_transient(again):
-            raise
-        # Left running and closed: the active scheduler's sweep marks it interrupted.
-        logger.error("Run %s of %r could not be finished at all: %s", run.pk, run.job_id, again)
-    closed([run.pk])
+    @staticmethod
+    def insert(rows: list[JobRun], timeout: float | None = None) -> None:
+        """Insert rows of fire times that did not run; a conflict means the fire time has a
+        row."""
 
+        def create(group: list[JobRun]) -> None:
+            with db.writing():
+                JobRun.objects.bulk_create(group, batch_size=500, ignore_conflicts=True)
 
-def insert(rows: list[JobRun], timeout: float | None = None) -> None:
-    """Insert rows of fire times that did not run; a conflict means the fire time has a row."""
+        what = f"record {len(rows)} fire time(s) of {rows[0].job_id!r} that did not run"
+        try:
+            db.retrying(lambda: create(rows), what, timeout)
+        except Exception as exc:
+            if db.is_transient(exc):
+                raise
+            if len(rows) > 1:
+                for row in rows:
+                    ResultWriter.insert([row], timeout)
+                return
+            logger.error("Could not record a %s run of %r: %s", rows[0].status, rows[0].job_id, exc)
 
-    def create(group: list[JobRun]) -> None:
-        with db.writing():
-            JobRun.objects.bulk_create(group, batch_size=500, ignore_conflicts=True)
+    def _count_inserted(self, count: int) -> None:
+        with self._changed:
+            self._inserted += count
+            self._changed.notify_all()
 
-    what = f"record {len(rows)} fire time(s) of {rows[0].job_id!r} that did not run"
-    try:
-        db.retrying(lambda: create(rows), what, timeout)
-    except Exception as exc:
-        if db.is_transient(exc):
-            raise
-        if len(rows) > 1:
-            for row in rows:
-                insert([row], timeout)
-            return
-        logger.error("Could not record a %s run of %r: %s", rows[0].status, rows[0].job_id, exc)
+    def _stopping_past_deadline(self) -> bool:
+        return self._stop and self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _loop(self) -> None:
+        last = float("-inf")
+        failing_since: float | None = None
+        changed = self._changed
+        while True:
+            with changed:
+                changed.wait_for(lambda: self._pending or self._inserts or self._stop)
+                if not (self._pending or self._inserts) or self._stopping_past_deadline():
+                    return
+                # Let more results gather, unless the last write was a while ago.
+                pause = last + INTERVAL - time.monotonic()
+                if failing_since is not None:
+                    pause = last + RETRY_PAUSE - time.monotonic()
+                if pause > 0 and not self._stop:
+                    changed.wait_for(lambda: self._stop, pause)
+            if not self._stop:
+                self.starts.wait()
+            with changed:
+                group, rows = list(self._pending), list(self._inserts)
+                self._pending.clear()
+                self._inserts.clear()
+                stopping, deadline = self._stop, self._deadline
+            last = time.monotonic()
+            timeout = None  # DB_RETRY_TIMEOUT
+            if stopping and deadline is not None:
+                timeout = max(0.0, deadline - last)
+            try:
+                if rows:
+                    self.insert(rows, timeout)
+                    self._count_inserted(len(rows))
+                    rows = []
+                if group:
+                    self.write(group, timeout, self._stopping_past_deadline)
+                failing_since = None
+            except Exception as exc:
+                # The database is away (and stayed away for DB_RETRY_TIMEOUT): keep the
+                # rows, first in line, and try again; nothing is given up while we live.
+                with changed:
+                    self._inserts[:0] = rows
+                    self._pending[:0] = group
+                if failing_since is None:
+                    failing_since = last
+                    logger.error(
+                        "Could not record %d run result(s) yet; will keep trying: %s",
+                        len(group) + len(rows),
+                        exc,
+                    )
+            finally:
+                db.close_old_connections()
 
 
 class _Starts:
@@ -277,67 +345,3 @@ class _Starts:
         if self._pending > 0:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending <= 0, timeout)
-
-
-starts = _Starts()
-
-
-def _count_inserted(count: int) -> None:
-    global _inserted
-    with _changed:
-        _inserted += count
-        _changed.notify_all()
-
-
-def _stopping_past_deadline() -> bool:
-    return _stop and _deadline is not None and time.monotonic() >= _deadline
-
-
-def _loop() -> None:
-    last = float("-inf")
-    failing_since: float | None = None
-    while True:
-        with _changed:
-            _changed.wait_for(lambda: _pending or _inserts or _stop)
-            if not (_pending or _inserts) or _stopping_past_deadline():
-                return
-            # Let more results gather, unless the last write was a while ago.
-            pause = last + INTERVAL - time.monotonic()
-            if failing_since is not None:
-                pause = last + RETRY_PAUSE - time.monotonic()
-            if pause > 0 and not _stop:
-                _changed.wait_for(lambda: _stop, pause)
-        if not _stop:
-            starts.wait()
-        with _changed:
-            group, rows = list(_pending), list(_inserts)
-            _pending.clear()
-            _inserts.clear()
-            stopping, deadline = _stop, _deadline
-        last = time.monotonic()
-        timeout = None  # DB_RETRY_TIMEOUT
-        if stopping and deadline is not None:
-            timeout = max(0.0, deadline - last)
-        try:
-            if rows:
-                insert(rows, timeout)
-                _count_inserted(len(rows))
-                rows = []
-            if group:
-                write(group, timeout, _stopping_past_deadline)
-            failing_since = None
-        except Exception as exc:
-            # The database is away (and stayed away for DB_RETRY_TIMEOUT): keep the
-            # rows, first in line, and try again; nothing is given up while we live.
-            with _changed:
-                _inserts[:0] = rows
-                _pending[:0] = group
-            if failing_since is None:
-                failing_since = last
-                logger.error(
-                    "Could not record %d run result(s) yet; will keep trying: %s",
-                    len(group) + len(rows),
-                    exc,
-                )
-        finally:
-            db.close_old_connections()

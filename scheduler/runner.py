@@ -23,162 +23,20 @@ from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.job import Job
 from django.utils import timezone
 
-from scheduler import claims, conf, db, lease, results
+from scheduler import conf, db
 from scheduler.capture import capture
+from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, too_late
+from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
 from scheduler.pool import WorkerPool
 from scheduler.registry import JobSpec, is_async, registry
+from scheduler.results import ResultWriter
 from scheduler.text import describe_exception, storable
 
 logger = logging.getLogger(__name__)
 
 HOSTNAME = conf.HOSTNAME
 Status = JobRun.Status
-
-
-def _runs():
-    return JobRun.objects
-
-
-# Runs in progress in this process: id -> job id. Read at shutdown.
-_active: dict[int, str] = {}
-_active_lock = threading.Lock()
-
-
-def active_runs() -> dict[int, str]:
-    with _active_lock:
-        return dict(_active)
-
-
-def _new_run(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun:
-    return JobRun.objects.claim_row(job_id, job_name, scheduled_at, lease.instance_id())
-
-
-# How long a worker that claims its own fire time waits for a database that is away
-# before it records the fire time missed (it holds the job's max_instances slot).
-CLAIM_RETRY_TIMEOUT = 5.0
-
-
-def claim(job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
-    """Insert the ``running`` row for a scheduled fire time; None if it must not run here.
-
-    A fire time this process cannot run (it lost the lease, or the database
-    stayed away) is recorded missed, unless another process has it already:
-    every fire time handed to the executor ends with a row.
-    """
-    if not lease.holds():
-        logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
-        did_not_run(job_id, job_name, Status.MISSED, [scheduled_at], LOST_LEASE)
-        return None
-    run = _new_run(job_id, job_name, scheduled_at)
-    try:
-        won = claims.claim(run, CLAIM_RETRY_TIMEOUT)
-    except Exception as exc:
-        if not db.is_transient(exc):
-            raise
-        did_not_run(
-            job_id,
-            job_name,
-            Status.MISSED,
-            [scheduled_at],
-            f"Missed: the database was unavailable when the run was due ({exc}).",
-        )
-        return None
-    if not won:
-        logger.info(
-            "Run of %r at %s already claimed by another scheduler; skipping it.",
-            job_id,
-            scheduled_at.isoformat(),
-        )
-    return run if won else None
-
-
-LOST_LEASE = "Missed: this scheduler lost its lease before the run could start."
-STOPPED = "Missed: the scheduler stopped before the run could start."
-
-
-def did_not_run(
-    job_id: str,
-    job_name: str,
-    status: str,
-    times: list[datetime],
-    reason: str,
-) -> None:
-    """Record fire times that did not run, one row each (soon, by the results writer).
-
-    A fire time that has a row already (another scheduler ran or recorded it)
-    keeps it: the first row wins.
-    """
-    if not times:
-        return
-    cap = max(1, conf.get("MAX_MISSED_ROWS"))
-    if len(times) > cap:
-        reason = (
-            f"{reason} ({len(times) - cap} earlier fire times were missed too, "
-            "not recorded one by one)"
-        )
-        times = times[-cap:]
-    results.record_not_run(
-        JobRun.objects.not_run_rows(
-            job_id, storable(job_name, 255), status, times, reason, lease.instance_id()
-        )
-    )
-
-
-def execute(run: JobRun, call: Callable[[], Any]) -> JobRun:
-    """Run ``call`` for an already-recorded ``running`` row and finish the row."""
-    with _active_lock:
-        _active[run.pk] = run.job_id
-    try:
-        exception = tb = ""
-        status = Status.SUCCEEDED
-        run.started_at = run.started_at or timezone.now()
-        start = time.perf_counter()
-        limit = conf.get("MAX_OUTPUT")
-        with capture(limit) as output:
-            try:
-                call()
-            except BaseException as exc:  # noqa: BLE001 - a job's SystemExit is a failure too
-                status = Status.FAILED
-                exception = describe_exception(exc)
-                tb = _format_traceback(exc)
-                logger.error("Job %r failed: %s", run.job_id, storable(exception, 1000, "head"))
-        run.duration = time.perf_counter() - start
-        run.finished_at = run.started_at + timedelta(seconds=run.duration)
-        run.status = status
-        # Capped and made storable here, once: one value the database cannot hold
-        # would otherwise cost this run (and the runs written with it) their result.
-        run.exception = storable(exception, limit, "head")
-        run.traceback = storable(tb, limit, "tail")
-        run.output = output.getvalue()
-        results.record(run)
-    finally:
-        with _active_lock:
-            _active.pop(run.pk, None)
-    return run
-
-
-def _format_traceback(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception(exc))
-    except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
-        return f"(the traceback could not be formatted: {describe_exception(error)})"
-
-
-def interrupt(run_ids: list[int], reason: str, timeout: float | None = None) -> int:
-    """Mark runs that will never finish as interrupted."""
-    now = timezone.now()
-    count = db.retrying(
-        lambda: (
-            _runs()
-            .filter(pk__in=run_ids, status=Status.RUNNING)
-            .update(status=Status.INTERRUPTED, finished_at=now, exception=reason)
-        ),
-        "mark runs interrupted",
-        timeout,
-    )
-    results.closed(run_ids)
-    return count
 
 
 def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
@@ -192,29 +50,233 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def run_manual(run: JobRun, stopping: threading.Event | None = None) -> JobRun:
-    """Run a claimed manual run (status ``running``) of a registered job.
-
-    After a stop signal it is not started but queued again, for the next
-    active scheduler.
-    """
-    db.close_old_connections()
+def _format_traceback(exc: BaseException) -> str:
     try:
-        if stopping is not None and stopping.is_set():
-            requeue(run)
-            return run
-        run.started_at = timezone.now()
-        spec = registry.get(run.job_id)
-        if spec is None:
-            results.abandon(
-                run,
-                Status.FAILED,
-                f"Job {run.job_id!r} is not registered in this scheduler's code.",
+        return "".join(traceback.format_exception(exc))
+    except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
+        return f"(the traceback could not be formatted: {describe_exception(error)})"
+
+
+# How long a worker that claims its own fire time waits for a database that is away
+# before it records the fire time missed (it holds the job's max_instances slot).
+CLAIM_RETRY_TIMEOUT = 5.0
+
+LOST_LEASE = "Missed: this scheduler lost its lease before the run could start."
+STOPPED = "Missed: the scheduler stopped before the run could start."
+
+
+class Runner:
+    """Runs claimed fire times and records them, for one process.
+
+    It owns the runs in progress here (read at shutdown) and reaches the
+    history through the process's one :class:`~scheduler.results.ResultWriter`
+    and :class:`~scheduler.claims.Claims`; whether it may start a scheduled run
+    at all, it asks the lease (its ``standing``). The service makes one; a
+    process without a service (``runjob``, a test) makes its own, whose writer
+    writes at once.
+    """
+
+    def __init__(
+        self, standing: Standing | None = None, results: ResultWriter | None = None
+    ) -> None:
+        self.standing: Standing = standing if standing is not None else Alone()
+        self.results = results if results is not None else ResultWriter()
+        self.claims = Claims(self.standing, self.results)
+        # Runs in progress in this process: id -> job id.
+        self._active: dict[int, str] = {}
+        self._active_lock = threading.Lock()
+
+    def active_runs(self) -> dict[int, str]:
+        with self._active_lock:
+            return dict(self._active)
+
+    def claim(self, job_id: str, job_name: str, scheduled_at: datetime) -> JobRun | None:
+        """Insert the ``running`` row for a scheduled fire time; None if it must not run
+        here.
+
+        A fire time this process cannot run (it lost the lease, or the database
+        stayed away) is recorded missed, unless another process has it already:
+        every fire time handed to the executor ends with a row.
+        """
+        if not self.standing.holds():
+            logger.warning("Not starting %r: this scheduler no longer holds the lease.", job_id)
+            self.did_not_run(job_id, job_name, Status.MISSED, [scheduled_at], LOST_LEASE)
+            return None
+        run = self.claims.new_row(job_id, job_name, scheduled_at)
+        try:
+            won = self.claims.claim(run, CLAIM_RETRY_TIMEOUT)
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            self.did_not_run(
+                job_id,
+                job_name,
+                Status.MISSED,
+                [scheduled_at],
+                f"Missed: the database was unavailable when the run was due ({exc}).",
             )
-            return run
-        return execute(run, make_call(spec, None, run.scheduled_at))
-    finally:
+            return None
+        if not won:
+            logger.info(
+                "Run of %r at %s already claimed by another scheduler; skipping it.",
+                job_id,
+                scheduled_at.isoformat(),
+            )
+        return run if won else None
+
+    def did_not_run(
+        self, job_id: str, job_name: str, status: str, times: list[datetime], reason: str
+    ) -> None:
+        """Record fire times that did not run, one row each (soon, by the results writer).
+
+        A fire time that has a row already (another scheduler ran or recorded it)
+        keeps it: the first row wins.
+        """
+        if not times:
+            return
+        cap = max(1, conf.get("MAX_MISSED_ROWS"))
+        if len(times) > cap:
+            reason = (
+                f"{reason} ({len(times) - cap} earlier fire times were missed too, "
+                "not recorded one by one)"
+            )
+            times = times[-cap:]
+        self.results.record_not_run(
+            JobRun.objects.not_run_rows(
+                job_id, storable(job_name, 255), status, times, reason, self.standing.instance_id
+            )
+        )
+
+    def execute(self, run: JobRun, call: Callable[[], Any]) -> JobRun:
+        """Run ``call`` for an already-recorded ``running`` row and finish the row."""
+        with self._active_lock:
+            self._active[run.pk] = run.job_id
+        try:
+            exception = tb = ""
+            status = Status.SUCCEEDED
+            run.started_at = run.started_at or timezone.now()
+            start = time.perf_counter()
+            limit = conf.get("MAX_OUTPUT")
+            with capture(limit) as output:
+                try:
+                    call()
+                except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
+                    status = Status.FAILED
+                    exception = describe_exception(exc)
+                    tb = _format_traceback(exc)
+                    logger.error("Job %r failed: %s", run.job_id, storable(exception, 1000, "head"))
+            run.duration = time.perf_counter() - start
+            run.finished_at = run.started_at + timedelta(seconds=run.duration)
+            run.status = status
+            # Capped and made storable here, once: one value the database cannot hold
+            # would otherwise cost this run (and the runs written with it) their result.
+            run.exception = storable(exception, limit, "head")
+            run.traceback = storable(tb, limit, "tail")
+            run.output = output.getvalue()
+            self.results.record(run)
+        finally:
+            with self._active_lock:
+                self._active.pop(run.pk, None)
+        return run
+
+    def interrupt(self, run_ids: list[int], reason: str, timeout: float | None = None) -> int:
+        """Mark runs that will never finish as interrupted."""
+        now = timezone.now()
+        count = db.retrying(
+            lambda: JobRun.objects.filter(pk__in=run_ids, status=Status.RUNNING).update(
+                status=Status.INTERRUPTED, finished_at=now, exception=reason
+            ),
+            "mark runs interrupted",
+            timeout,
+        )
+        self.results.closed(run_ids)
+        return count
+
+    def run_manual(self, run: JobRun, stopping: threading.Event | None = None) -> JobRun:
+        """Run a claimed manual run (status ``running``) of a registered job.
+
+        After a stop signal it is not started but queued again, for the next
+        active scheduler.
+        """
         db.close_old_connections()
+        try:
+            if stopping is not None and stopping.is_set():
+                self.requeue(run)
+                return run
+            run.started_at = timezone.now()
+            spec = registry.get(run.job_id)
+            if spec is None:
+                self.results.abandon(
+                    run,
+                    Status.FAILED,
+                    f"Job {run.job_id!r} is not registered in this scheduler's code.",
+                )
+                return run
+            return self.execute(run, make_call(spec, None, run.scheduled_at))
+        finally:
+            db.close_old_connections()
+
+    def requeue(self, run: JobRun) -> None:
+        """Put a claimed manual run that did not start back in the queue, for the next
+        active scheduler; if the database does not answer, it is finished as interrupted
+        later."""
+        try:
+            db.retrying(
+                lambda: JobRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+                    status=Status.QUEUED, hostname="", pid=None, instance=""
+                ),
+                f"queue the run of {run.job_id!r} again",
+                WITHDRAW_TIMEOUT,
+            )
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            self.results.abandon(
+                run, Status.INTERRUPTED, "Interrupted: the scheduler stopped before it started."
+            )
+            return
+        self.results.closed([run.pk])
+
+    def run_scheduled(
+        self,
+        job: Job,
+        run_times: list[datetime],
+        claimed: list[JobRun] | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """Worker-thread body for one submission of a scheduled job: the runs the main
+        loop claimed for it (``claimed``), then the fire times it did not (``run_times``)."""
+        if claimed:
+            self.results.starts.started()
+        db.close_old_connections()
+        try:
+            spec = registry.get(job.id)
+            name = spec.name if spec else job.name
+            for run in claimed or []:
+                if stopping is not None and stopping.is_set():
+                    reason = STOPPED
+                elif not self.standing.holds():
+                    reason = LOST_LEASE
+                else:  # it may have waited for a worker that long
+                    reason = too_late(job, run.scheduled_at)
+                if reason:
+                    self.results.abandon(run, Status.MISSED, reason)
+                    continue
+                run.started_at = timezone.now()
+                self.execute(run, make_call(spec, job, run.scheduled_at))
+            for index, run_time in enumerate(run_times):
+                if stopping is not None and stopping.is_set():
+                    self.did_not_run(job.id, name, Status.MISSED, run_times[index:], STOPPED)
+                    return
+                reason = too_late(job, run_time)
+                if reason:
+                    self.did_not_run(job.id, name, Status.MISSED, [run_time], reason)
+                    continue
+                run = self.claim(job.id, name, run_time)
+                if run is not None:
+                    self.execute(run, make_call(spec, job, run_time))
+        finally:
+            db.close_old_connections()
 
 
 class Executor(BasePoolExecutor):
@@ -230,13 +292,19 @@ class Executor(BasePoolExecutor):
     (a stop signal) no run starts any more.
     """
 
-    def __init__(self, max_workers: int, book: claims.ClaimBook | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        runner: Runner | None = None,
+        book: ClaimBook | None = None,
+    ) -> None:
         super().__init__(WorkerPool(max_workers))
         self._max_workers = max_workers
         self._busy = 0  # submissions, scheduled or manual, not finished yet
         self._busy_lock = threading.Lock()
+        self.runner = runner if runner is not None else Runner()
         # The claims the main loop made for the fire times it is about to submit.
-        self.book = book if book is not None else claims.ClaimBook()
+        self.book = book if book is not None else ClaimBook(self.runner.claims)
         self.book.slots = self
         self.closed = False
         # Set by a stop signal: workers start nothing from then on.
@@ -291,7 +359,7 @@ class Executor(BasePoolExecutor):
 
     def submit_manual(self, run: JobRun) -> Future:
         """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
-        future = self._submit(run_manual, run, self.stopping)
+        future = self._submit(self.runner.run_manual, run, self.stopping)
         future.add_done_callback(lambda _: self.unreserve(run.job_id))
         return future
 
@@ -329,9 +397,10 @@ class Executor(BasePoolExecutor):
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
         spec = registry.get(job.id)
         name = spec.name if spec else job.name
+        runner = self.runner
         folded = self._coalesced_times(job, run_times)
         if folded:
-            did_not_run(
+            runner.did_not_run(
                 job.id,
                 name,
                 Status.MISSED,
@@ -343,11 +412,9 @@ class Executor(BasePoolExecutor):
         # job on (claimed ones were not too late when claimed: their worker judges them).
         claimed = self.book.get(job.id)
         tried = set(claimed.tried) if claimed is not None else set()
-        late = {
-            at: why for at in run_times if at not in tried and (why := claims.too_late(job, at))
-        }
+        late = {at: why for at in run_times if at not in tried and (why := too_late(job, at))}
         if late:
-            did_not_run(job.id, name, Status.MISSED, list(late), list(late.values())[-1])
+            runner.did_not_run(job.id, name, Status.MISSED, list(late), list(late.values())[-1])
             run_times = [at for at in run_times if at not in late]
             if not run_times:
                 return
@@ -365,14 +432,14 @@ class Executor(BasePoolExecutor):
                 )
             claimed = self.book.pop(job.id)
             for run in claimed.runs if claimed is not None else []:
-                results.abandon(run, Status.SKIPPED, reason)
+                runner.results.abandon(run, Status.SKIPPED, reason)
             rest = [at for at in run_times if claimed is None or at not in claimed.tried]
-            did_not_run(job.id, name, Status.SKIPPED, rest, reason)
+            runner.did_not_run(job.id, name, Status.SKIPPED, rest, reason)
             raise
         except BaseException as exc:
             # APScheduler logs it and moves the job on: the fire times would vanish.
             if not isinstance(exc, _Recorded):
-                did_not_run(
+                runner.did_not_run(
                     job.id,
                     name,
                     Status.MISSED,
@@ -402,6 +469,7 @@ class Executor(BasePoolExecutor):
         # The runs claimed for it, and the fire times nobody tried to claim yet (a fire
         # time tried and not won is another scheduler's).
         runs = claimed.runs if claimed is not None else []
+        runner, results = self.runner, self.runner.results
         unclaimed = [at for at in run_times if claimed is None or at not in claimed.tried]
 
         def callback(future) -> None:
@@ -412,7 +480,7 @@ class Executor(BasePoolExecutor):
                     results.starts.started()
                 for run in runs:
                     results.abandon(run, Status.MISSED, STOPPED)
-                did_not_run(job.id, job.name, Status.MISSED, unclaimed, STOPPED)
+                runner.did_not_run(job.id, job.name, Status.MISSED, unclaimed, STOPPED)
                 return
             exc = future.exception()
             if exc:
@@ -431,16 +499,21 @@ class Executor(BasePoolExecutor):
         if runs:
             results.starts.add()
         try:
-            future = self._submit(run_scheduled, job, unclaimed, runs, self.stopping)
+            future = self._submit(runner.run_scheduled, job, unclaimed, runs, self.stopping)
         except BaseException as exc:
             reason = f"Missed: the scheduler could not start the run ({describe_exception(exc)})."
             if runs:
                 results.starts.started()
             for run in runs:
                 results.abandon(run, Status.MISSED, reason)
-            did_not_run(job.id, job.name, Status.MISSED, unclaimed, reason)
+            runner.did_not_run(job.id, job.name, Status.MISSED, unclaimed, reason)
             raise _Recorded(reason) from exc
         future.add_done_callback(callback)
+
+    def cancel_waiting(self) -> None:
+        """Cancel the submissions no worker picked up yet (their callbacks record them
+        missed, or queue manual runs again)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
@@ -454,67 +527,3 @@ class Executor(BasePoolExecutor):
 
 class _Recorded(Exception):
     """A submission failed and its fire times are recorded already."""
-
-
-def requeue(run: JobRun) -> None:
-    """Put a claimed manual run that did not start back in the queue, for the next active
-    scheduler; if the database does not answer, it is finished as interrupted later."""
-    try:
-        db.retrying(
-            lambda: (
-                _runs()
-                .filter(pk=run.pk, status=Status.RUNNING)
-                .update(status=Status.QUEUED, hostname="", pid=None, instance="")
-            ),
-            f"queue the run of {run.job_id!r} again",
-            claims.WITHDRAW_TIMEOUT,
-        )
-    except Exception as exc:
-        if not db.is_transient(exc):
-            raise
-        results.abandon(
-            run, Status.INTERRUPTED, "Interrupted: the scheduler stopped before it started."
-        )
-        return
-    results.closed([run.pk])
-
-
-def run_scheduled(
-    job: Job,
-    run_times: list[datetime],
-    claimed: list[JobRun] | None = None,
-    stopping: threading.Event | None = None,
-) -> None:
-    """Worker-thread body for one submission of a scheduled job: the runs the main loop
-    claimed for it (``claimed``), then the fire times it did not (``run_times``)."""
-    if claimed:
-        results.starts.started()
-    db.close_old_connections()
-    try:
-        spec = registry.get(job.id)
-        name = spec.name if spec else job.name
-        for run in claimed or []:
-            if stopping is not None and stopping.is_set():
-                reason = STOPPED
-            elif not lease.holds():
-                reason = LOST_LEASE
-            else:  # it may have waited for a worker that long
-                reason = claims.too_late(job, run.scheduled_at)
-            if reason:
-                results.abandon(run, Status.MISSED, reason)
-                continue
-            run.started_at = timezone.now()
-            execute(run, make_call(spec, job, run.scheduled_at))
-        for index, run_time in enumerate(run_times):
-            if stopping is not None and stopping.is_set():
-                did_not_run(job.id, name, Status.MISSED, run_times[index:], STOPPED)
-                return
-            reason = claims.too_late(job, run_time)
-            if reason:
-                did_not_run(job.id, name, Status.MISSED, [run_time], reason)
-                continue
-            run = claim(job.id, name, run_time)
-            if run is not None:
-                execute(run, make_call(spec, job, run_time))
-    finally:
-        db.close_old_connections()

@@ -9,32 +9,61 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, claims, conf, db, lease, results, runner
+from scheduler import capture, conf, db, lease
+from scheduler.claims import ClaimBook
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, autodiscover
+from scheduler.results import ResultWriter
+from scheduler.runner import LOST_LEASE, STOPPED, Executor, Runner
 from scheduler.sync import sync
 
 logger = logging.getLogger(__name__)
 
 
-def make_scheduler() -> BackgroundScheduler:
-    # The main loop's claims: made through the store as jobs fall due, taken by the
-    # executor as it submits them (scheduler.claims.ClaimBook).
-    book = claims.ClaimBook()
-    store, executor = JobStore(book=book), runner.Executor(conf.get("THREADS"), book)
-    return BackgroundScheduler(
+@dataclass(frozen=True)
+class Parts:
+    """The working parts of one scheduler process, made once and owned by its service.
+
+    APScheduler's scheduler loop is the one place where the store and the
+    executor meet; the claim book is handed to both (the store's due jobs are
+    claimed through it, the executor takes their claims from it), and every
+    path records through the one result writer.
+    """
+
+    results: ResultWriter
+    runner: Runner
+    book: ClaimBook
+    store: JobStore
+    executor: Executor
+    scheduler: BackgroundScheduler
+
+
+def make_parts(standing: lease.Standing | None = None) -> Parts:
+    results = ResultWriter()
+    run = Runner(standing, results)
+    book = ClaimBook(run.claims)
+    store, executor = JobStore(book=book), Executor(conf.get("THREADS"), run, book)
+    scheduler = BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": executor},
         timezone=settings.TIME_ZONE,
         jobstore_retry_interval=2,
     )
+    return Parts(results, run, book, store, executor, scheduler)
+
+
+def make_scheduler() -> BackgroundScheduler:
+    """A scheduler with this project's store and executor, for a process on its own (the
+    benchmarks' probes, tests): no lease, results written at once."""
+    return make_parts().scheduler
 
 
 def recover_local_orphans() -> int:
@@ -45,7 +74,7 @@ def recover_local_orphans() -> int:
     process has its pid, or the one that has it started after the row was
     written (pids are reused, and in containers every scheduler is pid 1).
     """
-    runs = JobRun.objects.filter(status=JobRun.Status.RUNNING, hostname=runner.HOSTNAME)
+    runs = JobRun.objects.filter(status=JobRun.Status.RUNNING, hostname=conf.HOSTNAME)
     rows = runs.values_list("id", "pid", "started_at")
     dead = [pk for pk, pid, started in rows if pid is None or not lease.pid_alive(pid, started)]
     if not dead:
@@ -98,8 +127,8 @@ class Service:
         self.reason = ""
         self.grace_over = False
         self.specs: dict[str, JobSpec] = {}
-        self.scheduler: BackgroundScheduler | None = None
-        self.executor: runner.Executor | None = None
+        # Made at start-up, once the jobs are known: everything the process runs with.
+        self.parts: Parts | None = None
         self.control: Control | None = None
         # Taking over and stopping must not interleave: a take-over finishing after
         # a stop signal would resume the main loop the stop just paused.
@@ -117,16 +146,21 @@ class Service:
         self.reason = name
         self.stop_event.set()
         # At once, from the handler: no worker starts a run from here on.
-        if self.executor is not None:
-            self.executor.stop_starting()
+        if self.parts is not None:
+            self.parts.executor.stop_starting()
 
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
+    def _parts(self) -> Parts:
+        assert self.parts is not None, "the service has not started"
+        return self.parts
+
     def elected(self) -> None:
         """This process just took the lease: bring the store up to date and start running."""
-        store = self.scheduler._jobstores["default"]
-        report = sync(self.scheduler, store, self.specs)
+        parts = self._parts()
+        store = parts.store
+        report = sync(parts.scheduler, store, self.specs)
         store.activate()
         # Pauses made in the admin while no scheduler was active apply before any catch-up.
         self.control.apply_pause_changes()
@@ -134,16 +168,17 @@ class Service:
             if self._stopping:
                 return
             self.write(f"Active scheduler now; jobs: {report}.")
-            self.scheduler.resume()
+            parts.scheduler.resume()
 
     def demoted(self) -> None:
+        parts = self._parts()
         with self._role_lock:
-            self.scheduler.pause()
+            parts.scheduler.pause()
         # The fire times claimed ahead are the next active scheduler's to run.
-        with self.scheduler._jobstores_lock:
+        with parts.scheduler._jobstores_lock:
             # (Not for long: the database may be why the lease was lost.)
-            self.executor.book.release(runner.LOST_LEASE, timeout=2)
-        self.scheduler._jobstores["default"].deactivate()
+            parts.book.release(LOST_LEASE, timeout=2)
+        parts.store.deactivate()
         self.write("Lost the leader lease: standing by.")
 
     def heard(self, signum: int) -> None:
@@ -203,20 +238,21 @@ class Service:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            results.start()
-            self.scheduler = make_scheduler()
-            self.executor = self.scheduler._lookup_executor("default")
-            # Paused until this process holds the lease.
-            self.scheduler.start(paused=True)
             leadership = lease.Leadership(self.elected, self.demoted)
-            control = self.control = Control(self.scheduler, self.executor, self.stop_event)
+            parts = self.parts = make_parts(leadership)
+            parts.results.start()
+            # Paused until this process holds the lease.
+            parts.scheduler.start(paused=True)
+            control = self.control = Control(
+                parts.scheduler, parts.store, parts.executor, self.stop_event
+            )
             leadership.start()
             control.start()
         finally:
             if hasattr(signal, "pthread_sigmask"):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if self.stopping():  # the handler ran before the executor existed
-            self.executor.stop_starting()
+            parts.executor.stop_starting()
         self.write(
             f"Scheduler started (pid {os.getpid()}, instance {leadership.instance_id[:8]}, "
             f"database {conf.database()!r}): {len(self.specs)} job(s) in code. "
@@ -237,32 +273,32 @@ class Service:
         watchdog = threading.Timer(hard - began, _leave_now)
         watchdog.daemon = True
         watchdog.start()
-        executor = self.executor
+        parts = self._parts()
+        executor, scheduler, run = parts.executor, parts.scheduler, parts.runner
         executor.stop_starting()
         with self._role_lock:
             self._stopping = True
             # A pass of the main loop under way ends; none starts after it.
-            self.scheduler.pause()
-        store = self.scheduler._jobstores["default"]
-        locked = self.scheduler._jobstores_lock.acquire(timeout=SETTLE_SECONDS)
+            scheduler.pause()
+        locked = scheduler._jobstores_lock.acquire(timeout=SETTLE_SECONDS)
         try:
             # The claims a finished pass made are closed here, and a pass that still
             # starts finds nothing due.
-            store.close()
-            executor.close(runner.STOPPED, timeout=2)
+            parts.store.close()
+            executor.close(STOPPED, timeout=2)
         finally:
             if locked:
-                self.scheduler._jobstores_lock.release()
+                scheduler._jobstores_lock.release()
         # Submissions no worker picked up yet: recorded missed, or queued again if manual.
-        executor._pool.shutdown(wait=False, cancel_futures=True)
+        executor.cancel_waiting()
         if locked:
             # Writes the next run times back (while the lease is ours) and ends the main loop.
-            self.scheduler.shutdown(wait=False)
+            scheduler.shutdown(wait=False)
         leadership.step_down()
 
-        while runner.active_runs() and time.monotonic() < deadline and not self.grace_over:
+        while run.active_runs() and time.monotonic() < deadline and not self.grace_over:
             time.sleep(0.05)
-        left = runner.active_runs()
+        left = run.active_runs()
         interrupted = 0
         if left:
             reason = (
@@ -270,13 +306,13 @@ class Service:
                 f"run did not finish within the shutdown grace ({grace} s)."
             )
             try:
-                interrupted = runner.interrupt(
+                interrupted = run.interrupt(
                     list(left), reason, max(0.1, writes_end - time.monotonic())
                 )
             except Exception as exc:
                 logger.error("Could not mark %d running job(s) interrupted: %s", len(left), exc)
         # Results still waiting for the writer thread, before the lease row says stopped.
-        results.stop(writes_end)
+        parts.results.stop(writes_end)
         leadership.finish()
         control.join(timeout=max(0.0, writes_end - time.monotonic()))
         self.write(

@@ -13,7 +13,7 @@ import pytest
 
 from scheduler.control import Control
 from scheduler.models import JobRun
-from tests.test_runner import started_executor
+from scheduler.service import Parts, make_parts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,6 +31,13 @@ class StopAfterTheLook(threading.Event):
         return self.looks > 1
 
 
+def started_parts() -> Parts:
+    """A scheduler process's parts on their own (no lease), the executor started."""
+    parts = make_parts()
+    parts.executor.start(parts.scheduler, "default")
+    return parts
+
+
 def queued_request(job_id: str = "t.hourly") -> JobRun:
     request = JobRun.objects.request_row(job_id, job_id, "tester")
     request.save()
@@ -41,11 +48,11 @@ def test_a_stop_between_the_look_and_the_submission_puts_the_request_back_quietl
     """The stop signal's shutdown closes the pool while the control thread is between its
     look at the stop flag and the submission: the request goes back to the queue for the
     next active scheduler, and no error is raised (the soak found a traceback here)."""
-    scheduler, executor = started_executor(1)
+    parts = started_parts()
     request = queued_request()
-    executor.stopping = StopAfterTheLook()
-    executor._pool.shutdown(wait=False)  # what the stop does, concurrently
-    control = Control(scheduler, executor, threading.Event())
+    parts.executor.stopping = StopAfterTheLook()
+    parts.executor.cancel_waiting()  # what the stop does, concurrently
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
 
     assert control.start_queued_runs() == 0
 
@@ -55,10 +62,10 @@ def test_a_stop_between_the_look_and_the_submission_puts_the_request_back_quietl
 
 
 def test_a_submission_that_fails_without_a_stop_is_an_error_and_the_request_stays_queued() -> None:
-    scheduler, executor = started_executor(1)
+    parts = started_parts()
     request = queued_request()
-    executor._pool.shutdown(wait=False)
-    control = Control(scheduler, executor, threading.Event())
+    parts.executor.cancel_waiting()
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
 
     with pytest.raises(RuntimeError, match="after shutdown"):
         control.start_queued_runs()

@@ -27,7 +27,7 @@ def test_a_stop_during_a_renewal_neither_elects_nor_keeps_the_lease() -> None:
     leadership = StopDuringRenewal(lambda: elected.append(True), lambda: None)
     leadership.step()
     assert elected == []
-    assert not leadership.is_leader()
+    assert not leadership.holds()
     (row,) = Lease.objects.all()
     assert row.holder == leadership.instance_id
     assert row.expires_at < timezone.now()  # given up: a standby may take it at once
@@ -36,4 +36,4 @@ def test_a_stop_during_a_renewal_neither_elects_nor_keeps_the_lease() -> None:
     elected_too = []
     other = lease.Leadership(lambda: elected_too.append(True), lambda: None)
     other.step()
-    assert elected_too == [True] and other.is_leader()
+    assert elected_too == [True] and other.holds()

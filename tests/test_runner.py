@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.job import Job as APSJob
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -24,15 +25,20 @@ from django.test.utils import CaptureQueriesContext
 from django_apscheduler.models import DjangoJob
 
 import tests.jobs
-from scheduler import claims, results, runner
+from scheduler import claims
 from scheduler.crontab import CronTrigger
 from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun
 from scheduler.registry import JobSpec
+from scheduler.results import ResultWriter
+from scheduler.runner import Executor, Runner
 from scheduler.sync import sync
 
 T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
+
+# A runner on its own, as runjob makes one: no lease, each result written at once.
+runner = Runner()
 
 
 class CustomError(Exception):
@@ -315,7 +321,7 @@ def test_coalesced_times_are_the_fire_times_folded_into_the_run(
     trigger, run_times: list[datetime], expected: list[datetime]
 ) -> None:
     job = aps_job(trigger, T0)
-    assert runner.Executor._coalesced_times(job, run_times) == expected
+    assert Executor._coalesced_times(job, run_times) == expected
 
 
 def test_coalesced_times_match_what_apscheduler_folds_away() -> None:
@@ -325,13 +331,13 @@ def test_coalesced_times_match_what_apscheduler_folds_away() -> None:
         job = aps_job(trigger, T0)
         due = job._get_run_times(T0 + 42 * SECOND)
         assert len(due) > 2
-        assert runner.Executor._coalesced_times(job, due[-1:]) == due[:-1]
+        assert Executor._coalesced_times(job, due[-1:]) == due[:-1]
 
 
 def test_no_coalesced_times_without_coalesce() -> None:
     job = aps_job(EVERY_SECOND, T0, coalesce=False)
     due = job._get_run_times(T0 + 3 * SECOND)
-    assert runner.Executor._coalesced_times(job, due) == []
+    assert Executor._coalesced_times(job, due) == []
 
 
 # -- run_scheduled and run_manual ------------------------------------------------------------------
@@ -630,10 +636,10 @@ def due_job(scheduler: BackgroundScheduler, job_id: str, at: datetime, **options
     )
 
 
-def started_executor(workers: int) -> tuple[BackgroundScheduler, runner.Executor]:
+def started_executor(workers: int) -> tuple[BackgroundScheduler, Executor]:
     """The scheduler's executor with ``workers`` threads, started as the scheduler does."""
     scheduler = BackgroundScheduler(timezone="UTC")
-    executor = runner.Executor(workers)
+    executor = Executor(workers)
     executor.start(scheduler, "default")
     return scheduler, executor
 
@@ -709,7 +715,7 @@ def test_a_claimed_run_that_cannot_start_ends_in_a_final_status() -> None:
         executor.book.claim_due([full, left], now)
         # t.full reaches max_instances after its claim (a run started meanwhile).
         executor._instances["t.full"] = 1
-        with pytest.raises(runner.MaxInstancesReachedError):
+        with pytest.raises(MaxInstancesReachedError):
             executor.submit_job(full, [at])
         # t.left is never submitted: the next pass finds its claim and closes it.
         executor.book.claim_due([], now + SECOND)
@@ -827,15 +833,17 @@ def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_results_written_by_the_writer_thread_are_all_there_after_it_stops() -> None:
     runs = [claimed(f"t.job{i}") for i in range(5)]
-    results.start()
+    writer = ResultWriter()
+    threaded = Runner(results=writer)
+    writer.start()
     try:
-        assert results._thread is not None
+        assert writer._thread is not None
         for run in runs:
-            runner.execute(run, lambda: print("done"))
+            threaded.execute(run, lambda: print("done"))
         first = row(runs[0])
     finally:
-        results.stop()
-    assert results._thread is None
+        writer.stop()
+    assert writer._thread is None
     # Handed over, then written: a first result at once, the ones after it together.
     for run in runs:
         stored = row(run)

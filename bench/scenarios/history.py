@@ -2,7 +2,7 @@
 
 In a separate process (``python -m bench.probe history``):
 
-* this project: ``scheduler.runner.run_scheduled(job, [run_time])`` with the
+* this project: ``scheduler.runner.Runner().run_scheduled(job, [run_time])`` with the
   APScheduler job built by ``scheduler.sync.first_job``, as a worker thread runs it;
 * django-apscheduler: what its scheduler does for one run: the submission event
   (dispatched to its listener), APScheduler's ``run_job``, the execution event;

@@ -11,14 +11,17 @@ from datetime import UTC, datetime
 
 from django_apscheduler.models import DjangoJob
 
-from scheduler import bulk, claims, results, runner
+from scheduler import bulk
 from scheduler.jobstore import _TimeRow
 from scheduler.models import JobRun
+from scheduler.runner import Runner
 
 AT = datetime(2026, 1, 1, 3, tzinfo=UTC)
+runner = Runner()
+claims, results = runner.claims, runner.results
 
-first = claims.claim_many([runner._new_run(f"pg.{i}", f"job {i}", AT) for i in range(4)])
-again = claims.claim_many([runner._new_run(f"pg.{i}", f"job {i}", AT) for i in (0, 4)])
+first = claims.claim_many([claims.new_row(f"pg.{i}", f"job {i}", AT) for i in range(4)])
+again = claims.claim_many([claims.new_row(f"pg.{i}", f"job {i}", AT) for i in (0, 4)])
 print("won", sorted(run.job_id for run in first), sorted(run.job_id for run in again))
 
 runs = {run.job_id: run for run in first}

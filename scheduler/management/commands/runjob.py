@@ -8,10 +8,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from scheduler import conf, db, health, lease, results, runner
+from scheduler import conf, db, health, lease
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, autodiscover
 from scheduler.requests import notify
+from scheduler.runner import Runner, make_call
 
 Status = JobRun.Status
 
@@ -63,9 +64,11 @@ class Command(BaseCommand):
                     "(max_instances); recorded as skipped."
                 )
                 sys.exit(3)
-            results.opened([run])
+            # On its own: no lease, and its one result is written at once.
+            worker = Runner(lease.Alone(presence.instance_id))
+            worker.results.opened([run])
             run.started_at = timezone.now()
-            runner.execute(run, runner.make_call(spec, None, run.scheduled_at))
+            worker.execute(run, make_call(spec, None, run.scheduled_at))
         finally:
             presence.finish()
         if run.status == Status.SUCCEEDED:
