@@ -151,24 +151,34 @@ class Leadership(threading.Thread):
         leases = Lease.objects
         me = self.instance_id
         expires = Now() + timedelta(seconds=self.lease_seconds)
-        taken = (
-            leases.filter(name=NAME)
-            .filter(Q(holder=me) | Q(expires_at__lt=Now()))
-            .update(
-                holder=me,
-                expires_at=expires,
-                token=Case(When(holder=me, then=F("token")), default=F("token") + 1),
-                acquired_at=Case(When(holder=me, then=F("acquired_at")), default=Now()),
+
+        def take() -> int:
+            return (
+                leases.filter(name=NAME)
+                .filter(Q(holder=me) | Q(expires_at__lt=Now()))
+                .update(
+                    holder=me,
+                    expires_at=expires,
+                    token=Case(When(holder=me, then=F("token")), default=F("token") + 1),
+                    acquired_at=Case(When(holder=me, then=F("acquired_at")), default=Now()),
+                )
             )
-        )
+
+        taken = take()
         if taken:
             return True
         current = leases.filter(name=NAME).first()
         if current is not None:
             if self._holder_died_here(current.holder):
-                # A crashed process on this host cannot renew: no need to wait out its lease.
-                leases.filter(name=NAME, holder=current.holder).update(expires_at=Now())
+                # A crashed process on this host cannot renew: no need to wait out its lease,
+                # nor for the next round (a restart after kill -9 took 1.6 s to become active,
+                # most of it that round). Expired a second back: SQLite's Now() has
+                # millisecond steps, and the take below compares with a later Now().
+                leases.filter(name=NAME, holder=current.holder).update(
+                    expires_at=Now() - timedelta(seconds=1)
+                )
                 logger.info("The previous active scheduler on this host died; taking over now.")
+                return bool(take())
             return False
         _, created = leases.get_or_create(
             name=NAME,

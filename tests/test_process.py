@@ -281,6 +281,31 @@ def test_kill_9_leaves_a_running_row_that_the_next_start_interrupts(
     assert second.stop() == 0
 
 
+def _logged_at(log: str, text: str) -> datetime:
+    """When the first log line containing ``text`` was written (the logger's own clock)."""
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_a_restart_after_kill_9_takes_the_lease_in_its_first_round(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    """The dead holder's lease (60 s) is expired and taken in the same round: not one
+    lease round (a second) later, as before."""
+    env = scheduler_env
+    first = env.start(modules="tests.proc.slow", LEASE_SECONDS=60, PROC_SLOW_SECONDS=10)
+    first.popen.kill()
+    first.popen.wait(5)
+
+    second = env.start(modules="tests.proc.slow", LEASE_SECONDS=60, SHUTDOWN_GRACE=0)
+    log = second.log()
+    died = _logged_at(log, "The previous active scheduler on this host died")
+    active = _logged_at(log, "is now the active one")
+    # A lease round is a second apart; the same round takes a few statements.
+    assert active - died < timedelta(seconds=0.5), log
+    assert second.stop() == 0
+
+
 def test_a_second_start_leaves_runs_of_a_live_process_alone(scheduler_env: SchedulerEnv) -> None:
     env = scheduler_env
     first = env.start(modules="tests.proc.slow", SHUTDOWN_GRACE=0, PROC_SLOW_SECONDS=10)
