@@ -7,6 +7,8 @@ within about a second (see scheduler.control).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
@@ -27,6 +29,20 @@ from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
 from scheduler.paginator import BoundedCountPaginator
 from scheduler.requests import queue_run, set_paused
 
+if TYPE_CHECKING:
+    from django.urls import URLPattern
+    from django_stubs_ext import StrOrPromise
+
+    # ModelAdmin is generic in django-stubs only: Django's class takes no parameters.
+    _AnyModelAdmin = admin.ModelAdmin[Any]
+    _JobAdmin = admin.ModelAdmin[Job]
+    _JobRunAdmin = admin.ModelAdmin[JobRun]
+    _SchedulerInstanceAdmin = admin.ModelAdmin[SchedulerInstance]
+    _DashboardAdmin = admin.ModelAdmin[Dashboard]
+else:
+    _AnyModelAdmin = object  # PermissionsFirst is a mixin
+    _JobAdmin = _JobRunAdmin = _SchedulerInstanceAdmin = _DashboardAdmin = admin.ModelAdmin
+
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
     if admin.site.is_registered(_model):
@@ -37,7 +53,7 @@ def _user(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
-class PermissionsFirst:
+class PermissionsFirst(_AnyModelAdmin):
     """Checks the permission before a view fetches or computes anything.
 
     Django's change, history and delete views fetch the object first (for
@@ -56,26 +72,32 @@ class PermissionsFirst:
             raise PermissionDenied
 
     def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         self.check_change_view(request)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def history_view(
-        self, request: HttpRequest, object_id: str, extra_context=None
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
         return super().history_view(request, object_id, extra_context)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None) -> HttpResponse:
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         if not self.has_delete_permission(request):
             raise PermissionDenied
         return super().delete_view(request, object_id, extra_context)
 
 
 @admin.register(Job)
-class JobAdmin(PermissionsFirst, admin.ModelAdmin):
+class JobAdmin(PermissionsFirst, _JobAdmin):
     list_display = [
         "id",
         "name",
@@ -101,14 +123,15 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
         "options",
         "synced_at",
     ]
-    fields = readonly_fields
+    # One list as both: django-stubs types them as lists of different items (invariant).
+    fields = readonly_fields  # type: ignore[assignment]
     change_form_template = "admin/scheduler/job/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         last = JobRun.objects.filter(job_id=OuterRef("pk")).exclude(status=JobRun.Status.QUEUED)
         last = last.order_by("-scheduled_at", "-id")
         return (
-            super()
+            cast("_JobAdmin", super())  # for mypy: not PermissionsFirst's ModelAdmin[Any]
             .get_queryset(request)
             .annotate(
                 next_run_time=Subquery(
@@ -143,7 +166,7 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
         return format_html("<code>{}</code> ({})", job.schedule, job.timezone)
 
     @admin.display(description=_("next run"), ordering="next_run_time")
-    def next_run(self, job: Job) -> str:
+    def next_run(self, job: Job) -> StrOrPromise:
         if not job.enabled:
             return _("disabled")
         if job.paused:
@@ -161,6 +184,7 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
 
     @admin.display(description=_("state"))
     def state(self, job: Job) -> str:
+        label: StrOrPromise
         if not job.enabled:
             label, state = _("disabled in code"), "disabled"
         elif job.paused:
@@ -207,7 +231,7 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
 
     # Buttons on a job's page ------------------------------------------------
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         view = self.admin_site.admin_view
         return [
@@ -264,7 +288,13 @@ class JobAdmin(PermissionsFirst, admin.ModelAdmin):
             self.message_user(request, _("Nothing to change."), messages.WARNING)
         return self._back(job)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         self.check_change_view(request)  # before the figures below, a dozen queries
         job_id = unquote(object_id)  # the admin escapes "_" and other characters in URLs
         runs = JobRun.objects.filter(job_id=job_id)
@@ -295,18 +325,20 @@ class JobFilter(admin.SimpleListFilter):
     title = _("job")
     parameter_name = "job_id__exact"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
         ids = Job.objects.values_list("id", flat=True)
         return [(job_id, job_id) for job_id in ids]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
         if self.value():
             return queryset.filter(job_id=self.value())
         return queryset
 
 
 @admin.register(JobRun)
-class JobRunAdmin(PermissionsFirst, admin.ModelAdmin):
+class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
     list_display = [
         "id",
         "status_badge",
@@ -347,7 +379,8 @@ class JobRunAdmin(PermissionsFirst, admin.ModelAdmin):
         "traceback_text",
         "output_text",
     ]
-    readonly_fields = fields
+    # One list as both: django-stubs types them as lists of different items (invariant).
+    readonly_fields = fields  # type: ignore[assignment]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -402,7 +435,7 @@ def _pre(text: str) -> str:
 
 
 @admin.register(SchedulerInstance)
-class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
+class SchedulerInstanceAdmin(PermissionsFirst, _SchedulerInstanceAdmin):
     list_display = ["__str__", "role_badge", "started", "heartbeat", "version", "id"]
     list_filter = ["role", "hostname"]
     # Each process owns its row. Deleting a live one would make the active scheduler
@@ -410,15 +443,19 @@ class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
     # they still run (lease.recover_orphans). No delete, hence no bulk actions at all.
     actions = None
     fields = ["id", "hostname", "pid", "role_badge", "version", "started", "heartbeat", "stopped"]
-    readonly_fields = fields
+    readonly_fields = fields  # type: ignore[assignment]  # (as in JobRunAdmin)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(
+        self, request: HttpRequest, obj: SchedulerInstance | None = None
+    ) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(
+        self, request: HttpRequest, obj: SchedulerInstance | None = None
+    ) -> bool:
         return False
 
     @admin.display(description=_("role"), ordering="role")
@@ -443,31 +480,33 @@ class SchedulerInstanceAdmin(PermissionsFirst, admin.ModelAdmin):
 
 
 @admin.register(Dashboard)
-class DashboardAdmin(admin.ModelAdmin):
+class DashboardAdmin(_DashboardAdmin):
     """Is the scheduler alive, what is failing, what ran, what comes next."""
 
-    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_view_permission(self, request: HttpRequest, obj: Dashboard | None = None) -> bool:
         return request.user.has_perm("scheduler.view_jobrun")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Dashboard | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Dashboard | None = None) -> bool:
         return False
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view(self.changelist_view)
         return [path("", view, name="scheduler_dashboard_changelist")]
 
-    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
         health_now = health.for_staff()
-        figures = {}
+        figures: dict[str, Any] = {}
         # When the database cannot be read, the page says so rather than failing on
         # the figures, which come from the same database.
         if not health_now.get("error"):

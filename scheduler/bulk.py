@@ -11,9 +11,9 @@ wrappers see them and errors are Django's, which the retries know.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 from django.conf import settings
 from django.db import connections, models
@@ -22,10 +22,35 @@ from django.db.models import Model
 from scheduler import conf
 from scheduler.db import cursor
 
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.options import Options
+
 _PLAIN = (models.CharField, models.TextField, models.FloatField, models.IntegerField)
 
+_M = TypeVar("_M", bound=Model)
+_Field: TypeAlias = "models.Field[Any, Any]"
 
-def datetime_adapter(connection: Any) -> Callable[[Any], Any]:
+
+class Row(Protocol):
+    """What ``update_many`` writes from: a model instance, or any object with the
+    primary key as ``pk`` and an attribute per field written."""
+
+    @property
+    def pk(self) -> Any: ...
+
+
+def _column(field: _Field) -> str:
+    # A concrete field's; django-stubs says str | None (a field may have no column).
+    return cast(str, field.column)
+
+
+def _field(meta: Options[Any], name: str) -> _Field:
+    # The scheduler names concrete fields only; get_field also finds reverse relations.
+    return cast(_Field, meta.get_field(name))
+
+
+def datetime_adapter(connection: BaseDatabaseWrapper) -> Callable[[Any], Any]:
     """``connection.ops.adapt_datetimefield_value``, for many values.
 
     On SQLite, Django's looks up ``USE_TZ`` and the connection's zone for every
@@ -45,7 +70,12 @@ def datetime_adapter(connection: Any) -> Callable[[Any], Any]:
     return to_text
 
 
-def _prep(field: models.Field, value: Any, connection: Any, adapt: Callable | None = None) -> Any:
+def _prep(
+    field: _Field,
+    value: Any,
+    connection: BaseDatabaseWrapper,
+    adapt: Callable[[Any], Any] | None = None,
+) -> Any:
     """``field.get_db_prep_save``, without its layers for the plain types the scheduler writes."""
     if value is None or isinstance(field, _PLAIN):
         return value
@@ -54,7 +84,7 @@ def _prep(field: models.Field, value: Any, connection: Any, adapt: Callable | No
     return field.get_db_prep_save(value, connection)
 
 
-def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> None:
+def upsert(model: type[_M], objs: Sequence[_M], update_fields: list[str]) -> None:
     """Insert or update many rows by primary key; call inside a transaction.
 
     Django's ``bulk_create(update_conflicts=True)`` compiles SQL for every
@@ -79,11 +109,11 @@ def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> N
     qn = connection.ops.quote_name
     fields = meta.concrete_fields
     updates = ", ".join(
-        f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in fields if f.name in update_fields
+        f"{qn(_column(f))} = EXCLUDED.{qn(_column(f))}" for f in fields if f.name in update_fields
     )
-    columns = ", ".join(qn(f.column) for f in fields)
+    columns = ", ".join(qn(_column(f)) for f in fields)
     rows = [[_prep(f, getattr(obj, f.attname), connection) for f in fields] for obj in objs]
-    conflict = f"ON CONFLICT ({qn(meta.pk.column)}) DO UPDATE SET {updates}"
+    conflict = f"ON CONFLICT ({qn(_column(meta.pk))}) DO UPDATE SET {updates}"
     if connection.vendor == "postgresql":
         _copy_upsert(qn(meta.db_table), columns, conflict, rows)
         return
@@ -100,7 +130,7 @@ def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> N
     execute_all(statements)
 
 
-def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> None:
+def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list[Any]]) -> None:
     """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT."""
     with cursor() as c:
         c.execute(f"CREATE TEMP TABLE scheduler_upsert (LIKE {table}) ON COMMIT DROP")
@@ -113,7 +143,7 @@ def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list]) -> N
         c.execute("DROP TABLE scheduler_upsert")
 
 
-def unnest(fields: list[models.Field], connection: Any) -> str:
+def unnest(fields: list[_Field], connection: BaseDatabaseWrapper) -> str:
     """PostgreSQL: ``unnest(%s::type[], ...) AS u(c0, c1, ...)``, one array per field.
 
     Many rows then travel as a few arrays in one statement whose text does not
@@ -126,7 +156,9 @@ def unnest(fields: list[models.Field], connection: Any) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple, arrays: bool) -> str:
+def _update_sql(
+    model: type[Model], fields: tuple[str, ...], where_in: tuple[tuple[str, int], ...], arrays: bool
+) -> str:
     # Built once per shape: the ORM's per-call query compilation cost more than
     # the statement itself (the same for claims: scheduler/claims.py). With
     # ``arrays``, the rows come as one array per column (see ``unnest``).
@@ -134,24 +166,26 @@ def _update_sql(model: type[Model], fields: tuple[str, ...], where_in: tuple, ar
     qn = connection.ops.quote_name
     meta = model._meta
     table = qn(meta.db_table)
-    columns = [meta.get_field(name) for name in fields]
+    columns = [_field(meta, name) for name in fields]
     values, source = ["%s"] * (len(columns) + 1), ""
     if arrays:
         values = [f"u.c{i}" for i in range(len(columns) + 1)]
         source = f" FROM {unnest([*columns, meta.pk], connection)}"
-    assignments = ", ".join(f"{qn(f.column)} = {v}" for f, v in zip(columns, values, strict=False))
-    conditions = [f"{table}.{qn(meta.pk.column)} = {values[-1]}"]
+    assignments = ", ".join(
+        f"{qn(_column(f))} = {v}" for f, v in zip(columns, values, strict=False)
+    )
+    conditions = [f"{table}.{qn(_column(meta.pk))} = {values[-1]}"]
     for name, count in where_in:
-        column = qn(meta.get_field(name).column)
+        column = qn(_column(_field(meta, name)))
         conditions.append(f"{table}.{column} IN ({', '.join(['%s'] * count)})")
     return f"UPDATE {table} SET {assignments}{source} WHERE {' AND '.join(conditions)}"
 
 
 def update_many(
     model: type[Model],
-    objs: list[Model],
+    objs: Sequence[Row],
     fields: list[str] | tuple[str, ...],
-    where_in: dict[str, tuple | list] | None = None,
+    where_in: dict[str, tuple[Any, ...] | list[Any]] | None = None,
 ) -> None:
     """``UPDATE ... WHERE pk = %s`` for many rows: one ``executemany``, or on
     PostgreSQL one statement over arrays (see ``unnest``).
@@ -165,7 +199,7 @@ def update_many(
     connection = connections[conf.database()]
     meta = model._meta
     where_in = where_in or {}
-    columns = [meta.get_field(name) for name in fields]
+    columns = [_field(meta, name) for name in fields]
     extra = [value for allowed in where_in.values() for value in allowed]
     shape = tuple((k, len(v)) for k, v in where_in.items())
     if connection.vendor == "postgresql":
@@ -186,12 +220,12 @@ def update_many(
     executemany(sql, rows)
 
 
-def executemany(sql: str, rows: list[list]) -> None:
+def executemany(sql: str, rows: list[list[Any]]) -> None:
     with cursor() as c:
         c.executemany(sql, rows)
 
 
-def execute_all(statements: list[tuple[str, list]]) -> None:
+def execute_all(statements: list[tuple[str, list[Any]]]) -> None:
     with cursor() as c:
         for sql, params in statements:
             c.execute(sql, params)

@@ -254,7 +254,8 @@ def _load() -> dict[str, Any]:
 
 
 def database() -> str:
-    return get("DATABASE")
+    alias: str = get("DATABASE")  # checked to be a key of DATABASES when first read
+    return alias
 
 
 @receiver(setting_changed)

@@ -17,7 +17,7 @@ rules, as in Vixie cron.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, TypeAlias
 
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger as _APSCronTrigger
@@ -34,9 +34,12 @@ MACROS = {
 }
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _DAY_NUMBERS = {name: number for number, name in enumerate(_DAY_NAMES)}
+# A memoized answer: ((previous fire time, now) as timestamps, the next fire time).
+_Memo: TypeAlias = "tuple[tuple[float | None, float], datetime | None]"
 
 
-class CronTrigger(_APSCronTrigger):
+# APScheduler 3 ships no type information: its CronTrigger is Any to mypy.
+class CronTrigger(_APSCronTrigger):  # type: ignore[misc]
     """A cron trigger that runs a fixed-hour job once on the daylight-saving fall-back day."""
 
     def get_next_fire_time(
@@ -48,10 +51,10 @@ class CronTrigger(_APSCronTrigger):
         # Keyed by instants: datetimes of one zone compare by wall time, so the two
         # 01:00s of a fall-back night would be equal.
         key = (previous_fire_time and previous_fire_time.timestamp(), now.timestamp())
-        memo = getattr(self, "_memo", None)
+        memo: _Memo | None = getattr(self, "_memo", None)
         if memo is not None and memo[0] == key:
             return memo[1]
-        fire_time = super().get_next_fire_time(previous_fire_time, now)
+        fire_time: datetime | None = super().get_next_fire_time(previous_fire_time, now)
         while fire_time is not None and self._is_repeated_wall_time(fire_time):
             after = datetime_utc_add(fire_time, timedelta(microseconds=1))
             fire_time = super().get_next_fire_time(after, after)

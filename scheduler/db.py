@@ -8,11 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections
 
 from scheduler import conf
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,11 @@ def cursor() -> Iterator[Any]:
     every statement, and errors are Django's, which the retries know.
     """
     connection = connections[conf.database()]
-    if connection.vendor != "postgresql" or connection.Database.__name__ != "psycopg":
+    if (
+        connection.vendor != "postgresql"
+        # (each backend's wrapper has its driver module, the base class has none)
+        or cast("PostgresWrapper", connection).Database.__name__ != "psycopg"
+    ):
         with connection.cursor() as c:  # (psycopg is imported only where PostgreSQL is used)
             yield c
         return
@@ -139,7 +146,10 @@ def cursor() -> Iterator[Any]:
     connection.close_if_health_check_failed()
     with connection.wrap_database_errors:
         connection.ensure_connection()
-        with connection._prepare_cursor(psycopg.Cursor(connection.connection)) as c:
+        # Django's private _prepare_cursor (a driver cursor wrapped as Django's) is
+        # missing from django-stubs.
+        prepare = connection._prepare_cursor  # type: ignore[attr-defined]
+        with prepare(psycopg.Cursor(connection.connection)) as c:
             yield c
 
 
@@ -191,4 +201,5 @@ def close_old_connections() -> None:
     for connection in connections.all(initialized_only=True):
         connection.close_if_unusable_or_obsolete()
         if connection.connection is not None:
-            connection.health_check_done = True
+            # (an attribute of Django's since 4.1 that django-stubs lacks)
+            connection.health_check_done = True  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cron_descriptor import ExpressionDescriptor, Options
 from django.utils import timezone, translation
@@ -17,6 +17,9 @@ from django.utils.translation import ngettext
 
 from scheduler import crontab, registry
 from scheduler.models import RunStatus
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 _CRON_LOCALES = {
     "zh-hans": "zh_CN",
@@ -33,7 +36,8 @@ def _cron_words(expr: str) -> str | None:
     options.use_24hour_time_format = True
     options.locale_code = _CRON_LOCALES.get(translation.get_language() or "en", "en_US")
     try:
-        return ExpressionDescriptor(expr, options).get_description()
+        # cron-descriptor ships no type information; its description is text.
+        return cast(str, ExpressionDescriptor(expr, options).get_description())
     except Exception:  # cron-descriptor raises bare exceptions on what it cannot word
         return None
 
@@ -96,8 +100,8 @@ def schedule_words(kind: str, fields: Mapping[str, Any] | None, text: str) -> st
         expr = fields["crontab"]
         words = _cron_words(crontab.MACROS.get(expr.strip().lower(), expr))
     elif kind == "cron":
-        expr = _fields_to_expr(fields)
-        words = _cron_words(expr) if expr else None
+        fields_expr = _fields_to_expr(fields)
+        words = _cron_words(fields_expr) if fields_expr else None
     return words or text
 
 
@@ -200,14 +204,14 @@ STATE_COLOURS = {
 _NEUTRAL = ("#111827", "#f3f4f6")
 
 
-def status_badge(status: str | None, label: str | None = None) -> SafeString | str:
+def status_badge(status: str | None, label: StrOrPromise | None = None) -> SafeString | str:
     """A run status as a badge: its name in text, not colour alone."""
     if not status:
         return "—"
     return _badge(f"scheduler-{status}", STATUS_COLOURS.get(status, _NEUTRAL), label or status)
 
 
-def state_badge(state: str, label: str) -> SafeString:
+def state_badge(state: str, label: StrOrPromise) -> SafeString:
     """A job's state (active, paused, disabled) or an instance's role, as a badge."""
     return _badge(f"scheduler-state-{state}", STATE_COLOURS.get(state, _NEUTRAL), label)
 
@@ -224,7 +228,7 @@ def _badge(css_class: str, colours: tuple[str, str], label: object) -> SafeStrin
     )
 
 
-def duration_chart(runs: list[dict], width: int = 640, height: int = 120) -> SafeString:
+def duration_chart(runs: list[dict[str, Any]], width: int = 640, height: int = 120) -> SafeString:
     """Recent run durations as an SVG bar chart, one bar per run, coloured by status.
 
     Server-rendered, so it reads without JavaScript; each bar has a tooltip

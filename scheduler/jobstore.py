@@ -33,6 +33,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
@@ -47,6 +48,9 @@ from scheduler.claims import ClaimBook
 from scheduler.lease import Alone, Standing
 from scheduler.registry import JobSpec, registry
 from scheduler.results import ResultWriter
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +145,8 @@ class _TimeRow:
 
     def __init__(self, job_id: str, next_run_time: datetime | None) -> None:
         self.pk = job_id
-        self.next_run_time = get_django_internal_datetime(next_run_time)
+        # (django-apscheduler's annotation says datetime; it returns None for None)
+        self.next_run_time = get_django_internal_datetime(next_run_time)  # type: ignore[arg-type]
 
 
 class _TableView:
@@ -329,7 +334,7 @@ class JobStore(DjangoJobStore):
         self,
         specs: Mapping[str, JobSpec] | None = None,
         book: ClaimBook | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # The declarations jobs are rebuilt from (``sync`` sets the ones it stored).
@@ -498,7 +503,7 @@ class JobStore(DjangoJobStore):
     # -- rows and jobs ------------------------------------------------------------------
 
     @property
-    def _objects(self):
+    def _objects(self) -> QuerySet[DjangoJob]:
         return DjangoJob.objects.using(conf.database())
 
     @staticmethod
@@ -530,7 +535,7 @@ class JobStore(DjangoJobStore):
         except db.TRANSIENT:
             logger.error("Could not remove stored jobs %s; will try again.", job_ids)
 
-    def _read_jobs(self, **filters) -> list[Job]:
+    def _read_jobs(self, **filters: Any) -> list[Job]:
         def fetch() -> list[tuple[str, datetime | None]]:
             return list(
                 self._objects.filter(**filters)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from typing import ClassVar, Self, TypeVar
 
 from django.db import models
 from django.db.models import Q
@@ -11,18 +12,20 @@ from django.utils.translation import pgettext_lazy
 
 from scheduler.conf import HOSTNAME
 
+_M = TypeVar("_M", bound=models.Model)
 
-class OnSchedulerDatabase(models.Manager):
+
+class OnSchedulerDatabase(models.Manager[_M]):
     """The scheduler's tables live in ``SCHEDULER['DATABASE']``: every query of this
     manager goes there, whether or not the project installs ``scheduler.router``."""
 
-    def get_queryset(self) -> models.QuerySet:
+    def get_queryset(self) -> models.QuerySet[_M]:
         from scheduler import conf  # settings are read when the first query is built
 
         return super().get_queryset().using(conf.database())
 
 
-class JobRunManager(OnSchedulerDatabase):
+class JobRunManager(OnSchedulerDatabase["JobRun"]):
     """Queries go to the scheduler's database; the rows the scheduler makes are made here."""
 
     def claim_row(
@@ -132,7 +135,7 @@ class Job(models.Model):
     fingerprint = models.CharField(max_length=64)
     synced_at = models.DateTimeField(_("synced at"))
 
-    objects = OnSchedulerDatabase()
+    objects: ClassVar[OnSchedulerDatabase[Self]] = OnSchedulerDatabase()
 
     class Meta:
         verbose_name = _("job")
@@ -196,7 +199,7 @@ class JobRun(models.Model):
     traceback = models.TextField(_("traceback"), blank=True)
     output = models.TextField(_("output"), blank=True)
 
-    objects = JobRunManager()
+    objects: ClassVar[JobRunManager] = JobRunManager()
 
     class Meta:
         verbose_name = _("run")
@@ -250,7 +253,7 @@ class SchedulerInstance(models.Model):
     heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
     stopped_at = models.DateTimeField(_("stopped at"), null=True, blank=True)
 
-    objects = OnSchedulerDatabase()
+    objects: ClassVar[OnSchedulerDatabase[Self]] = OnSchedulerDatabase()
 
     class Meta:
         verbose_name = _("scheduler instance")
@@ -271,7 +274,7 @@ class Lease(models.Model):
     acquired_at = models.DateTimeField()
     expires_at = models.DateTimeField()
 
-    objects = OnSchedulerDatabase()
+    objects: ClassVar[OnSchedulerDatabase[Self]] = OnSchedulerDatabase()
 
     class Meta:
         verbose_name = _("leader lease")

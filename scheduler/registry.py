@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from importlib import import_module
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger as ApsCronTrigger
@@ -106,7 +106,7 @@ class JobSpec:
     def schedule_text(self) -> str:
         """The schedule in raw form: the crontab string, or its fields."""
         if self.kind == "cron" and "crontab" in self.schedule:
-            return self.schedule["crontab"]
+            return cast(str, self.schedule["crontab"])  # checked to be a str when declared
         return ", ".join(f"{key}={value}" for key, value in self.schedule.items())
 
     def make_trigger(self) -> BaseTrigger:
@@ -150,7 +150,7 @@ class JobSpec:
     def effective_grace_time(self) -> int | None:
         if self.misfire_grace_time is not None:
             return self.misfire_grace_time
-        return conf.get("MISFIRE_GRACE_TIME")
+        return cast("int | None", conf.get("MISFIRE_GRACE_TIME"))
 
 
 @lru_cache(maxsize=65536)
@@ -408,11 +408,13 @@ def _wants_scheduled_at(func: Callable[..., Any]) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _check_call_cached(func: Callable[..., Any], arg_count: int, kwarg_names: frozenset) -> None:
+def _check_call_cached(
+    func: Callable[..., Any], arg_count: int, kwarg_names: frozenset[str]
+) -> None:
     check_callable_args(func, (None,) * arg_count, dict.fromkeys(kwarg_names))
 
 
-def _check_call(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+def _check_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """APScheduler's check that the function accepts these arguments (names and count only)."""
     _check_call_cached(func, len(args), frozenset(kwargs))
 

@@ -7,15 +7,18 @@ django-apscheduler's then live only in that database.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler import conf
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 APPS = {"scheduler", "django_apscheduler"}
 
 
 class SchedulerRouter:
-    def db_for_read(self, model: type, **hints: Any) -> str | None:
+    def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
         return conf.database() if model._meta.app_label in APPS else None
 
     db_for_write = db_for_read

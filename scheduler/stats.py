@@ -15,12 +15,12 @@ from django.utils import timezone
 from django_apscheduler.models import DjangoJob
 
 from scheduler import conf, registry
-from scheduler.models import Job, JobRun
+from scheduler.models import Job, JobRun, JobRunManager
 
 Status = JobRun.Status
 
 
-def _runs():
+def _runs() -> JobRunManager:
     return JobRun.objects
 
 
@@ -130,7 +130,7 @@ def next_fire_times(job: Job, count: int = 5) -> list[datetime]:
             at = _later(lambda: at + steps * trigger.interval)
         else:
             at = _later(trigger.get_next_fire_time, None, now)
-    times = []
+    times: list[datetime] = []
     while at is not None and len(times) < count:
         times.append(at)
         at = _later(trigger.get_next_fire_time, at, at)

@@ -8,9 +8,10 @@ neither skips nor repeats a run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from apscheduler.job import Job as APSJob
 from apscheduler.schedulers.base import BaseScheduler
@@ -64,7 +65,7 @@ def first_job(
 def display_schedule(spec: JobSpec) -> str:
     """The schedule as display text, cut to fit its column (a long crontab list can be longer)."""
     text = spec.schedule_text
-    limit = Job._meta.get_field("schedule").max_length
+    limit = cast(int, Job._meta.get_field("schedule").max_length)  # a CharField's: never None
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -102,7 +103,7 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
     store.specs = specs
     jobs = Job.objects
 
-    def read_catalog() -> tuple[dict[str, dict[str, Any]], set[str]]:
+    def read_catalog() -> tuple[dict[str, Mapping[str, Any]], set[str]]:
         # The fingerprint covers every other catalog field, but for the schedule's fields
         # on rows written before they were kept (migration 0005 left them empty).
         rows = jobs.values("id", "paused", "name", "enabled", "fingerprint")

@@ -27,6 +27,7 @@ naming the variable.
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -178,7 +179,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-SCHEDULER = {
+SCHEDULER: dict[str, Any] = {
     "JOB_MODULES": ["jobs"],
 }
 

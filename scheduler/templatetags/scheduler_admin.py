@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import template
 from django.contrib.admin.templatetags.admin_list import date_hierarchy
@@ -14,6 +14,11 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from scheduler import describe, health, paginator
+
+if TYPE_CHECKING:
+    from django.db.models import Field
+
+    from scheduler.models import JobRun
 
 register = template.Library()
 
@@ -25,7 +30,7 @@ def scheduler_health() -> dict[str, Any]:
 
 
 @register.simple_tag
-def percent(fraction) -> str:
+def percent(fraction: float | None) -> str:
     return describe.percent(fraction)
 
 
@@ -41,22 +46,22 @@ def count_limit() -> int:
 
 
 @register.simple_tag
-def status_badge(run) -> str:
+def status_badge(run: JobRun) -> str:
     return describe.status_badge(run.status, run.get_status_display())
 
 
 @register.simple_tag
-def when(value) -> str:
+def when(value: datetime | None) -> str:
     return describe.when(value)
 
 
 @register.simple_tag
-def duration(seconds) -> str:
+def duration(seconds: float | None) -> str:
     return describe.duration_words(seconds)
 
 
 @register.inclusion_tag("admin/date_hierarchy.html")
-def bounded_date_hierarchy(cl: ChangeList) -> dict:
+def bounded_date_hierarchy(cl: ChangeList) -> dict[str, Any]:
     """Django's date hierarchy, with choices found by index probes instead of a DISTINCT.
 
     Django lists the years, months or days that have rows with a
@@ -66,18 +71,21 @@ def bounded_date_hierarchy(cl: ChangeList) -> dict:
     """
     context = _bounded_date_hierarchy(cl)
     # Django 6 labels the links "Filter by <field>".
-    context.setdefault("field_name", cl.model._meta.get_field(cl.date_hierarchy).verbose_name)
+    field = cast("Field[Any, Any]", cl.model._meta.get_field(cl.date_hierarchy))  # scheduled_at
+    context.setdefault("field_name", field.verbose_name)
     return context
 
 
-def _bounded_date_hierarchy(cl: ChangeList) -> dict:
+def _bounded_date_hierarchy(cl: ChangeList) -> dict[str, Any]:
     field = cl.date_hierarchy
     params = cl.params
     year = params.get(f"{field}__year")
     month = params.get(f"{field}__month")
     day = params.get(f"{field}__day")
     if day:
-        return date_hierarchy(cl)  # a single day is chosen: Django runs no query for it
+        # A single day is chosen: Django runs no query for it. (Its tag gives None only
+        # without a date hierarchy, and the template asks for this tag only with one.)
+        return cast("dict[str, Any]", date_hierarchy(cl))
     if year and month:
         return _days(cl, field, int(year), int(month))
     if year:
@@ -108,15 +116,15 @@ def _exists(cl: ChangeList, field: str, start: datetime, end: datetime) -> bool:
     return following is not None and following < end
 
 
-def _aware(*args: int) -> datetime:
-    return timezone.make_aware(datetime(*args))
+def _aware(year: int, month: int, day: int) -> datetime:
+    return timezone.make_aware(datetime(year, month, day))
 
 
-def _link(cl: ChangeList, field: str, filters: dict) -> str:
+def _link(cl: ChangeList, field: str, filters: dict[str, Any]) -> str:
     return cl.get_query_string(filters, [f"{field}__"])
 
 
-def _years(cl, field, first: int, last: int) -> dict:
+def _years(cl: ChangeList, field: str, first: int, last: int) -> dict[str, Any]:
     choices = [
         {"link": _link(cl, field, {f"{field}__year": str(y)}), "title": str(y)}
         for y in range(first, last + 1)
@@ -125,7 +133,7 @@ def _years(cl, field, first: int, last: int) -> dict:
     return {"show": True, "back": None, "choices": choices}
 
 
-def _months(cl, field, year: int) -> dict:
+def _months(cl: ChangeList, field: str, year: int) -> dict[str, Any]:
     choices = []
     for m in range(1, 13):
         start = _aware(year, m, 1)
@@ -144,7 +152,7 @@ def _months(cl, field, year: int) -> dict:
     }
 
 
-def _days(cl, field, year: int, month: int) -> dict:
+def _days(cl: ChangeList, field: str, year: int, month: int) -> dict[str, Any]:
     choices = []
     for d in range(1, calendar.monthrange(year, month)[1] + 1):
         start = _aware(year, month, d)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from scheduler import conf
@@ -16,7 +16,7 @@ class Command(BaseCommand):
         "scheduler.prune_history job does every night. Runs still queued or running are kept."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--days", type=int, help="Keep this many days instead of SCHEDULER['HISTORY_DAYS']."
         )

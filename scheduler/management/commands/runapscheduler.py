@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_apscheduler.models import DjangoJob
 
 from scheduler import conf, db
@@ -16,7 +16,7 @@ class Command(BaseCommand):
         "them on time until SIGTERM or Ctrl+C."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--list", action="store_true", help="Print every registered job and exit."
         )

@@ -5,7 +5,7 @@ import sys
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from scheduler import conf, db, health, lease
@@ -29,7 +29,7 @@ class Command(BaseCommand):
         "unknown, 3 with --no-wait when no slot is free."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "job_id", help="The id of a registered job (see runapscheduler --list)."
         )

@@ -4,7 +4,7 @@ import json
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError
 
 from scheduler import db, health
@@ -16,7 +16,7 @@ class Command(BaseCommand):
         "summary. Fit for a liveness or readiness probe."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print the status as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
