@@ -79,10 +79,10 @@ class _Tee(io.TextIOBase):
             pass
 
     @property
-    def buffer(self) -> _BinaryTee:  # type: ignore[override]
+    def buffer(self) -> _BinaryTee:
         """``sys.stdout.buffer``: bytes written there are captured too."""
         if self._binary is None:
-            self._binary = _BinaryTee(self._stream.buffer)  # type: ignore[attr-defined]
+            self._binary = _BinaryTee(self._stream.buffer)
         return self._binary
 
     def flush(self) -> None:

@@ -21,10 +21,11 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from apscheduler.job import Job
 from django.db import connections
+from django.db.models import Field
 
 from scheduler import bulk, conf, db
 from scheduler.lease import Standing
@@ -143,8 +144,8 @@ class Claims:
 
 
 # The columns a claim writes; the other text columns are empty and the rest NULL.
-_COLUMNS = ("job_id", "job_name", "status", "trigger", "scheduled_at", "started_at")
-_COLUMNS += ("hostname", "pid", "instance")
+_COLUMNS: tuple[str, ...] = ("job_id", "job_name", "status", "trigger", "scheduled_at")
+_COLUMNS += ("started_at", "hostname", "pid", "instance")
 _EMPTY = ("requested_by", "exception", "traceback", "output")
 
 
@@ -156,7 +157,8 @@ def _sql(vendor: str, count: int) -> str:
     qn = connection.ops.quote_name
     columns = ", ".join(qn(column) for column in _COLUMNS + _EMPTY)
     if vendor == "postgresql":
-        fields = [JobRun._meta.get_field(column) for column in _COLUMNS]
+        # Concrete columns of JobRun, no relations.
+        fields = [cast("Field[Any, Any]", JobRun._meta.get_field(c)) for c in _COLUMNS]
         values = ", ".join([f"u.c{i}" for i in range(len(fields))] + ["''"] * len(_EMPTY))
         rows = f"SELECT {values} FROM {bulk.unnest(fields, connection)}"
     else:
@@ -173,7 +175,8 @@ def insert(runs: list[JobRun]) -> set[int]:
     """One INSERT for the runs; the ids (of the Python objects) of the runs that won."""
     connection = connections[conf.database()]
     when = bulk.datetime_adapter(connection)
-    params, keys = [], {}
+    params: list[Any] = []
+    keys: dict[tuple[str, float], JobRun] = {}
     for run in runs:
         scheduled_at = when(run.scheduled_at)
         params += (run.job_id, run.job_name, run.status, run.trigger, scheduled_at)
@@ -187,12 +190,12 @@ def insert(runs: list[JobRun]) -> set[int]:
         returned = cursor.fetchall()
     won = set()
     for pk, job_id, scheduled_at in returned:
-        run = keys.get((job_id, _key(scheduled_at)))
-        if run is not None:
-            run.pk = pk
-            run._state.adding = False
-            run._state.db = conf.database()
-            won.add(id(run))
+        winner = keys.get((job_id, _key(scheduled_at)))
+        if winner is not None:
+            winner.pk = pk
+            winner._state.adding = False
+            winner._state.db = conf.database()
+            won.add(id(winner))
     return won
 
 
@@ -365,7 +368,7 @@ class ClaimBook:
         spec = registry.get(job.id)
         run = self.claims.new_row(job.id, spec.name if spec else job.name, at)
         # Claimed ahead: the planned start until the run records its real one.
-        run.started_at = max(run.started_at, at)
+        run.started_at = max(run.started_at or at, at)
         return run
 
 

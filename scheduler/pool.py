@@ -27,13 +27,13 @@ class WorkerPool:
         self._max_workers = max_workers
         self._name = name
         self._lock = threading.Lock()
-        self._work: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._work: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._idle: list[threading.Lock] = []  # a stack: the last thread to go idle on top
         self._threads: list[threading.Thread] = []
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")

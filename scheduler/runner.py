@@ -41,9 +41,11 @@ Status = JobRun.Status
 
 def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
     """The call that runs a job once, passing ``scheduled_at`` where the function asks for it."""
-    func = spec.func if spec else job.func
-    args = spec.args if spec else tuple(job.args)
-    kwargs = spec.call_kwargs(scheduled_at) if spec else dict(job.kwargs)
+    if spec is not None:
+        func, args, kwargs = spec.func, spec.args, spec.call_kwargs(scheduled_at)
+    else:  # a job added to APScheduler directly, without a declaration in code
+        assert job is not None, "a job or its declaration is needed"
+        func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
     if is_async(func):
         # Each run gets its own event loop in its worker thread.
         return lambda: asyncio.run(func(*args, **kwargs))
@@ -272,14 +274,14 @@ class Runner:
                 if reason:
                     self.did_not_run(job.id, name, Status.MISSED, [run_time], reason)
                     continue
-                run = self.claim(job.id, name, run_time)
-                if run is not None:
-                    self.execute(run, make_call(spec, job, run_time))
+                won = self.claim(job.id, name, run_time)
+                if won is not None:
+                    self.execute(won, make_call(spec, job, run_time))
         finally:
             db.close_old_connections()
 
 
-class Executor(BasePoolExecutor):
+class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     """APScheduler's pool executor on our worker threads (``pool.WorkerPool``),
     running each fire time through the runner.
 
@@ -330,7 +332,7 @@ class Executor(BasePoolExecutor):
         taken = self._instances[job.id]
         if job.id in self._manual_waiting:
             taken += 1
-        return taken >= job.max_instances
+        return bool(taken >= job.max_instances)
 
     # -- manual runs ------------------------------------------------------------------------
 
@@ -357,7 +359,7 @@ class Executor(BasePoolExecutor):
     def unreserve(self, job_id: str) -> None:
         self._run_job_success(job_id, [])
 
-    def submit_manual(self, run: JobRun) -> Future:
+    def submit_manual(self, run: JobRun) -> Future[Any]:
         """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
         future = self._submit(self.runner.run_manual, run, self.stopping)
         future.add_done_callback(lambda _: self.unreserve(run.job_id))
@@ -383,14 +385,14 @@ class Executor(BasePoolExecutor):
 
     # -- submissions ---------------------------------------------------------------------
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        future = self._pool.submit(fn, *args)
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = self._pool.submit(fn, *args)
         with self._busy_lock:
             self._busy += 1
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, future: Future) -> None:
+    def _done(self, future: Future[Any]) -> None:
         with self._busy_lock:
             self._busy -= 1
 
@@ -472,7 +474,7 @@ class Executor(BasePoolExecutor):
         runner, results = self.runner, self.runner.results
         unclaimed = [at for at in run_times if claimed is None or at not in claimed.tried]
 
-        def callback(future) -> None:
+        def callback(future: Future[Any]) -> None:
             if future.cancelled():
                 # The scheduler stopped before a worker was free to start it.
                 self._run_job_success(job.id, [])

@@ -163,6 +163,7 @@ class Service:
         report = sync(parts.scheduler, store, self.specs)
         store.activate()
         # Pauses made in the admin while no scheduler was active apply before any catch-up.
+        assert self.control is not None, "the control thread is made before the lease"
         self.control.apply_pause_changes()
         with self._role_lock:
             if self._stopping:
