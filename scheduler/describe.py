@@ -29,6 +29,8 @@ _CRON_LOCALES = {
     "ja": "ja_JP",
 }
 _FIELD_ORDER = ["second", "minute", "hour", "day", "month", "day_of_week"]
+# APScheduler's order of the same fields, most significant first.
+_SIGNIFICANCE = ["month", "day", "day_of_week", "hour", "minute", "second"]
 
 
 def _cron_words(expr: str) -> str | None:
@@ -71,15 +73,16 @@ def _fields_to_expr(fields: Mapping[str, Any]) -> str | None:
             return None
     if fields.get("day", "*") != "*" and fields.get("day_of_week", "*") != "*":
         return None  # APScheduler wants both to match; cron words say either
-    given = [name for name in _FIELD_ORDER if name in fields]
-    smallest = _FIELD_ORDER.index(given[0])
+    # APScheduler: the fields less significant than the least significant one given start
+    # at their minimum, the others are "*". In its order the weekday comes between the day
+    # and the hour: day_of_week="mon" is every Monday at 00:00, whatever the day and month.
+    least = max(_SIGNIFICANCE.index(name) for name in fields)
     minimum = {"day": "1", "month": "1", "day_of_week": "*"}
     parts = []
-    for index, name in enumerate(_FIELD_ORDER):
+    for name in _FIELD_ORDER:
         if name in fields:
             parts.append(fields[name])
-        elif index < smallest:
-            # APScheduler: fields below the smallest given one start at their minimum.
+        elif _SIGNIFICANCE.index(name) > least:
             parts.append(minimum.get(name, "0"))
         else:
             parts.append("*")

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
+from scheduler.jobstore import JobStore
 from tests.proc.harness import SchedulerEnv
 
 
@@ -36,6 +38,16 @@ def scheduler_env(tmp_path: Path, migrated_db: Path) -> Iterator[SchedulerEnv]:
         yield env
     finally:
         env.cleanup()
+
+
+@pytest.fixture
+def store() -> JobStore:
+    """A job store started on a scheduler of its own (``store.test_scheduler``), not active."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    store = JobStore()
+    store.start(scheduler, "default")
+    store.test_scheduler = scheduler
+    return store
 
 
 # Words of the skip reasons that mean "a tool CI is supposed to install is missing".

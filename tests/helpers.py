@@ -1,0 +1,50 @@
+"""Helpers shared by the in-process tests of the runner, the claims, the results writer,
+the sync and the job store (the ``store`` fixture is in conftest.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from django_apscheduler.models import DjangoJob
+
+import tests.jobs
+from scheduler.models import JobRun
+from scheduler.registry import JobSpec
+from scheduler.runner import Runner
+
+T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+# A runner on its own, as runjob makes one: no lease, each result written at once.
+runner = Runner()
+
+
+def row(run: JobRun) -> JobRun:
+    return JobRun.objects.get(pk=run.pk)
+
+
+def claimed(job_id: str = "t.job", at: datetime = T0) -> JobRun:
+    run = runner.claim(job_id, "A job", at)
+    assert run is not None
+    return run
+
+
+def spec(job_id: str, **changes) -> JobSpec:
+    base = JobSpec(
+        id=job_id,
+        name=f"Job {job_id}",
+        func=tests.jobs.hourly,
+        kind="cron",
+        schedule={"second": "*/10"},
+        timezone="UTC",
+    )
+    return replace(base, **changes)
+
+
+def specs_of(*items: JobSpec) -> dict[str, JobSpec]:
+    return {item.id: item for item in items}
+
+
+def stored_next(job_id: str) -> datetime | None:
+    return DjangoJob.objects.get(id=job_id).next_run_time
