@@ -214,12 +214,14 @@ def _update(previous: dict[str, Any], new: dict[str, Any], names: list[str]) -> 
     for name in names:
         merged["scenarios"][name] = new["scenarios"][name]
     meta = new["meta"]
+    machine = meta["machine"]
     merged["meta"] = {
         **previous["meta"],
         "reruns": [
             *previous["meta"].get("reruns", []),
-            f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} "
-            f"(`{meta['command']}`)",
+            # The machine too: a re-run may not run where the rest of the report did.
+            f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} on "
+            f"{machine['cpu']} × {machine['cores']} cores (`{meta['command']}`)",
         ],
     }
     return merged

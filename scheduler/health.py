@@ -9,6 +9,7 @@ web side reads health from here and never loads the runtime.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,21 +32,44 @@ def health() -> dict[str, Any]:
     now = timezone.now()
     instances = SchedulerInstance.objects
     fresh = now - timedelta(seconds=lease_seconds)
-    lease = Lease.objects.filter(name=LEASE_NAME).first()
-    active = None
-    if lease is not None and lease.expires_at > now:
-        active = instances.filter(id=lease.holder, heartbeat_at__gte=fresh).first()
+    active = _active(now, fresh)
     standbys = instances.filter(
         role=SchedulerInstance.Role.STANDBY, heartbeat_at__gte=fresh, stopped_at__isnull=True
     ).count()
-    last = instances.exclude(role=SchedulerInstance.Role.RUNJOB).order_by("-heartbeat_at").first()
     return {
         "ok": active is not None,
         "active": _describe(active, now),
         "standbys": standbys,
-        "last_seen": _describe(last, now),
+        "last_seen": _describe(_last_seen(), now),
         "lease_seconds": lease_seconds,
     }
+
+
+def _active(now: datetime, fresh: datetime) -> SchedulerInstance | None:
+    """The holder of the unexpired lease, if its heartbeat is fresh (no second query
+    without one). One query with the lease in a subquery was measured: as fast while a
+    scheduler is alive, 0.4 ms slower without (Django compiles the subquery)."""
+    lease = Lease.objects.filter(name=LEASE_NAME).first()
+    if lease is None or lease.expires_at <= now:
+        return None
+    return SchedulerInstance.objects.filter(id=lease.holder, heartbeat_at__gte=fresh).first()
+
+
+def _last_seen() -> SchedulerInstance | None:
+    instances = SchedulerInstance.objects.exclude(role=SchedulerInstance.Role.RUNJOB)
+    return instances.order_by("-heartbeat_at").first()
+
+
+def alive() -> dict[str, Any]:
+    """Only what the warning on the scheduler's admin pages shows: whether an active
+    scheduler is alive and, when none is, the last one seen (``last_seen``). Two
+    queries (three while the lease holds but its holder's heartbeat is stale), where
+    :func:`health` makes three or four."""
+    now = timezone.now()
+    fresh = now - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+    if _active(now, fresh) is not None:
+        return {"ok": True}
+    return {"ok": False, "last_seen": _describe(_last_seen(), now)}
 
 
 def health_or_error() -> dict[str, Any]:
@@ -74,8 +98,17 @@ def _describe(instance: SchedulerInstance | None, now: datetime) -> dict[str, An
 def for_staff() -> dict[str, Any]:
     """:func:`health` for the admin: when the database fails, a plain message (the
     database's own error text goes to the server log)."""
+    return _for_staff(health)
+
+
+def alive_for_staff() -> dict[str, Any]:
+    """:func:`alive` for the admin's warning, with :func:`for_staff`'s plain message."""
+    return _for_staff(alive)
+
+
+def _for_staff(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        return health()
+        return read()
     except DatabaseError:
         logger.error("Cannot read whether a scheduler is alive from its database", exc_info=True)
         return {

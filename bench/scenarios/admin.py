@@ -30,6 +30,9 @@ METRICS = [
     Metric("slowest_page_ms", "slowest page", "ms", 1, ("dja", "ours")),
     Metric("dashboard_ms", "scheduler dashboard", "ms", 1, ("ours",)),
     Metric("list_queries", "SQL queries of the list page", "", 0, ("dja", "ours")),
+    Metric("by_status_queries", "SQL queries, filtered by status", "", 0, ("dja", "ours")),
+    Metric("by_job_queries", "SQL queries, filtered by job", "", 0, ("dja", "ours")),
+    Metric("dashboard_queries", "SQL queries of the dashboard", "", 0, ("ours",)),
     Metric("seed_s", "seeding the rows took", "s", 1, ("dja", "ours")),
 ]
 RATIOS = [Ratio(f"{page}_ms", "ours", "dja") for page in PAGES]
@@ -37,7 +40,7 @@ TARGETS = [
     Target("first page of the runs list", "list_ms", "<=", 250, unit="ms"),
     Target("runs list filtered by status", "by_status_ms", "<=", 250, unit="ms"),
     Target("runs list filtered by job", "by_job_ms", "<=", 250, unit="ms"),
-    Target("scheduler dashboard", "dashboard_ms", "<=", 300, unit="ms"),
+    Target("scheduler dashboard", "dashboard_ms", "<=", 100, unit="ms"),
 ]
 
 
@@ -71,7 +74,9 @@ def run(ctx: Context) -> dict[str, Any]:
                     metrics["slowest_page_ms"] = max(metrics.values())
                     if "dashboard" in pages:
                         metrics["dashboard_ms"] = pages["dashboard"]["median_ms"]
-                    metrics["list_queries"] = pages["list"]["queries"]
+                        metrics["dashboard_queries"] = pages["dashboard"]["queries"]
+                    for page in PAGES:
+                        metrics[f"{page}_queries"] = pages[page]["queries"]
                     metrics["seed_s"] = seconds
                     metrics["slowest_queries"] = {
                         page: {
