@@ -374,8 +374,12 @@ class ClaimBook:
 
 def too_late(job: Job, run_time: datetime) -> str:
     """Why ``run_time`` must not start now (beyond the job's grace time), or ''."""
+    return beyond_grace(job.misfire_grace_time, run_time)
+
+
+def beyond_grace(grace: float | None, run_time: datetime) -> str:
+    """Why ``run_time`` must not start now, ``grace`` seconds allowed (None: any), or ''."""
     late = datetime.now(UTC) - run_time
-    grace = job.misfire_grace_time
     if grace is not None and late > timedelta(seconds=grace):
         return (
             f"Missed: would have started {late.total_seconds():.0f} s late, "

@@ -13,22 +13,21 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 
-from apscheduler.executors.base import MaxInstancesReachedError
-from apscheduler.executors.pool import BasePoolExecutor
+from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
 from apscheduler.job import Job
 from django.utils import timezone
 
 from scheduler import conf, db
 from scheduler.capture import capture
-from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, too_late
+from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, beyond_grace, too_late
+from scheduler.execution import RunExecutor, RunOrder, ThreadRunExecutor
 from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
-from scheduler.pool import WorkerPool
 from scheduler.registry import JobSpec, is_async, registry
 from scheduler.results import ResultWriter
 from scheduler.text import describe_exception, storable
@@ -84,6 +83,8 @@ class Runner:
         self.standing: Standing = standing if standing is not None else Alone()
         self.results = results if results is not None else ResultWriter()
         self.claims = Claims(self.standing, self.results)
+        # Set by a stop signal: no run starts from then on.
+        self.stopping = threading.Event()
         # Runs in progress in this process: id -> job id.
         self._active: dict[int, str] = {}
         self._active_lock = threading.Lock()
@@ -194,30 +195,6 @@ class Runner:
         self.results.closed(run_ids)
         return count
 
-    def run_manual(self, run: JobRun, stopping: threading.Event | None = None) -> JobRun:
-        """Run a claimed manual run (status ``running``) of a registered job.
-
-        After a stop signal it is not started but queued again, for the next
-        active scheduler.
-        """
-        db.close_old_connections()
-        try:
-            if stopping is not None and stopping.is_set():
-                self.requeue(run)
-                return run
-            run.started_at = timezone.now()
-            spec = registry.get(run.job_id)
-            if spec is None:
-                self.results.abandon(
-                    run,
-                    Status.FAILED,
-                    f"Job {run.job_id!r} is not registered in this scheduler's code.",
-                )
-                return run
-            return self.execute(run, make_call(spec, None, run.scheduled_at))
-        finally:
-            db.close_old_connections()
-
     def requeue(self, run: JobRun) -> None:
         """Put a claimed manual run that did not start back in the queue, for the next
         active scheduler; if the database does not answer, it is finished as interrupted
@@ -239,51 +216,98 @@ class Runner:
             return
         self.results.closed([run.pk])
 
-    def run_scheduled(
-        self,
-        job: Job,
-        run_times: list[datetime],
-        claimed: list[JobRun] | None = None,
-        stopping: threading.Event | None = None,
-    ) -> None:
-        """Worker-thread body for one submission of a scheduled job: the runs the main
-        loop claimed for it (``claimed``), then the fire times it did not (``run_times``)."""
-        if claimed:
-            self.results.starts.started()
+    # -- carrying out orders (the executors' side, see scheduler.execution) ------------
+
+    def carry_out_in_order(self, orders: Sequence[RunOrder]) -> None:
+        """Carry out ``orders`` one after the other, in this thread (a worker's body)."""
+        if any(order.run is not None and not order.manual for order in orders):
+            self.results.starts.started()  # handed over claimed: see ResultWriter.starts
         db.close_old_connections()
         try:
-            spec = registry.get(job.id)
-            name = spec.name if spec else job.name
-            for run in claimed or []:
-                if stopping is not None and stopping.is_set():
-                    reason = STOPPED
-                elif not self.standing.holds():
-                    reason = LOST_LEASE
-                else:  # it may have waited for a worker that long
-                    reason = too_late(job, run.scheduled_at)
-                if reason:
-                    self.results.abandon(run, Status.MISSED, reason)
-                    continue
-                run.started_at = timezone.now()
-                self.execute(run, make_call(spec, job, run.scheduled_at))
-            for index, run_time in enumerate(run_times):
-                if stopping is not None and stopping.is_set():
-                    self.did_not_run(job.id, name, Status.MISSED, run_times[index:], STOPPED)
-                    return
-                reason = too_late(job, run_time)
-                if reason:
-                    self.did_not_run(job.id, name, Status.MISSED, [run_time], reason)
-                    continue
-                won = self.claim(job.id, name, run_time)
-                if won is not None:
-                    self.execute(won, make_call(spec, job, run_time))
+            for order in orders:
+                self.carry_out(order)
         finally:
             db.close_old_connections()
 
+    def carry_out(self, order: RunOrder) -> None:
+        """Run one order's job, if it may still start, and record it: the one place where a
+        run's body is called (see the contract in scheduler.execution)."""
+        spec = registry.get(order.job_id)
+        if order.manual:
+            assert order.run is not None, "a manual order is a claimed run"
+            self._carry_out_manual(order.run, spec)
+            return
+        job = order.job
+        name = spec.name if spec else job.name if job else order.job_id
+        grace = job.misfire_grace_time if job else spec.effective_grace_time if spec else None
+        at = order.scheduled_at
+        run = order.run
+        if run is None:  # a fire time the main loop did not claim: claim it here
+            reason = STOPPED if self.stopping.is_set() else beyond_grace(grace, at)
+            if reason:
+                self.did_not_run(order.job_id, name, Status.MISSED, [at], reason)
+                return
+            run = self.claim(order.job_id, name, at)
+            if run is None:
+                return
+        else:
+            if self.stopping.is_set():
+                reason = STOPPED
+            elif not self.standing.holds():
+                reason = LOST_LEASE
+            else:  # it may have waited for a worker that long
+                reason = beyond_grace(grace, at)
+            if reason:
+                self.results.abandon(run, Status.MISSED, reason)
+                return
+            run.started_at = timezone.now()
+        if spec is None and job is None:
+            self.results.abandon(
+                run, Status.FAILED, f"Job {order.job_id!r} is not registered in this code."
+            )
+            return
+        self.execute(run, make_call(spec, job, at))
 
-class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
-    """APScheduler's pool executor on our worker threads (``pool.WorkerPool``),
-    running each fire time through the runner.
+    def _carry_out_manual(self, run: JobRun, spec: JobSpec | None) -> None:
+        # After a stop signal it is not started but queued again, for the next active
+        # scheduler.
+        if self.stopping.is_set():
+            self.requeue(run)
+            return
+        run.started_at = timezone.now()
+        if spec is None:
+            self.results.abandon(
+                run,
+                Status.FAILED,
+                f"Job {run.job_id!r} is not registered in this scheduler's code.",
+            )
+            return
+        self.execute(run, make_call(spec, None, run.scheduled_at))
+
+    def run_manual(self, run: JobRun) -> JobRun:
+        """Run a claimed manual run (status ``running``) of a registered job, here."""
+        self.carry_out_in_order([RunOrder(run.job_id, run.scheduled_at, run, manual=True)])
+        return run
+
+    def run_scheduled(
+        self, job: Job, run_times: list[datetime], claimed: list[JobRun] | None = None
+    ) -> None:
+        """Run a scheduled job's claimed runs (``claimed``), then the fire times not claimed
+        yet (``run_times``), here, one after the other."""
+        self.carry_out_in_order(scheduled_orders(job, claimed or [], run_times))
+
+
+def scheduled_orders(job: Job, claimed: list[JobRun], unclaimed: list[datetime]) -> list[RunOrder]:
+    """The orders of one submission of a scheduled job: its claimed runs, then the fire
+    times nobody claimed yet."""
+    orders = [RunOrder(job.id, run.scheduled_at, run, job=job) for run in claimed]
+    return orders + [RunOrder(job.id, at, job=job) for at in unclaimed]
+
+
+class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
+    """APScheduler's executor: the runtime's side of running a fire time, where APScheduler's
+    main loop hands it over. Where the run's body then runs is the ``RunExecutor``'s
+    business (``scheduler.execution``; by default this process's worker threads).
 
     The fire times it is handed were claimed by the main loop just before
     (``claims.ClaimBook``): it takes a job's claims from the book as it submits
@@ -299,32 +323,35 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
         max_workers: int,
         runner: Runner | None = None,
         book: ClaimBook | None = None,
+        runs: RunExecutor | None = None,
     ) -> None:
-        super().__init__(WorkerPool(max_workers))
-        self._max_workers = max_workers
-        self._busy = 0  # submissions, scheduled or manual, not finished yet
-        self._busy_lock = threading.Lock()
+        super().__init__()
         self.runner = runner if runner is not None else Runner()
+        # Where the bodies run.
+        self.runs = runs if runs is not None else ThreadRunExecutor(max_workers, self.runner)
         # The claims the main loop made for the fire times it is about to submit.
         self.book = book if book is not None else ClaimBook(self.runner.claims)
         self.book.slots = self
         self.closed = False
-        # Set by a stop signal: workers start nothing from then on.
-        self.stopping = threading.Event()
         # Runs of other processes (``runjob``, a scheduler that is stopping) in progress,
         # counted against max_instances here: run id -> job id.
         self._foreign: dict[int, str] = {}
         # Jobs whose queued manual run waits for a slot.
         self._manual_waiting: set[str] = set()
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set by a stop signal: no run starts from then on (the runner's flag)."""
+        return self.runner.stopping
+
     def stop_starting(self) -> None:
         """Start no run from now on (called from the stop signal's handler)."""
-        self.stopping.set()
+        self.runner.stopping.set()
 
     # -- slots (what the claim book asks) ---------------------------------------------
 
     def free_workers(self) -> int:
-        return self._max_workers - self._busy
+        return self.runs.free()
 
     def slots_taken(self, job: Job) -> bool:
         """Whether a run of ``job`` may not start now (max_instances, or a run-now request
@@ -361,7 +388,7 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
 
     def submit_manual(self, run: JobRun) -> Future[Any]:
         """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
-        future = self._submit(self.runner.run_manual, run, self.stopping)
+        future = self.runs.submit([RunOrder(run.job_id, run.scheduled_at, run, manual=True)])
         future.add_done_callback(lambda _: self.unreserve(run.job_id))
         return future
 
@@ -384,17 +411,6 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
                 self._instances[runs[run_id]] += 1
 
     # -- submissions ---------------------------------------------------------------------
-
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = self._pool.submit(fn, *args)
-        with self._busy_lock:
-            self._busy += 1
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, future: Future[Any]) -> None:
-        with self._busy_lock:
-            self._busy -= 1
 
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
         spec = registry.get(job.id)
@@ -501,7 +517,7 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
         if runs:
             results.starts.add()
         try:
-            future = self._submit(runner.run_scheduled, job, unclaimed, runs, self.stopping)
+            future = self.runs.submit(scheduled_orders(job, runs, unclaimed))
         except BaseException as exc:
             reason = f"Missed: the scheduler could not start the run ({describe_exception(exc)})."
             if runs:
@@ -515,7 +531,7 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
     def cancel_waiting(self) -> None:
         """Cancel the submissions no worker picked up yet (their callbacks record them
         missed, or queue manual runs again)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.runs.cancel_waiting()
 
     def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
@@ -524,7 +540,7 @@ class Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler 3 is unty
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
-        super().shutdown(wait)
+        self.runs.shutdown(wait)
 
 
 class _Recorded(Exception):

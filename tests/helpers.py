@@ -6,12 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.job import Job as APSJob
+from apscheduler.schedulers.background import BackgroundScheduler
 from django_apscheduler.models import DjangoJob
 
 import tests.jobs
+from scheduler.crontab import CronTrigger
+from scheduler.execution import RunExecutor
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec
-from scheduler.runner import Runner
+from scheduler.runner import Executor, Runner
 
 T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -48,3 +52,31 @@ def specs_of(*items: JobSpec) -> dict[str, JobSpec]:
 
 def stored_next(job_id: str) -> datetime | None:
     return DjangoJob.objects.get(id=job_id).next_run_time
+
+
+def due_job(scheduler: BackgroundScheduler, job_id: str, at: datetime, **options: object) -> APSJob:
+    return APSJob(
+        scheduler,
+        id=job_id,
+        name=job_id,
+        func=tests.jobs.nightly,
+        args=(),
+        kwargs={"scheduled_at": None},
+        executor="default",
+        misfire_grace_time=options.pop("misfire_grace_time", 60),
+        coalesce=options.pop("coalesce", True),
+        max_instances=options.pop("max_instances", 1),
+        next_run_time=at,
+        trigger=options.pop("trigger", CronTrigger(hour=3, timezone=UTC)),
+    )
+
+
+def started_executor(
+    workers: int, runs: RunExecutor | None = None
+) -> tuple[BackgroundScheduler, Executor]:
+    """The scheduler's executor with ``workers`` threads (or ``runs``), started as the
+    scheduler does."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    executor = Executor(workers, runs=runs)
+    executor.start(scheduler, "default")
+    return scheduler, executor

@@ -14,17 +14,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.job import Job as APSJob
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 import tests.jobs
 from scheduler import claims
-from scheduler.crontab import CronTrigger
 from scheduler.models import JobRun
-from scheduler.runner import Executor
-from tests.helpers import SECOND, T0, row, runner
+from tests.helpers import SECOND, T0, due_job, row, runner, started_executor
 
 # -- claim: the fence -------------------------------------------------------------------------
 
@@ -78,31 +75,6 @@ def test_claim_from_many_threads_at_once_has_one_winner() -> None:
 
 
 # -- the main loop's claims ----------------------------------------------------------------------
-
-
-def due_job(scheduler: BackgroundScheduler, job_id: str, at: datetime, **options) -> APSJob:
-    return APSJob(
-        scheduler,
-        id=job_id,
-        name=job_id,
-        func=tests.jobs.nightly,
-        args=(),
-        kwargs={"scheduled_at": None},
-        executor="default",
-        misfire_grace_time=options.pop("misfire_grace_time", 60),
-        coalesce=options.pop("coalesce", True),
-        max_instances=options.pop("max_instances", 1),
-        next_run_time=at,
-        trigger=options.pop("trigger", CronTrigger(hour=3, timezone=UTC)),
-    )
-
-
-def started_executor(workers: int) -> tuple[BackgroundScheduler, Executor]:
-    """The scheduler's executor with ``workers`` threads, started as the scheduler does."""
-    scheduler = BackgroundScheduler(timezone="UTC")
-    executor = Executor(workers)
-    executor.start(scheduler, "default")
-    return scheduler, executor
 
 
 @pytest.mark.django_db(transaction=True)

@@ -50,7 +50,7 @@ def test_a_stop_between_the_look_and_the_submission_puts_the_request_back_quietl
     next active scheduler, and no error is raised (the soak found a traceback here)."""
     parts = started_parts()
     request = queued_request()
-    parts.executor.stopping = StopAfterTheLook()
+    parts.runner.stopping = StopAfterTheLook()
     parts.executor.cancel_waiting()  # what the stop does, concurrently
     control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
 
