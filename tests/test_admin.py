@@ -102,6 +102,20 @@ def make_run(**fields) -> JobRun:
     return JobRun.objects.create(**values)
 
 
+def extra_job(job_id: str, n: int, now: datetime) -> Job:
+    """An (unsaved) catalog row of a job besides the test jobs."""
+    return Job(
+        id=job_id,
+        name=f"extra {n}",
+        func="tests.jobs:hourly",
+        kind="cron",
+        schedule="0 3 * * *",
+        timezone="UTC",
+        fingerprint="x",
+        synced_at=now,
+    )
+
+
 def text(response) -> str:
     return response.content.decode()
 
@@ -217,16 +231,7 @@ def test_job_list_queries_do_not_grow_with_the_number_of_jobs(admin_client, cata
 
     now = timezone.now()
     for n in range(20):
-        Job.objects.create(
-            id=f"extra.job{n}",
-            name=f"extra {n}",
-            func="tests.jobs:hourly",
-            kind="cron",
-            schedule="0 3 * * *",
-            timezone="UTC",
-            fingerprint="x",
-            synced_at=now,
-        )
+        extra_job(f"extra.job{n}", n, now).save()
         make_run(job_id=f"extra.job{n}", status="succeeded", duration=1)
     with capture() as many:
         assert len(job_rows(admin_client.get(JOBS_URL))) == 23
@@ -595,19 +600,7 @@ def _history(runs: int = 30, days: int = 120) -> None:
     """The test jobs and EXTRA_JOBS more, each with ``runs`` runs over the last ``days``
     days (the last one within the hour): every final status, some manual, a few failing."""
     now = timezone.now()
-    Job.objects.bulk_create(
-        Job(
-            id=f"extra.job{n:02d}",
-            name=f"extra {n}",
-            func="tests.jobs:hourly",
-            kind="cron",
-            schedule="0 3 * * *",
-            timezone="UTC",
-            fingerprint="x",
-            synced_at=now,
-        )
-        for n in range(EXTRA_JOBS)
-    )
+    Job.objects.bulk_create(extra_job(f"extra.job{n:02d}", n, now) for n in range(EXTRA_JOBS))
     statuses = [JobRun.Status.SUCCEEDED] * 6 + [
         JobRun.Status.FAILED,
         JobRun.Status.MISSED,
