@@ -33,11 +33,13 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connections, transaction
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
@@ -126,8 +128,15 @@ def build_job(scheduler: BaseScheduler, spec: JobSpec, next_run_time: datetime |
 
 def job_state(job_id: str) -> bytes:
     """What the ``job_state`` column holds: a note, never code (see the module docstring)."""
-    note = {"scheduler": 1, "id": job_id, "note": "rebuilt from the code's @cron/@interval"}
-    return json.dumps(note).encode()
+    # json.dumps of {"scheduler": 1, "id": job_id, "note": ...}, but for the id the same
+    # text every time: the id's JSON is spliced in (2 µs less a job, 100,000 jobs at a
+    # first start; tests/test_runner.py checks it against json.dumps).
+    return f"{_STATE_HEAD}{encode_basestring_ascii(job_id)}{_STATE_TAIL}".encode()
+
+
+_STATE_HEAD, _STATE_TAIL = json.dumps(
+    {"scheduler": 1, "id": "", "note": "rebuilt from the code's @cron/@interval"}
+).split('""')
 
 
 class _TimeRow:
@@ -344,10 +353,7 @@ class JobStore(DjangoJobStore):
     def activate(self) -> None:
         """Index every job in memory: this process now holds the lease."""
 
-        def load() -> list[tuple[str, datetime | None]]:
-            return list(self._objects.values_list("id", "next_run_time"))
-
-        rows = db.retrying(load, "load the jobs")
+        rows = db.retrying(self.stored_times, "load the jobs")
         with self._lock:
             self._view = _IndexView(self, rows)
 
@@ -466,27 +472,64 @@ class JobStore(DjangoJobStore):
 
     def put_jobs(self, jobs: Iterable[Job]) -> None:
         """Insert or replace many jobs at once (in one transaction)."""
-        jobs = list(jobs)
-        if not jobs:
+        self.put_times([(job.id, job.next_run_time) for job in jobs])
+
+    def put_times(self, rows: Iterable[tuple[str, datetime | None]]) -> None:
+        """Insert or replace many jobs, given as (id, next run time), at once (in one
+        transaction): at start-up, without an APScheduler job or a model instance per
+        job (at 100,000 jobs, 1 s and 0.7 s of a first start)."""
+        times = list(rows)
+        if not times:
             return
 
         def put() -> None:
             with transaction.atomic(using=conf.database()):
-                for start in range(0, len(jobs), 1000):
-                    rows = [self._row(job) for job in jobs[start : start + 1000]]
-                    bulk.upsert(DjangoJob, rows, ["next_run_time", "job_state"])
+                for start in range(0, len(times), 5000):
+                    values = [
+                        (job_id, get_django_internal_datetime(at), job_state(job_id))
+                        for job_id, at in times[start : start + 5000]
+                    ]
+                    bulk.upsert_rows(DjangoJob, values, ["next_run_time", "job_state"])
 
-        db.retrying(put, f"store {len(jobs)} jobs")
+        db.retrying(put, f"store {len(times)} jobs")
 
     def remove_jobs(self, job_ids: Iterable[str]) -> None:
-        ids = list(job_ids)
-        if ids:
-            db.retrying(lambda: self._objects.filter(id__in=ids).delete(), "remove jobs")
+        ids = sorted(job_ids)
+        # A statement at a time takes at most 500 ids (SQLite's parameters are limited).
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            db.retrying(lambda b=batch: self._objects.filter(id__in=b).delete(), "remove jobs")
 
     def stored_ids(self) -> set[str]:
         return set(
             db.retrying(lambda: list(self._objects.values_list("id", flat=True)), "list jobs")
         )
+
+    def stored_times(self) -> list[tuple[str, datetime | None]]:
+        """Every stored (id, next run time), as ``values_list("id", "next_run_time")``.
+
+        On SQLite and PostgreSQL with USE_TZ, one plain query: the ORM spends 3 µs a row
+        on converting what the driver already converted (a third of a second of taking
+        over 100,000 jobs). SQLite's driver parses the column with Django's own parser
+        (registered for "datetime" columns), naive in the connection's zone, which is
+        all Django's converter adds; PostgreSQL's returns aware datetimes.
+        """
+        connection = connections[conf.database()]
+        if connection.vendor not in ("sqlite", "postgresql") or not settings.USE_TZ:
+            return list(self._objects.values_list("id", "next_run_time"))
+        meta = DjangoJob._meta
+        qn = connection.ops.quote_name
+        columns = [qn(meta.get_field(name).column) for name in ("id", "next_run_time")]
+        with db.cursor() as c:
+            c.execute(f"SELECT {', '.join(columns)} FROM {qn(meta.db_table)}")
+            rows: list[tuple[str, datetime | None]] = c.fetchall()
+        if connection.vendor == "sqlite":
+            zone = connection.timezone
+            return [
+                (job_id, at.replace(tzinfo=zone) if at is not None and at.tzinfo is None else at)
+                for job_id, at in rows
+            ]
+        return rows
 
     # -- rows and jobs ------------------------------------------------------------------
 
