@@ -24,8 +24,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from datetime import UTC, datetime, timedelta, tzinfo
-from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger as _APSCronTrigger
@@ -47,8 +47,12 @@ _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 _DAY_NUMBERS = {name: number for number, name in enumerate(_DAY_NAMES)}
 
 
-@lru_cache(maxsize=4096)
-def _field(name: str, exprs: str, is_default: bool) -> BaseField:
+# Compiled fields by (field name, expression text): a plain dict, not lru_cache, whose
+# bookkeeping on every hit cost more than the lookup (8 a trigger).
+_fields: dict[tuple[str, str], BaseField] = {}
+
+
+def _field(name: str, exprs: str) -> BaseField:
     """A compiled cron field, shared by every trigger with this expression for it.
 
     APScheduler compiles all eight fields of each trigger (25 µs a trigger); with a
@@ -57,7 +61,23 @@ def _field(name: str, exprs: str, is_default: bool) -> BaseField:
     expressions repeat (60 seconds, 60 minutes, 24 hours) and APScheduler only ever
     reads a compiled field, so one object per expression serves every trigger.
     """
-    return _APSCronTrigger.FIELDS_MAP[name](name, exprs, is_default)
+    field = _fields.get((name, exprs))
+    if field is None:
+        # APScheduler compiles str(exprs).strip(): the same text, the same field.
+        field = _APSCronTrigger.FIELDS_MAP[name](name, exprs, False)
+        if len(_fields) >= 4096:
+            _fields.clear()
+        _fields[(name, exprs)] = field
+    return field
+
+
+# The fields a trigger is not given: "*" before the last one it is given, the
+# field's minimum after it (APScheduler's rule), compiled once.
+_STAR = {name: _APSCronTrigger.FIELDS_MAP[name](name, "*", True) for name in DEFAULT_VALUES}
+_DEFAULT = {
+    name: _APSCronTrigger.FIELDS_MAP[name](name, DEFAULT_VALUES[name], True)
+    for name in DEFAULT_VALUES
+}
 
 
 # Cron fields that leave a schedule able to fire when all are "*" (with any step):
@@ -84,8 +104,12 @@ def fields_fire(fields: dict[str, Any]) -> bool:
     The fields a trigger is not given are "*" or their minimum, always valid; its time
     zone, dates and jitter are checked by the registry.
     """
-    compiled = [_field(name, str(value), False) for name, value in fields.items()]
-    return calendar_unrestricted(compiled)
+    fires = True
+    for name, value in fields.items():
+        field = _field(name, str(value))
+        if name in CALENDAR_FIELDS and fires:
+            fires = all(type(expression) is AllExpression for expression in field.expressions)
+    return fires
 
 
 # What the quick first fire time needs to know of a field, by the field's id (the
@@ -174,7 +198,9 @@ class CronTrigger(_APSCronTrigger):
         jitter: int | None = None,
     ) -> None:
         # APScheduler's __init__ (3.11), but for the fields: taken from ``_field``.
-        if timezone:
+        if type(timezone) is ZoneInfo:
+            self.timezone = timezone  # what astimezone() returns for one
+        elif timezone:
             self.timezone = astimezone(timezone)
         elif isinstance(start_date, datetime) and start_date.tzinfo:
             self.timezone = astimezone(start_date.tzinfo)
@@ -182,17 +208,27 @@ class CronTrigger(_APSCronTrigger):
             self.timezone = astimezone(end_date.tzinfo)
         else:
             self.timezone = get_localzone()
-        self.start_date = convert_to_datetime(start_date, self.timezone, "start_date")
-        self.end_date = convert_to_datetime(end_date, self.timezone, "end_date")
+        self.start_date = (
+            None
+            if start_date is None
+            else convert_to_datetime(start_date, self.timezone, "start_date")
+        )
+        self.end_date = (
+            None if end_date is None else convert_to_datetime(end_date, self.timezone, "end_date")
+        )
         self.jitter = jitter
         given = (year, month, day, week, day_of_week, hour, minute, second)
-        # Fields not given are "*" up to the last one given, their minimum after it.
-        last = max((i for i, value in enumerate(given) if value is not None), default=8)
+        last = 8  # the index of the last field given (none given: every field is "*")
+        for i in range(7, -1, -1):
+            if given[i] is not None:
+                last = i
+                break
         self.fields = [
-            # APScheduler compiles str(exprs).strip(): the same text, the same field.
-            _field(name, str(value), False)
+            _field(name, str(value))
             if value is not None
-            else _field(name, "*" if i < last else str(DEFAULT_VALUES[name]), True)
+            else _STAR[name]
+            if i < last
+            else _DEFAULT[name]
             for i, (name, value) in enumerate(zip(self.FIELD_NAMES, given, strict=True))
         ]
 

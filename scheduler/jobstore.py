@@ -40,15 +40,17 @@ from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
+from django.utils.dateparse import parse_datetime
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
 
 from scheduler import bulk, claims, conf, db, lease, results
-from scheduler.registry import JobSpec, registry
+from scheduler.registry import JobSpec, gc_paused, registry
 
 logger = logging.getLogger(__name__)
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 # How soon the main loop looks again after the database failed it.
 RETRY_WAKEUP = timedelta(seconds=2)
 # The main loop must not block for long on a missing database: other
@@ -68,14 +70,15 @@ class _Index:
     columns and builds nothing.
     """
 
-    def __init__(self, rows: Iterable[tuple[str, datetime | None]]) -> None:
+    def __init__(self, rows: Iterable[tuple[str, float | None]]) -> None:
+        """``rows``: (id, next run time as a POSIX timestamp, or None: paused)."""
         self.jobs: dict[str, Job | None] = {}
         self.times: dict[str, float] = {}
-        for job_id, next_run_time in rows:
+        for job_id, at in rows:
             self.jobs[job_id] = None
-            if next_run_time is not None:
-                self.times[job_id] = next_run_time.timestamp()
-        self.order = sorted((at, job_id) for job_id, at in self.times.items())
+            if at is not None:
+                self.times[job_id] = at
+        self.order = sorted(zip(self.times.values(), self.times.keys(), strict=True))
 
     def put(self, job: Job) -> None:
         self.drop(job.id)
@@ -229,7 +232,7 @@ class _IndexView:
     """The active scheduler's jobs in memory, ordered by next run time; the changed next
     run times are written back by :meth:`flush`."""
 
-    def __init__(self, store: JobStore, rows: Iterable[tuple[str, datetime | None]]) -> None:
+    def __init__(self, store: JobStore, rows: Iterable[tuple[str, float | None]]) -> None:
         self.store = store
         self.index = _Index(rows)
         self.dirty: set[str] = set()
@@ -353,9 +356,12 @@ class JobStore(DjangoJobStore):
     def activate(self) -> None:
         """Index every job in memory: this process now holds the lease."""
 
-        rows = db.retrying(self.stored_times, "load the jobs")
+        # (The collector paused: 100,000 rows made 400 collections, 0.09 s of 0.2.)
+        with gc_paused():
+            rows = db.retrying(self.stored_timestamps, "load the jobs")
+            view = _IndexView(self, rows)
         with self._lock:
-            self._view = _IndexView(self, rows)
+            self._view = view
 
     def deactivate(self) -> None:
         """Forget the index: the lease is gone, and the store belongs to the next leader."""
@@ -501,35 +507,69 @@ class JobStore(DjangoJobStore):
             db.retrying(lambda b=batch: self._objects.filter(id__in=b).delete(), "remove jobs")
 
     def stored_ids(self) -> set[str]:
-        return set(
-            db.retrying(lambda: list(self._objects.values_list("id", flat=True)), "list jobs")
-        )
+        def ids() -> set[str]:
+            connection = connections[conf.database()]
+            if connection.vendor not in ("sqlite", "postgresql"):
+                return set(self._objects.values_list("id", flat=True))
+            # One plain query: the ORM's rows cost twice the query (100,000 ids).
+            qn = connection.ops.quote_name
+            meta = DjangoJob._meta
+            with db.cursor() as c:
+                c.execute(f"SELECT {qn(meta.pk.column)} FROM {qn(meta.db_table)}")
+                return {row[0] for row in c.fetchall()}
 
-    def stored_times(self) -> list[tuple[str, datetime | None]]:
-        """Every stored (id, next run time), as ``values_list("id", "next_run_time")``.
+        return db.retrying(ids, "list jobs")
 
-        On SQLite and PostgreSQL with USE_TZ, one plain query: the ORM spends 3 µs a row
-        on converting what the driver already converted (a third of a second of taking
-        over 100,000 jobs). SQLite's driver parses the column with Django's own parser
-        (registered for "datetime" columns), naive in the connection's zone, which is
-        all Django's converter adds; PostgreSQL's returns aware datetimes.
+    def stored_timestamps(self) -> list[tuple[str, float | None]]:
+        """Every stored (id, next run time as a POSIX timestamp): what the index holds.
+
+        On SQLite and PostgreSQL (with USE_TZ) the timestamps come from one plain query,
+        not from datetimes the ORM converts and then converts again (3 µs a row: 0.15 s
+        of taking over 100,000 jobs on SQLite, 0.34 s on PostgreSQL; now 0.07 s and
+        0.06 s). SQLite: the column's text, as Django wrote it (naive, in the
+        connection's zone), parsed with datetime.fromisoformat; PostgreSQL: EXTRACT
+        (EPOCH) as a float8, the same double as datetime.timestamp() (both round the
+        exact number of microseconds).
         """
         connection = connections[conf.database()]
-        if connection.vendor not in ("sqlite", "postgresql") or not settings.USE_TZ:
-            return list(self._objects.values_list("id", "next_run_time"))
         meta = DjangoJob._meta
         qn = connection.ops.quote_name
-        columns = [qn(meta.get_field(name).column) for name in ("id", "next_run_time")]
-        with db.cursor() as c:
-            c.execute(f"SELECT {', '.join(columns)} FROM {qn(meta.db_table)}")
-            rows: list[tuple[str, datetime | None]] = c.fetchall()
-        if connection.vendor == "sqlite":
-            zone = connection.timezone
+        job_id, at = (qn(meta.get_field(name).column) for name in ("id", "next_run_time"))
+        table = qn(meta.db_table)
+        if connection.vendor == "postgresql" and settings.USE_TZ:
+            with db.cursor() as c:
+                c.execute(f"SELECT {job_id}, EXTRACT(EPOCH FROM {at})::float8 FROM {table}")
+                rows: list[tuple[str, float | None]] = c.fetchall()
+            return rows
+        if connection.vendor != "sqlite" or not settings.USE_TZ:
             return [
-                (job_id, at.replace(tzinfo=zone) if at is not None and at.tzinfo is None else at)
-                for job_id, at in rows
+                (pk, None if value is None else value.timestamp())
+                for pk, value in self._objects.values_list("id", "next_run_time")
             ]
-        return rows
+        # (A CAST has no declared type: the driver hands over the text unparsed.)
+        with db.cursor() as c:
+            c.execute(f"SELECT {job_id}, CAST({at} AS TEXT) FROM {table}")
+            texts: list[tuple[str, str | None]] = c.fetchall()
+        zone = connection.timezone
+        parse = datetime.fromisoformat
+        result: list[tuple[str, float | None]] = []
+        for pk, text in texts:
+            if text is None:
+                result.append((pk, None))
+                continue
+            try:
+                value = parse(text)
+            except ValueError:  # not written by Django: its own parser
+                value = parse_datetime(text)
+            if value.tzinfo is not None:
+                result.append((pk, value.timestamp()))
+            elif zone is UTC:
+                # The same timedelta as value.replace(tzinfo=UTC) - the epoch, so the same
+                # float as .timestamp(); a quarter of its cost.
+                result.append((pk, (value - _NAIVE_EPOCH).total_seconds()))
+            else:
+                result.append((pk, value.replace(tzinfo=zone).timestamp()))
+        return result
 
     # -- rows and jobs ------------------------------------------------------------------
 

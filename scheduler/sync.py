@@ -16,13 +16,14 @@ from typing import Any
 from apscheduler.job import Job as APSJob
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone as dj_timezone
+from django_apscheduler.models import DjangoJob
 
 from scheduler import bulk, conf, db
 from scheduler.jobstore import JobStore, build_job
 from scheduler.models import Job
-from scheduler.registry import JobSpec
+from scheduler.registry import JobSpec, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,14 @@ def _catalog_rows() -> list[tuple[str, bool, str, bool, str]]:
 
 
 def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -> SyncReport:
+    """Bring the store and the catalog in line with ``specs`` (see ``_sync``), with the
+    cyclic garbage collector paused (``registry.gc_paused``: 0.6 s of the first sync
+    of 100,000 jobs)."""
+    with gc_paused():
+        return _sync(scheduler, store, specs)
+
+
+def _sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -> SyncReport:
     """Bring the store and the catalog in line with ``specs``.
 
     Each table is read once (the catalog: five columns; the store: its ids), and nothing
@@ -203,28 +212,33 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
 
     to_store: list[tuple[str, datetime | None]] = []
     to_catalog: list[tuple[JobSpec, str, bool]] = []
+    unchanged = 0
     for spec in specs.values():
-        row = catalog.get(spec.id)
+        job_id = spec.id
+        row = catalog.get(job_id)
         paused = row[1] if row else False
         fingerprint = spec.fingerprint
         catalog_changed = (
             row is None
-            or (row[4], row[2], row[3]) != (fingerprint, spec.name, spec.enabled)
-            or spec.id in unstructured
+            or row[4] != fingerprint
+            or row[2] != spec.name
+            or row[3] != spec.enabled
+            or job_id in unstructured
         )
         store_stale = spec.enabled and (
-            row is None or row[4] != fingerprint or spec.id not in stored
+            row is None or row[4] != fingerprint or job_id not in stored
         )
         if catalog_changed:
             to_catalog.append((spec, fingerprint, paused))
         if store_stale:
-            to_store.append((spec.id, first_run_time(spec, now, paused, first_fire_times)))
+            to_store.append((job_id, first_run_time(spec, now, paused, first_fire_times)))
         if row is None:
-            report.added.append(spec.id)
+            report.added.append(job_id)
         elif catalog_changed or store_stale:
-            report.updated.append(spec.id)
+            report.updated.append(job_id)
         else:
-            report.unchanged += 1
+            unchanged += 1
+    report.unchanged = unchanged
 
     wanted = {spec.id for spec in specs.values() if spec.enabled}
     gone_from_store = stored - wanted
@@ -250,4 +264,31 @@ def sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) -
     db.retrying(write, "update the job catalog")
     store.remove_jobs(gone_from_store)
     store.put_times(to_store)
+    if max(len(to_catalog), len(to_store)) >= _ANALYZE_AFTER:
+        _analyze()
     return report
+
+
+# Rows written by a sync past which PostgreSQL is asked to ANALYZE the two tables.
+_ANALYZE_AFTER = 1000
+
+
+def _analyze() -> None:
+    """PostgreSQL: ANALYZE the catalog and the store after many rows were written.
+
+    Until autovacuum gets to a table that was just filled (a minute or more), the
+    planner has no statistics for it and reads the whole table for the standbys'
+    "what is due" query: 8.9 ms a wake-up at 100,000 jobs, 0.8 ms once analyzed (the
+    bench's wake-up after a first start). Skipped, with a warning from the server,
+    where the scheduler's user does not own the tables; never fails the start.
+    """
+    connection = connections[conf.database()]
+    if connection.vendor != "postgresql":
+        return
+    qn = connection.ops.quote_name
+    try:
+        with db.cursor() as c:
+            for model in (Job, DjangoJob):
+                c.execute(f"ANALYZE {qn(model._meta.db_table)}")
+    except DatabaseError as exc:
+        logger.warning("Could not ANALYZE the job tables: %s", exc)

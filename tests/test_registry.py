@@ -778,3 +778,34 @@ def test_cron_fields_that_never_fire_are_still_found(registry):
         cron(month="2", day="30", id="never")(other_job)
     cron(month="2", day="29", id="leap")(other_job)  # fires in leap years
     assert "leap" in registry
+
+
+def test_look_alike_jobs_keep_fingerprints_of_their_own(registry, settings):
+    """Jobs declared in a loop share the fingerprint text around their schedules; any
+    difference but the schedule still makes a fingerprint of its own."""
+    base = registry_module.JobSpec(
+        id="fp.loop",
+        name="n",
+        func=documented_job,
+        kind="cron",
+        schedule={"second": "1"},
+        timezone="UTC",
+    )
+    variants = [{"schedule": {"second": str(i), "minute": str(i % 7)}} for i in range(5)] + [
+        {"coalesce": False},
+        {"max_instances": 2},
+        {"jitter": 0},
+        {"misfire_grace_time": 5},
+        {"timezone": "Europe/Paris"},
+        {"func": other_job},
+        {"kind": "interval", "schedule": {"seconds": 30}},
+    ]
+    seen = set()
+    for changes in variants:
+        spec = dataclasses.replace(base, **changes)
+        text = registry_module._fingerprint_text(spec)
+        assert text == reference_fingerprint_text(spec)
+        seen.add(text)
+    assert len(seen) == len(variants)
+    settings.SCHEDULER = {"MISFIRE_GRACE_TIME": 7}  # the default grace is part of it
+    assert registry_module._fingerprint_text(base) == reference_fingerprint_text(base)
