@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connections, models
@@ -55,7 +55,7 @@ def _prep(field: models.Field, value: Any, connection: Any, adapt: Callable | No
 
 
 def column_preps(
-    fields: list[models.Field] | tuple[models.Field, ...],
+    fields: list[models.Field[Any, Any]] | tuple[models.Field[Any, Any], ...],
     connection: Any,
     raw: Collection[str] = (),
 ) -> list[Callable[[Any], Any] | None]:
@@ -68,7 +68,7 @@ def column_preps(
         if isinstance(field, _PLAIN) or field.name in raw:
             preps.append(None)
         elif isinstance(field, models.DateTimeField):
-            preps.append(adapt)
+            preps.append(_last_remembered(adapt))
         elif isinstance(field, models.BooleanField):
             preps.append(functools.partial(_prep_bool, field, connection))
         else:
@@ -76,11 +76,25 @@ def column_preps(
     return preps
 
 
-def _prep_save(field: models.Field, connection: Any, value: Any) -> Any:
+def _last_remembered(adapt: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``adapt`` that gives its last answer again for the same (immutable) value: rows
+    written together often share one datetime (every catalog row's ``synced_at``, the
+    next run time of jobs with one schedule), 1.5 µs each on SQLite."""
+    last: list[Any] = [None, None]
+
+    def prep(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, adapt(value)
+        return last[1]
+
+    return prep
+
+
+def _prep_save(field: models.Field[Any, Any], connection: Any, value: Any) -> Any:
     return field.get_db_prep_save(value, connection)
 
 
-def _prep_bool(field: models.Field, connection: Any, value: Any) -> Any:
+def _prep_bool(field: models.Field[Any, Any], connection: Any, value: Any) -> Any:
     # A bool is what Django's layers make of a bool (a third of a microsecond, each).
     return value if type(value) is bool else field.get_db_prep_save(value, connection)
 
@@ -142,14 +156,18 @@ def upsert_rows(
     connection = connections[conf.database()]
     meta = model._meta
     qn = connection.ops.quote_name
-    columns_of = (
-        list(meta.concrete_fields) if fields is None else [meta.get_field(name) for name in fields]
+    columns_of: list[models.Field[Any, Any]] = (
+        list(meta.concrete_fields)
+        if fields is None
+        else [cast("models.Field[Any, Any]", meta.get_field(name)) for name in fields]
     )
     updates = ", ".join(
-        f"{qn(f.column)} = EXCLUDED.{qn(f.column)}" for f in columns_of if f.name in update_fields
+        f"{qn(column_of(f))} = EXCLUDED.{qn(column_of(f))}"
+        for f in columns_of
+        if f.name in update_fields
     )
-    columns = ", ".join(qn(f.column) for f in columns_of)
-    conflict = f"ON CONFLICT ({qn(meta.pk.column)}) DO UPDATE SET {updates}"
+    columns = ", ".join(qn(column_of(f)) for f in columns_of)
+    conflict = f"ON CONFLICT ({qn(column_of(meta.pk))}) DO UPDATE SET {updates}"
     preps = column_preps(columns_of, connection, raw)
     if connection.vendor == "postgresql":
         batches = (prep_rows(preps, rows[i : i + 1000]) for i in range(0, len(rows), 1000))
@@ -172,6 +190,11 @@ def upsert_rows(
                 if len(chunk) == batch:
                     full_sql = sql
             c.execute(sql, [value for row in chunk for value in row])
+
+
+def column_of(field: Any) -> str:
+    """A concrete field's column name."""
+    return str(field.column)
 
 
 def _copy_upsert(table: str, columns: str, conflict: str, rows: Iterable[list[Any]]) -> None:

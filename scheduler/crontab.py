@@ -135,7 +135,12 @@ def _info(field: BaseField) -> tuple[BaseField, bool, tuple[int, ...]]:
     values: list[int] = []
     value: int | None = MIN_VALUES[field.name] if field.name in _TIME_FIELDS else None
     while value is not None and value <= MAX_VALUES[field.name]:
-        value = field.get_next_value(_PROBE.replace(**{field.name: value}))
+        probe = _PROBE.replace(
+            hour=value if field.name == "hour" else 0,
+            minute=value if field.name == "minute" else 0,
+            second=value if field.name == "second" else 0,
+        )
+        value = field.get_next_value(probe)
         if value is not None:
             values.append(value)
             value += 1
@@ -178,9 +183,6 @@ class CronTrigger(_APSCronTrigger):
     its first fire time is found by a quick search where no change of UTC offset is
     near (``_quick_first_fire_time``); APScheduler's own search otherwise.
     """
-
-    # The memo below; no __dict__ (a trigger per job, 100,000 jobs).
-    __slots__ = ("_memo",)
 
     def __init__(
         self,
@@ -377,7 +379,7 @@ def from_crontab(expr: str, tz: tzinfo, **options: Any) -> Any:
         )
     minute, hour, day, month, weekday = values
     weekday = _expand_weekdays(weekday)
-    fields = {"minute": minute, "hour": hour, "month": month, "timezone": tz}
+    fields: dict[str, Any] = {"minute": minute, "hour": hour, "month": month, "timezone": tz}
     # As in Vixie cron, a day field starting with "*" ("*/2") does not count as restricted.
     if not day.startswith("*") and not values[4].startswith("*"):
         # cron fires when either day field matches.

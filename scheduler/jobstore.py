@@ -504,7 +504,11 @@ class JobStore(DjangoJobStore):
         # A statement at a time takes at most 500 ids (SQLite's parameters are limited).
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
-            db.retrying(lambda b=batch: self._objects.filter(id__in=b).delete(), "remove jobs")
+
+            def remove(batch: list[str] = batch) -> None:
+                self._objects.filter(id__in=batch).delete()
+
+            db.retrying(remove, "remove jobs")
 
     def stored_ids(self) -> set[str]:
         def ids() -> set[str]:
@@ -560,7 +564,10 @@ class JobStore(DjangoJobStore):
             try:
                 value = parse(text)
             except ValueError:  # not written by Django: its own parser
-                value = parse_datetime(text)
+                parsed = parse_datetime(text)
+                if parsed is None:
+                    raise ValueError(f"job {pk!r}: next run time {text!r} is no datetime") from None
+                value = parsed
             if value.tzinfo is not None:
                 result.append((pk, value.timestamp()))
             elif zone is UTC:

@@ -274,7 +274,7 @@ def build_trigger(
     parsing each again dominated start-up.
     """
     tz = zoneinfo.ZoneInfo(tz_name)
-    options = {"jitter": jitter, "start_date": start_date, "end_date": end_date}
+    options: dict[str, Any] = {"jitter": jitter, "start_date": start_date, "end_date": end_date}
     fields = dict(schedule)
     if kind == "interval":
         return IntervalTrigger(timezone=tz, **fields, **options)
@@ -356,7 +356,7 @@ _checked_options: dict[tuple[Any, ...], _Checked] = {}
 
 # Option values a checked declaration is remembered by: only those whose equal values
 # are the same value (1 == True, and equal datetimes may differ in their zone).
-_KEY_TYPES = frozenset({str, int, bool, type(None)})
+_KEY_TYPES: frozenset[type] = frozenset({str, int, bool, type(None)})
 
 
 def _options_key(
