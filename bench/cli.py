@@ -223,11 +223,14 @@ def _update(previous: dict[str, Any], new: dict[str, Any], names: list[str]) -> 
     for name in names:
         merged["scenarios"][name] = new["scenarios"][name]
     meta = new["meta"]
+    machine = meta["machine"]
     merged["meta"] = {
         **previous["meta"],
         "reruns": [
             *previous["meta"].get("reruns", []),
-            f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} "
+            f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} on "
+            f"{machine['cpu']} × {machine['cores']} cores, {machine['ram_gb']:.1f} GB, "
+            f"load average {meta['noise']['load_start']} / {meta['noise']['load_end']} "
             f"(`{meta['command']}`)",
         ],
     }
