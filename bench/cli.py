@@ -24,7 +24,7 @@ from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
 from bench.scenarios import Context, accuracy, admin, history, load, store
 
-MODULES = {m.NAME: m for m in (accuracy, load, store, admin, history)}
+MODULES = {m.NAME: m for m in (accuracy, load, store, *store.VARIANTS, admin, history)}
 
 # name: (default, smoke default)
 SIZES = {
@@ -33,6 +33,7 @@ SIZES = {
     "accuracy_jobs": (20, 5),
     "load_jobs": (200, 20),
     "store_jobs": (10_000, 200),
+    "store_large_jobs": (100_000, 400),
     "admin_rows": (1_000_000, 5_000),
     "requests": (5, 2),
     "history_runs": (1000, 50),
@@ -64,7 +65,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, help="seconds of scenarios 1 and 2 (default 30)")
     parser.add_argument("--accuracy-jobs", type=int, help="scenario 1 jobs (default 20)")
     parser.add_argument("--load-jobs", type=int, help="scenario 2 jobs (default 200)")
-    parser.add_argument("--store-jobs", type=int, help="scenario 3 jobs (default 10000)")
+    parser.add_argument("--store-jobs", type=int, help="scenarios 3, 3b jobs (default 10000)")
+    parser.add_argument(
+        "--store-large-jobs", type=int, help="scenarios 3c, 3d jobs (default 100000)"
+    )
+    parser.add_argument(
+        "--large-dja",
+        action="store_true",
+        help="run django-apscheduler in scenarios 3c and 3d too (minutes per start)",
+    )
     parser.add_argument("--admin-rows", type=int, help="scenario 4 history rows (default 1000000)")
     parser.add_argument("--requests", type=int, help="scenario 4 timed requests per page (5)")
     parser.add_argument("--history-runs", type=int, help="scenario 5 timed runs (default 1000)")
@@ -219,9 +228,10 @@ def _update(previous: dict[str, Any], new: dict[str, Any], names: list[str]) -> 
         **previous["meta"],
         "reruns": [
             *previous["meta"].get("reruns", []),
-            # The machine too: a re-run may not run where the rest of the report did.
             f"{', '.join(names)}: re-run {meta['finished']} at {meta['commit']} on "
-            f"{machine['cpu']} × {machine['cores']} cores (`{meta['command']}`)",
+            f"{machine['cpu']} × {machine['cores']} cores, {machine['ram_gb']:.1f} GB, "
+            f"load average {meta['noise']['load_start']} / {meta['noise']['load_end']} "
+            f"(`{meta['command']}`)",
         ],
     }
     return merged

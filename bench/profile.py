@@ -4,6 +4,13 @@
     python -m bench.profile accuracy --system ours --db postgres
     python -m bench.profile store --startup --db postgres     # start-up, 10,000 jobs
     python -m bench.profile store --startup --restart          # the restart after it
+    python -m bench.profile store --startup --tool cprofile --jobs 100000 --shape distinct
+    python -m bench.profile store --startup --tool tracemalloc --jobs 100000
+
+Without py-spy, ``--tool cprofile`` (deterministic: every call counted, and slowed)
+or ``--tool tracemalloc`` (the memory alive at the ready line, by line of code) profile
+the start-up (``--startup``) through bench/instrument.py; the pstats file or the
+report is kept in ``--out``.
 
 Starts the system as the bench does (fresh migrated database, same jobs),
 waits for its ready line and a warm-up, samples it with ``py-spy record`` for
@@ -98,12 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--startup", action="store_true", help="profile the start-up")
     parser.add_argument("--restart", action="store_true", help="with --startup: the restart")
+    parser.add_argument(
+        "--shape", choices=["few", "distinct"], default="few", help="store: schedules"
+    )
+    parser.add_argument(
+        "--tool",
+        choices=["py-spy", "cprofile", "tracemalloc"],
+        default="py-spy",
+        help="with --startup: cProfile or tracemalloc in the process instead of py-spy",
+    )
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
+    if args.tool != "py-spy" and not args.startup:
+        parser.error("--tool cprofile/tracemalloc profile the start-up: add --startup")
+    if args.tool == "py-spy" and not Path(py_spy).exists():
         print("py-spy not found: pip install -r requirements-bench.txt", file=sys.stderr)
         return 2
     name = f"profile-{args.scenario}-{args.system}-{args.db}{'-gil' if args.gil else ''}"
+    if args.scenario == "store":
+        name += f"-{args.jobs or JOBS['store']}-{args.shape}"
     out = args.out or ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Log()
@@ -122,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             BENCH_JOBS=jobs,
             BENCH_HOUR0=hour0,
             BENCH_OBS=workdir / "obs",
+            BENCH_SHAPE=args.shape,
         )
         if args.startup:
             return _startup(args, py_spy, out, database, workdir, env)
@@ -157,6 +178,8 @@ def _startup(args, py_spy: str, out: Path, database, workdir: Path, env: dict) -
         first = systems.start(args.system, database, workdir / "first.log", **env)
         first.wait_line(systems.READY[args.system], 600)
         first.stop()
+    if args.tool != "py-spy":
+        return _instrumented(args, out, database, workdir, env)
     raw = out.with_name(out.name + ("-restart" if args.restart else "-startup")).with_suffix(".txt")
     argv = [py_spy, "record", "--idle", "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--",
             *systems.ARGV[args.system]]  # fmt: skip
@@ -181,6 +204,33 @@ def _startup(args, py_spy: str, out: Path, database, workdir: Path, env: dict) -
     print(f"{args.system} on {args.db}: ready {ready:.2f} s after exec (slower under py-spy)\n")
     print(summarize(raw, args.top, args.focus))
     print(f"\ncollapsed stacks: {raw}")
+    return 0
+
+
+def _instrumented(args, out: Path, database, workdir: Path, env: dict) -> int:
+    """The start-up under cProfile or tracemalloc (bench/instrument.py), to the ready line."""
+    import pstats
+
+    suffix = ".pstats" if args.tool == "cprofile" else ".txt"
+    path = out.with_name(
+        f"{out.name}-{'restart' if args.restart else 'startup'}-{args.tool}"
+    ).with_suffix(suffix)
+    python, *command = systems.ARGV[args.system]
+    argv = [python, "-m", "bench.instrument", f"--{args.tool}", str(path), "--", *command]
+    proc = Proc(args.tool, argv, systems.env_for(args.system, database, **env), workdir / "i.log")
+    try:
+        ready = proc.wait_line(systems.READY[args.system], 1200)
+    finally:
+        proc.stop(timeout=10)
+    print(
+        f"{args.system} on {args.db}: ready {ready:.2f} s after exec (slower under {args.tool})\n"
+    )
+    if args.tool == "cprofile":
+        for key in ("cumulative", "tottime"):
+            pstats.Stats(str(path)).sort_stats(key).print_stats(args.top)
+    else:
+        print(path.read_text())
+    print(f"\n{args.tool} output: {path}")
     return 0
 
 

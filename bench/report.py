@@ -339,6 +339,7 @@ CHART = [
     ("accuracy", "late_p99_ms", "1. lateness p99 (ms)", True, 15),
     ("load", "cpu_ms_per_run", "2. scheduler CPU per run (ms)", False, None),
     ("store", "restart_s", "3. restart with the store full (s)", True, 1),
+    ("store_large_distinct", "restart_s", "3d. restart, 100,000 distinct (s)", True, 2),
     ("admin", "slowest_page_ms", "4. slowest runs-list page (ms)", False, 250),
     ("history", "overhead_us", "5. history overhead per run (µs)", True, None),
 ]

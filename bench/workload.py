@@ -6,6 +6,8 @@ BENCH_SCENARIO  accuracy | load | store | history
 BENCH_JOBS      how many jobs
 BENCH_OBS       file the jobs append one line per run to: "<job index> <fire time> <start time>"
 BENCH_HOUR0     store scenario: first hour of the daily schedules (keeps them from falling due)
+BENCH_SHAPE     store scenario: "few" (default: 1,200 distinct schedules, "M H * * *") or
+                "distinct" (every job its own schedule, "S M H * * *")
 BENCH_WORK      load scenario: "sleep" (default, 1 ms of waiting, like I/O) or "spin" (1 ms of CPU)
 
 A run measures its own start with ``time.time()`` as its first statement. Plain
@@ -99,11 +101,44 @@ def store_schedule(index: int, hour0: int) -> tuple[int, int]:
     return index % 60, (hour0 + (index // 60) % 20) % 24
 
 
+# Distinct daily schedules in the 20 hours from hour0 on: one per second of them.
+DISTINCT_PER_BLOCK = 20 * 3600
+# Past that many jobs (72,000), each further block of 72,000 adds a day-of-week
+# restriction of its own, so that every job's schedule still differs.
+DISTINCT_WEEKDAYS = ("*", "mon-fri", "sat,sun", "mon,wed,fri", "tue,thu")
+
+
+def store_fields(index: int, hour0: int, shape: str) -> dict[str, str]:
+    """The cron fields of the daily store job ``index`` (fields APScheduler and ``@cron``
+    both take): "few" repeats 1,200 schedules ("M H * * *"); "distinct" gives each job its
+    own second, minute and hour ("S M H * * *"), and past 72,000 jobs its own weekdays too."""
+    if shape == "few":
+        minute, hour = store_schedule(index, hour0)
+        return {"minute": str(minute), "hour": str(hour)}
+    if shape != "distinct":
+        raise ValueError(f"unknown BENCH_SHAPE {shape!r}")
+    block, offset = divmod(index, DISTINCT_PER_BLOCK)
+    if block >= len(DISTINCT_WEEKDAYS):
+        raise ValueError(f"at most {len(DISTINCT_WEEKDAYS) * DISTINCT_PER_BLOCK} distinct jobs")
+    fields = {
+        "second": str(offset % 60),
+        "minute": str(offset // 60 % 60),
+        "hour": str((hour0 + offset // 3600) % 24),
+    }
+    if block:
+        fields["day_of_week"] = DISTINCT_WEEKDAYS[block]
+    return fields
+
+
 def params() -> tuple[str, int, int]:
     scenario = os.environ.get("BENCH_SCENARIO", "")
     count = int(os.environ.get("BENCH_JOBS", "0") or 0)
     hour0 = int(os.environ.get("BENCH_HOUR0", "0") or 0)
     return scenario, count, hour0
+
+
+def shape() -> str:
+    return os.environ.get("BENCH_SHAPE") or "few"
 
 
 def aps_jobs() -> list[dict[str, Any]]:
@@ -116,6 +151,7 @@ def aps_jobs() -> list[dict[str, Any]]:
     from apscheduler.triggers.interval import IntervalTrigger
 
     scenario, count, hour0 = params()
+    store_shape = shape()
     jobs = []
     for i in range(count):
         if scenario == "accuracy":
@@ -130,10 +166,9 @@ def aps_jobs() -> list[dict[str, Any]]:
                 id=f"bench.load.{i:05d}",
             )
         elif scenario == "store":
-            minute, hour = store_schedule(i, hour0)
             job = dict(
                 func=noop,
-                trigger=CronTrigger(minute=minute, hour=hour, timezone=UTC),
+                trigger=CronTrigger(**store_fields(i, hour0, store_shape), timezone=UTC),
                 id=f"bench.store.{i:05d}",
             )
         else:
@@ -148,14 +183,19 @@ def declare_ours() -> None:
     from scheduler import cron, interval
 
     scenario, count, hour0 = params()
+    store_shape = shape()
     for i in range(count):
         if scenario == "accuracy":
             cron(second="*", id=f"bench.accuracy.{i:05d}", args=(i,), timezone="UTC")(accuracy_ours)
         elif scenario == "load":
             start = PHASE_BASE + timedelta(seconds=phase(i, count))
             interval(seconds=1, start_date=start, id=f"bench.load.{i:05d}", args=(i,))(load_ours)
-        elif scenario == "store":
+        elif scenario == "store" and store_shape == "few":
             minute, hour = store_schedule(i, hour0)
             cron(f"{minute} {hour} * * *", id=f"bench.store.{i:05d}", timezone="UTC")(noop)
+        elif scenario == "store":
+            # Six fields ("S M H * * *"): cron fields, as a crontab string has five.
+            fields = store_fields(i, hour0, store_shape)
+            cron(**fields, id=f"bench.store.{i:05d}", timezone="UTC")(noop)
     if scenario == "history":
         cron("0 3 1 1 *", id="bench.history.noop", timezone="UTC")(noop)

@@ -11,7 +11,7 @@ wrappers see them and errors are Django's, which the retries know.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
@@ -84,7 +84,65 @@ def _prep(
     return field.get_db_prep_save(value, connection)
 
 
-def upsert(model: type[_M], objs: Sequence[_M], update_fields: list[str]) -> None:
+def column_preps(
+    fields: list[models.Field[Any, Any]] | tuple[models.Field[Any, Any], ...],
+    connection: Any,
+    raw: Collection[str] = (),
+) -> list[Callable[[Any], Any] | None]:
+    """Per column, what ``_prep`` does to its values, decided once for the column (None:
+    the value as it is); for many rows at once (100,000 jobs at a first start). The
+    columns of fields named in ``raw`` come as the database takes them already."""
+    adapt = datetime_adapter(connection)
+    preps: list[Callable[[Any], Any] | None] = []
+    for field in fields:
+        if isinstance(field, _PLAIN) or field.name in raw:
+            preps.append(None)
+        elif isinstance(field, models.DateTimeField):
+            preps.append(_last_remembered(adapt))
+        elif isinstance(field, models.BooleanField):
+            preps.append(functools.partial(_prep_bool, field, connection))
+        else:
+            preps.append(functools.partial(_prep_save, field, connection))
+    return preps
+
+
+def _last_remembered(adapt: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``adapt`` that gives its last answer again for the same (immutable) value: rows
+    written together often share one datetime (every catalog row's ``synced_at``, the
+    next run time of jobs with one schedule), 1.5 µs each on SQLite."""
+    last: list[Any] = [None, None]
+
+    def prep(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, adapt(value)
+        return last[1]
+
+    return prep
+
+
+def _prep_save(field: models.Field[Any, Any], connection: Any, value: Any) -> Any:
+    return field.get_db_prep_save(value, connection)
+
+
+def _prep_bool(field: models.Field[Any, Any], connection: Any, value: Any) -> Any:
+    # A bool is what Django's layers make of a bool (a third of a microsecond, each).
+    return value if type(value) is bool else field.get_db_prep_save(value, connection)
+
+
+def prep_rows(
+    preps: list[Callable[[Any], Any] | None], rows: Iterable[tuple[Any, ...] | list[Any]]
+) -> list[list[Any]]:
+    """Rows of model values (one per column of ``preps``) as the database takes them."""
+    return [
+        [
+            value if prep is None or value is None else prep(value)
+            for prep, value in zip(preps, row, strict=True)
+        ]
+        for row in rows
+    ]
+
+
+def upsert(model: type[Model], objs: list[Model], update_fields: list[str]) -> None:
     """Insert or update many rows by primary key; call inside a transaction.
 
     Django's ``bulk_create(update_conflicts=True)`` compiles SQL for every
@@ -106,31 +164,70 @@ def upsert(model: type[_M], objs: Sequence[_M], update_fields: list[str]) -> Non
             update_fields=update_fields,
         )
         return
-    qn = connection.ops.quote_name
     fields = meta.concrete_fields
-    updates = ", ".join(
-        f"{qn(_column(f))} = EXCLUDED.{qn(_column(f))}" for f in fields if f.name in update_fields
+    rows = [[getattr(obj, f.attname) for f in fields] for obj in objs]
+    upsert_rows(model, rows, update_fields)
+
+
+def upsert_rows(
+    model: type[Model],
+    rows: list[tuple[Any, ...]] | list[list[Any]],
+    update_fields: list[str],
+    fields: list[str] | None = None,
+    raw: Collection[str] = (),
+) -> None:
+    """``upsert`` of rows given as values, one per concrete field of the model in order
+    (or per field of ``fields``, the others left to their database defaults): no model
+    instances (7 µs each; 100,000 of them, twice, at a first start). Values of the
+    fields named in ``raw`` are as the database takes them (JSON text, say). SQLite and
+    PostgreSQL only; call inside a transaction."""
+    if not rows:
+        return
+    connection = connections[conf.database()]
+    meta = model._meta
+    qn = connection.ops.quote_name
+    columns_of: list[models.Field[Any, Any]] = (
+        list(meta.concrete_fields)
+        if fields is None
+        else [cast("models.Field[Any, Any]", meta.get_field(name)) for name in fields]
     )
-    columns = ", ".join(qn(_column(f)) for f in fields)
-    rows = [[_prep(f, getattr(obj, f.attname), connection) for f in fields] for obj in objs]
-    conflict = f"ON CONFLICT ({qn(_column(meta.pk))}) DO UPDATE SET {updates}"
+    updates = ", ".join(
+        f"{qn(column_of(f))} = EXCLUDED.{qn(column_of(f))}"
+        for f in columns_of
+        if f.name in update_fields
+    )
+    columns = ", ".join(qn(column_of(f)) for f in columns_of)
+    conflict = f"ON CONFLICT ({qn(column_of(meta.pk))}) DO UPDATE SET {updates}"
+    preps = column_preps(columns_of, connection, raw)
     if connection.vendor == "postgresql":
-        _copy_upsert(qn(meta.db_table), columns, conflict, rows)
+        batches = (prep_rows(preps, rows[i : i + 1000]) for i in range(0, len(rows), 1000))
+        _copy_upsert(qn(meta.db_table), columns, conflict, (row for b in batches for row in b))
         return
     # Many rows per statement: SQLite runs each statement in a fraction of the time
-    # Django's bulk_create spends compiling it.
-    row_marks = f"({', '.join(['%s'] * len(fields))})"
-    batch = max(1, 4000 // len(fields))
-    statements = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        values = ", ".join([row_marks] * len(chunk))
-        sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES {values} {conflict}"
-        statements.append((sql, [value for row in chunk for value in row]))
-    execute_all(statements)
+    # Django's bulk_create spends compiling it. Rows are prepared a batch at a time, so
+    # that a first start of 100,000 jobs does not hold all their values at once.
+    row_marks = f"({', '.join(['%s'] * len(columns_of))})"
+    batch = max(1, 4000 // len(columns_of))
+    full_sql = None
+    with cursor() as c:
+        for start in range(0, len(rows), batch):
+            chunk = prep_rows(preps, rows[start : start + batch])
+            if len(chunk) == batch and full_sql is not None:
+                sql = full_sql
+            else:
+                values = ", ".join([row_marks] * len(chunk))
+                sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES {values} {conflict}"
+                if len(chunk) == batch:
+                    full_sql = sql
+            c.execute(sql, [value for row in chunk for value in row])
 
 
-def _copy_upsert(table: str, columns: str, conflict: str, rows: list[list[Any]]) -> None:
+def column_of(field: Any) -> str:
+    """A concrete field's column name."""
+    return str(field.column)
+
+
+def _copy_upsert(table: str, columns: str, conflict: str, rows: Iterable[list[Any]]) -> None:
     """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT."""
     with cursor() as c:
         c.execute(f"CREATE TEMP TABLE scheduler_upsert (LIKE {table}) ON COMMIT DROP")

