@@ -32,8 +32,10 @@ class Recording:
     def __init__(self, release: threading.Event | None = None) -> None:
         self.seen: list[tuple[str, datetime, str]] = []
         self.release = release
+        self.started = threading.Event()
 
     def carry_out_in_order(self, orders: Sequence[RunOrder]) -> None:
+        self.started.set()
         for order in orders:
             if self.release is not None:
                 self.release.wait(5)
@@ -60,6 +62,7 @@ def test_free_counts_the_submissions_not_finished_and_cancel_waiting_cancels_the
     recording = Recording(release)
     runs = ThreadRunExecutor(1, recording)
     first = runs.submit([RunOrder("t.a", AT)])
+    assert recording.started.wait(5)  # on the only thread now
     waiting = runs.submit([RunOrder("t.b", AT)])
     assert runs.free() == -1  # one running, one waiting for the only thread
     runs.cancel_waiting()
