@@ -174,6 +174,11 @@ class Service:
     def demoted(self) -> None:
         parts = self._parts()
         with self._role_lock:
+            if self._stopping:
+                # The stop pauses the main loop, gives the claims back and shuts the
+                # scheduler down itself (the chaos soak found the lease running out
+                # during a stop, and this pause raising on a scheduler already shut down).
+                return
             parts.scheduler.pause()
         # The fire times claimed ahead are the next active scheduler's to run.
         with parts.scheduler._jobstores_lock:
