@@ -34,7 +34,6 @@ from scheduler.text import describe_exception, storable
 
 logger = logging.getLogger(__name__)
 
-HOSTNAME = conf.HOSTNAME
 Status = JobRun.Status
 
 
