@@ -17,13 +17,18 @@ _stamp_for() {  # REQUIREMENTS_FILE DJANGO_VERSION -> the stamp an install of th
 
 _stamp=$(_stamp_for "$_reqs" "${DJANGO_VERSION:-}")
 _reuse=""
-if [ ! -f "$_stamp" ] && [ "$_reqs" = requirements.txt ] && [ -z "${DJANGO_VERSION:-}" ]; then
+if [ ! -f "$_stamp" ] && [ "$_reqs" = requirements.txt ]; then
   # Every other requirements file includes requirements.txt (-r), so a venv installed from
   # one of them, and still current, already holds the runtime. Installing requirements.txt
   # over it would undo its DJANGO_VERSION and make test.sh reinstall its tools next time.
+  # With DJANGO_VERSION set (the Django 6 leg runs the demo with it), only a venv installed
+  # with that same Django will do.
   for _found in "$_venv"/.installed-*; do
     [ -f "$_found" ] || continue
     _found_reqs=$(sed -n 1p "$_found") _found_django=$(sed -n 2p "$_found")
+    if [ -n "${DJANGO_VERSION:-}" ] && [ "$_found_django" != "$DJANGO_VERSION" ]; then
+      continue
+    fi
     if [ -n "$_found_reqs" ]; then
       _candidates=("$_found_reqs")
     else

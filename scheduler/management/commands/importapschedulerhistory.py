@@ -4,11 +4,12 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connections
 from django_apscheduler.models import DjangoJobExecution
 
 from scheduler import conf
+from scheduler.management.base import SchedulerCommand
 from scheduler.models import JobRun
 
 # django-apscheduler's statuses, mapped to ours.
@@ -25,7 +26,7 @@ UNKNOWN_STATUS = (
 )
 
 
-class Command(BaseCommand):
+class Command(SchedulerCommand):
     help = (
         "Import django-apscheduler's run history (DjangoJobExecution) into scheduler's "
         "JobRun table. Safe to run twice: runs already imported are left alone."

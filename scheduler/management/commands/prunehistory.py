@@ -3,14 +3,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from scheduler import conf
+from scheduler.management.base import SchedulerCommand
 from scheduler.models import JobRun
 
 
-class Command(BaseCommand):
+class Command(SchedulerCommand):
     help = (
         "Delete finished runs older than SCHEDULER['HISTORY_DAYS'] days (or --days), as the "
         "scheduler.prune_history job does every night. Runs still queued or running are kept."

@@ -3,14 +3,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django_apscheduler.models import DjangoJob
 
 from scheduler import conf, db
+from scheduler.management.base import SchedulerCommand
 from scheduler.registry import autodiscover
 
 
-class Command(BaseCommand):
+class Command(SchedulerCommand):
     help = (
         "Run the scheduler in the foreground: sync jobs from code into the job store, then run "
         "them on time until SIGTERM or Ctrl+C."

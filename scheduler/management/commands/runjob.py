@@ -5,10 +5,11 @@ import sys
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from scheduler import conf, db, health, lease
+from scheduler.management.base import SchedulerCommand
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, autodiscover
 from scheduler.requests import notify
@@ -20,7 +21,7 @@ Status = JobRun.Status
 WAIT_STEP = 0.25
 
 
-class Command(BaseCommand):
+class Command(SchedulerCommand):
     help = (
         "Run one registered job now, in the foreground, and record it as a manual run. "
         "Like every run of the job, it waits for one of the job's max_instances slots "

@@ -4,13 +4,14 @@ import json
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.db import DatabaseError
 
 from scheduler import db, health
+from scheduler.management.base import SchedulerCommand
 
 
-class Command(BaseCommand):
+class Command(SchedulerCommand):
     help = (
         "Exit 0 when an active scheduler has a fresh heartbeat, 1 otherwise, with a one-line "
         "summary. Fit for a liveness or readiness probe."
