@@ -374,6 +374,25 @@ def test_a_stop_signal_during_start_up_retries_is_obeyed(tmp_path: Path) -> None
     assert "Traceback" not in proc.log()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["runjob", "hostile.fine"], ["prunehistory"], ["importapschedulerhistory"]],
+    ids=["runjob", "prunehistory", "importapschedulerhistory"],
+)
+def test_a_database_that_cannot_be_opened_fails_a_command_in_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Not a traceback (Django 6 also opens the database in its checks before handle())."""
+    env = SchedulerEnv(tmp_path)
+    env.db_path = tmp_path / "missing-dir" / "db.sqlite3"
+    result = env.manage(*command, modules=HOSTILE, timeout=90, DB_RETRY_TIMEOUT=15)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    assert "Traceback" not in text
+    (line,) = [line for line in text.splitlines() if line.startswith("CommandError")]
+    assert line == "CommandError: Database 'default' unavailable: unable to open database file"
+
+
 # -- errors that are not outages ------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core import checks
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from scheduler import conf, db
 
 
 class SchedulerCommand(BaseCommand):
@@ -17,7 +19,16 @@ class SchedulerCommand(BaseCommand):
     the start for ``timeout`` seconds before the signal handlers were in place. The checks
     run here as they did on 5.2, static ones only; ``manage.py check --database default``
     still runs the database ones.
+
+    A database that cannot be reached is reported in one line naming it, not a traceback
+    (``--traceback`` shows it); ``runapscheduler`` waits for it before this is reached.
     """
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute(*args, **options)
+        except db.TRANSIENT as exc:
+            raise CommandError(f"Database {conf.database()!r} unavailable: {exc}") from exc
 
     def check(
         self,
