@@ -24,7 +24,9 @@ from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
 from bench.scenarios import Context, accuracy, admin, history, load, store
 
-MODULES = {m.NAME: m for m in (accuracy, load, store, *store.VARIANTS, admin, history)}
+MODULES = {
+    m.NAME: m for m in (accuracy, *accuracy.VARIANTS, load, store, *store.VARIANTS, admin, history)
+}
 
 # name: (default, smoke default)
 SIZES = {

@@ -2,12 +2,13 @@
 
 Configured by environment variables, so the three systems run the same jobs:
 
-BENCH_SCENARIO  accuracy | load | store | history
+BENCH_SCENARIO  accuracy | accuracy_first | load | store | history
 BENCH_JOBS      how many jobs
 BENCH_OBS       file the jobs append one line per run to: "<job index> <fire time> <start time>"
 BENCH_HOUR0     store scenario: first hour of the daily schedules (keeps them from falling due)
 BENCH_SHAPE     store scenario: "few" (default: 1,200 distinct schedules, "M H * * *") or
                 "distinct" (every job its own schedule, "S M H * * *")
+BENCH_START     accuracy_first: the jobs' start_date (POSIX seconds, a whole second)
 BENCH_WORK      load scenario: "sleep" (default, 1 ms of waiting, like I/O) or "spin" (1 ms of CPU)
 
 A run measures its own start with ``time.time()`` as its first statement. Plain
@@ -67,6 +68,18 @@ def accuracy(index: int) -> None:
 
 
 def accuracy_ours(index: int, scheduled_at: datetime) -> None:
+    start = time.time()
+    _observe(index, scheduled_at.timestamp(), start)
+
+
+def accuracy_first(*, index: int, label: str) -> None:
+    """The independent harness's shape: one shared function, keyword arguments, every
+    second on the whole second from its start_date."""
+    start = time.time()
+    _observe(index, math.floor(start), start)
+
+
+def accuracy_first_ours(*, index: int, label: str, scheduled_at: datetime) -> None:
     start = time.time()
     _observe(index, scheduled_at.timestamp(), start)
 
@@ -137,8 +150,16 @@ def params() -> tuple[str, int, int]:
     return scenario, count, hour0
 
 
+def start_date() -> datetime:
+    return datetime.fromtimestamp(int(os.environ["BENCH_START"]), UTC)
+
+
 def shape() -> str:
     return os.environ.get("BENCH_SHAPE") or "few"
+
+
+def first_kwargs(index: int) -> dict[str, Any]:
+    return {"index": index, "label": f"first fires, job {index}"}
 
 
 def aps_jobs() -> list[dict[str, Any]]:
@@ -157,6 +178,10 @@ def aps_jobs() -> list[dict[str, Any]]:
         if scenario == "accuracy":
             job = dict(func=accuracy, trigger=CronTrigger(second="*", timezone=UTC), args=(i,))
             job["id"] = f"bench.accuracy.{i:05d}"
+        elif scenario == "accuracy_first":
+            trigger = CronTrigger(second="*", start_date=start_date(), timezone=UTC)
+            job = dict(func=accuracy_first, trigger=trigger, kwargs=first_kwargs(i))
+            job["id"] = f"bench.first.{i:05d}"
         elif scenario == "load":
             start = PHASE_BASE + timedelta(seconds=phase(i, count))
             job = dict(
@@ -187,6 +212,14 @@ def declare_ours() -> None:
     for i in range(count):
         if scenario == "accuracy":
             cron(second="*", id=f"bench.accuracy.{i:05d}", args=(i,), timezone="UTC")(accuracy_ours)
+        elif scenario == "accuracy_first":
+            cron(
+                second="*",
+                start_date=start_date(),
+                timezone="UTC",
+                kwargs=first_kwargs(i),
+                id=f"bench.first.{i:05d}",
+            )(accuracy_first_ours)
         elif scenario == "load":
             start = PHASE_BASE + timedelta(seconds=phase(i, count))
             interval(seconds=1, start_date=start, id=f"bench.load.{i:05d}", args=(i,))(load_ours)
