@@ -34,8 +34,10 @@ Contract of a :class:`RunExecutor`
   ``results``), the same for every executor.
 * :meth:`RunExecutor.free` says how many more orders could start at once (the
   main loop claims ahead no more fire times than that);
-  :meth:`RunExecutor.cancel_waiting` cancels the orders not started yet (a
-  stop); :meth:`RunExecutor.shutdown` ends the executor.
+  :meth:`RunExecutor.start` readies it as the scheduler starts (its workers
+  started ahead of the first fire time); :meth:`RunExecutor.cancel_waiting`
+  cancels the orders not started yet (a stop); :meth:`RunExecutor.shutdown`
+  ends the executor.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class CarriesOut(Protocol):
 class RunExecutor(ABC):
     """Where claimed runs are carried out (see the module docstring for the contract)."""
 
+    def start(self) -> None:  # noqa: B027 - optional: most executors have nothing to start
+        """Get ready to take orders (the scheduler starts): a pool starts its workers."""
+
     @abstractmethod
     def submit(self, orders: Sequence[RunOrder]) -> Future[Any]:
         """Carry out ``orders`` one after the other; see the contract."""
@@ -116,6 +121,9 @@ class ThreadRunExecutor(RunExecutor):
         self._runner = runner
         self._busy = 0  # submissions not finished yet
         self._busy_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._pool.prestart()
 
     def submit(self, orders: Sequence[RunOrder]) -> Future[Any]:
         future: Future[Any] = self._pool.submit(self._runner.carry_out_in_order, orders)

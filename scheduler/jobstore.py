@@ -411,6 +411,15 @@ class JobStore(DjangoJobStore):
             return []
         with self._lock:
             due = self._view.due(now)
+        if not due and self.book is not None:
+            # Woken CLAIM_LEAD early (see get_next_run_time): claim what comes next.
+            try:
+                self.book.claim_soon(self._next_run_time(), now, self.due_between)
+            except Exception as exc:
+                # Nothing lost: at the fire time the claim is made again, on its path,
+                # and reports an outage (said here too, it would be said twice).
+                if not db.is_transient(exc):
+                    logger.exception("Could not claim the next fire times ahead.")
         if due and self.book is not None:
             try:
                 self.book.claim_due(due, now, self.due_between)
@@ -430,6 +439,12 @@ class JobStore(DjangoJobStore):
             return self._view.due_between(after, until)
 
     def get_next_run_time(self) -> datetime | None:
+        """When APScheduler's main loop should wake next: the next fire time, or a little
+        before it for the claim book to claim it ahead (``claims.CLAIM_LEAD``)."""
+        at = self._next_run_time()
+        return self.book.wake_time(at) if self.book is not None and self.active else at
+
+    def _next_run_time(self) -> datetime | None:
         with self._lock:
             return self._view.next_run_time()
 

@@ -32,6 +32,19 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._shutdown = False
 
+    def prestart(self) -> None:
+        """Start every worker thread now, idle, rather than one by one as work comes.
+
+        A thread started on demand costs its submission a thread start, taken
+        from the main loop handing out the rest: with the most recently idle
+        thread preferred, a new one is started each time more runs overlap
+        than ever before, so twenty jobs due together kept the first three
+        fire times late (p99 about 9 ms instead of 2).
+        """
+        with self._lock:
+            while len(self._threads) < self._max_workers and not self._shutdown:
+                self._start_thread()
+
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
         with self._lock:
@@ -41,15 +54,16 @@ class WorkerPool:
                 self._idle.pop().release()
             elif len(self._threads) < self._max_workers:
                 # Started before the work is queued: if it cannot start, nothing is queued.
-                thread = threading.Thread(
-                    target=self._worker,
-                    name=f"{self._name}-{len(self._threads) + 1}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
+                self._start_thread()
             self._work.append((future, fn, args))
         return future
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._worker, name=f"{self._name}-{len(self._threads) + 1}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

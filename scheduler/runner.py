@@ -537,6 +537,10 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         self.closed = True
         self.book.release(reason, timeout)
 
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        self.runs.start()
+
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
         self.runs.shutdown(wait)

@@ -261,3 +261,71 @@ def test_a_fire_time_claimed_ahead_that_does_not_come_is_given_back() -> None:
     runs = {r.job_id: r for r in JobRun.objects.all()}
     assert set(runs) == {"t.now", "t.earlier", "t.kept"}
     assert {r.status for r in runs.values()} == {"succeeded"}
+
+
+# -- waking early to claim (CLAIM_LEAD) -------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_main_loop_wakes_early_to_claim_so_the_fire_time_writes_nothing() -> None:
+    tests.jobs.CALLS.clear()
+    scheduler, executor = started_executor(4)
+    book = executor.book
+    now = datetime.now(UTC)
+    ms = timedelta(milliseconds=1)
+    first = due_job(scheduler, "t.first", now + 30 * ms)
+    second = due_job(scheduler, "t.second", now + 60 * ms)
+    far = due_job(scheduler, "t.far", now + claims.CLAIM_AHEAD + 40 * ms)
+    at = first.next_run_time
+
+    def upcoming(after: datetime, until: datetime) -> list[APSJob]:
+        return [job for job in [first, second, far] if after < job.next_run_time <= until]
+
+    try:
+        # Nothing claimed yet: wake CLAIM_LEAD before the fire time.
+        assert book.wake_time(at) == at - claims.CLAIM_LEAD
+        # Woken then, nothing due: one statement claims what falls due within CLAIM_AHEAD.
+        woke = at - claims.CLAIM_LEAD
+        with CaptureQueriesContext(connection) as queries:
+            book.claim_soon(at, woke, upcoming)
+        assert len(queries) == 1
+        assert set(JobRun.objects.values_list("job_id", flat=True)) == {"t.first", "t.second"}
+        # Then sleep until the fire time itself, and claim nothing more on the way there
+        # (the loop wakes a little early when its previous round took time).
+        assert book.wake_time(at) == at
+        assert book.wake_time(second.next_run_time) == second.next_run_time
+        with CaptureQueriesContext(connection) as queries:
+            book.claim_soon(at, at - ms, upcoming)
+            book.claim_due([first], at, upcoming)
+        assert len(queries) == 0
+        executor.submit_job(first, [at])
+        executor.shutdown(wait=True)
+    finally:
+        executor.shutdown(wait=False)
+    assert row(JobRun.objects.get(job_id="t.first")).status == "succeeded"
+    assert len(tests.jobs.CALLS) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_early_wake_that_can_claim_nothing_is_not_repeated() -> None:
+    scheduler, executor = started_executor(2)
+    book = executor.book
+    now = datetime.now(UTC)
+    job = due_job(scheduler, "t.busy", now + timedelta(milliseconds=30))
+    at = job.next_run_time
+    executor._instances["t.busy"] = 1  # max_instances reached: no claim ahead for it
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            book.claim_soon(at, at - claims.CLAIM_LEAD, lambda after, until: [job])
+        assert len(queries) == 0
+        # The next wake is the fire time itself, not the same early moment again and again.
+        assert book.wake_time(at) == at
+        # Woken for something else, long before the next fire time: nothing is claimed,
+        # and the early wake for the next one still comes.
+        later = at + SECOND
+        job.next_run_time = later
+        book.claim_soon(later, now, lambda after, until: [job])
+        assert book.wake_time(later) == later - claims.CLAIM_LEAD
+    finally:
+        executor.shutdown(wait=True)
+    assert not JobRun.objects.exists()

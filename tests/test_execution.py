@@ -57,6 +57,16 @@ def test_a_submission_s_orders_run_one_after_the_other_on_one_thread() -> None:
     assert len({thread for _, _, thread in recording.seen}) == 1
 
 
+def test_the_thread_executor_starts_its_workers_as_the_scheduler_starts() -> None:
+    before = set(threading.enumerate())
+    scheduler, executor = started_executor(3)
+    try:
+        started = set(threading.enumerate()) - before
+        assert sorted(t.name for t in started) == [f"scheduler-worker-{i}" for i in (1, 2, 3)]
+    finally:
+        executor.shutdown(wait=True)
+
+
 def test_free_counts_the_submissions_not_finished_and_cancel_waiting_cancels_the_rest() -> None:
     release = threading.Event()
     recording = Recording(release)
@@ -79,6 +89,10 @@ class Remote(RunExecutor):
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, datetime, int | None, int]] = []
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
 
     def submit(self, orders: Sequence[RunOrder]) -> Future[Any]:
         future: Future[Any] = Future()
@@ -112,6 +126,7 @@ def test_another_executor_behind_the_seam_gets_claimed_runs_and_records_through_
     tests.jobs.CALLS.clear()
     remote = Remote()
     scheduler, executor = started_executor(1, runs=remote)
+    assert remote.started == 1  # readied as the scheduler started its executor
     now = datetime.now(UTC)
     at = now.replace(microsecond=0)
     job = due_job(scheduler, "tests.nightly", at)  # declared in code: found by id over there

@@ -13,7 +13,10 @@ from django.test.utils import CaptureQueriesContext
 from django_apscheduler.models import DjangoJob
 
 import tests.jobs
+from scheduler import claims
 from scheduler.jobstore import JobStore
+from scheduler.models import JobRun
+from scheduler.service import make_parts
 from scheduler.sync import sync
 from tests.helpers import SECOND, spec, specs_of, stored_next
 
@@ -132,3 +135,36 @@ def test_the_active_store_reads_a_job_only_when_it_is_needed(store: JobStore) ->
         assert sorted(job.id for job in store.get_all_jobs()) == ["t.due", "t.gone", "t.later"]
     finally:
         store.deactivate()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_active_store_wakes_the_main_loop_early_to_claim_off_the_fire_times_path() -> None:
+    parts = make_parts()
+    store, executor, scheduler = parts.store, parts.executor, parts.scheduler
+    store.specs = specs_of(spec("t.a"), spec("t.b"))
+    store.start(scheduler, "default")
+    executor.start(scheduler, "default")
+    sync(scheduler, store, store.specs)
+    # Not active (no lease): the table's next run time, no early wake.
+    at = store._next_run_time()
+    assert at is not None and store.get_next_run_time() == at
+    store.activate()
+    try:
+        # Active: woken CLAIM_LEAD early, the next fire times are claimed in one statement
+        # with nothing due yet; then the main loop sleeps until the fire time.
+        assert store.get_next_run_time() == at - claims.CLAIM_LEAD
+        with CaptureQueriesContext(connection) as queries:
+            assert store.get_due_jobs(at - claims.CLAIM_LEAD) == []
+        assert len(queries) == 1 and "INSERT" in queries[0]["sql"]
+        assert store.get_next_run_time() == at
+        claimed = JobRun.objects.filter(status="running", scheduled_at=at)
+        assert sorted(claimed.values_list("job_id", flat=True)) == ["t.a", "t.b"]
+        # At the fire time: handed over without a statement.
+        with CaptureQueriesContext(connection) as queries:
+            due = store.get_due_jobs(at)
+        assert sorted(job.id for job in due) == ["t.a", "t.b"] and len(queries) == 0
+        assert executor.book.get("t.a") is not None
+        executor.book.release("test over")
+    finally:
+        store.deactivate()
+        executor.shutdown(wait=True)

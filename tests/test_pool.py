@@ -97,3 +97,33 @@ def test_shutdown_with_wait_ends_every_thread() -> None:
 def test_max_workers_below_one_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="max_workers must be at least 1, not 0"):
         WorkerPool(0)
+
+
+def test_prestart_starts_every_worker_idle_and_the_work_uses_them() -> None:
+    pool = WorkerPool(5, name="pre")
+    try:
+        before = set(threading.enumerate())
+        pool.prestart()
+        pool.prestart()  # twice: still five
+        started = set(threading.enumerate()) - before
+        assert sorted(t.name for t in started) == [f"pre-{i}" for i in range(1, 6)]
+        # Five runs at once meet on the five threads started ahead: no sixth appears.
+        barrier = threading.Barrier(5, timeout=5)
+
+        def meet() -> str:
+            barrier.wait()
+            return current_thread_name()
+
+        futures = [pool.submit(meet) for _ in range(5)]
+        assert {future.result(timeout=5) for future in futures} == {t.name for t in started}
+        assert set(threading.enumerate()) - before == started
+    finally:
+        pool.shutdown()
+    assert not [t for t in threading.enumerate() if t.name.startswith("pre-")]
+
+
+def test_prestart_after_shutdown_starts_nothing() -> None:
+    pool = WorkerPool(3, name="late")
+    pool.shutdown()
+    pool.prestart()
+    assert not [t for t in threading.enumerate() if t.name.startswith("late-")]
