@@ -3,9 +3,19 @@
 The admin never runs a job in a web request. "Run now" inserts a ``queued``
 manual run; "pause"/"resume" set ``Job.paused`` and flag the change. The
 active scheduler's control thread looks for both every
-``SCHEDULER['POLL_INTERVAL']`` seconds (1 s by default). On PostgreSQL the
-admin also sends ``NOTIFY scheduler_control`` and the thread ``LISTEN``s, so a
-request is picked up at once; polling stays as the fallback.
+``SCHEDULER['POLL_INTERVAL']`` seconds (1 s by default), in one statement
+that asks whether there is anything to do. On PostgreSQL the admin also
+sends ``NOTIFY scheduler_control`` and the thread ``LISTEN``s, so a request
+is picked up at once; there it looks without a notification only every
+``LISTENING_POLL`` seconds (a request filed by other means than ours), or
+every poll interval while a request waits for a free slot.
+
+It also watches the ``running`` rows: those of other processes count against
+their job's ``max_instances`` (every poll while there are any), and its own
+that no thread will finish are swept (every heartbeat).
+
+An idle scheduler used to read three statements a second here (pause changes,
+running rows, queued rows); now one on SQLite and about none on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ from scheduler.runner import Executor, Runner
 
 logger = logging.getLogger(__name__)
 
+# Seconds between looks for requests without a notification, while LISTENing.
+LISTENING_POLL = 10.0
+
 
 def _requeue_if_cancelled(runner: Runner, run: JobRun) -> Callable[[Future[Any]], None]:
     def callback(future: Future[Any]) -> None:
@@ -54,9 +67,12 @@ class _Listener:
         self.connection = psycopg.connect(**params, autocommit=True)
         self.connection.execute(f"LISTEN {CHANNEL}")
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification; whether one came."""
+        heard = False
         for _ in self.connection.notifies(timeout=timeout, stop_after=1):
-            pass
+            heard = True
+        return heard
 
     def close(self) -> None:
         try:
@@ -86,6 +102,12 @@ class Control(threading.Thread):
         # A sweep a heartbeat: often enough to settle a lost run soon, cheap (one query).
         self._sweep_every = float(conf.get("HEARTBEAT_INTERVAL"))
         self._suspects: set[int] = set()
+        # Whether the next poll must look for requests and at the running rows: a
+        # notification came, the listener (re)connected, or this scheduler just took over.
+        self._look = True
+        self._last_look = float("-inf")
+        self._waiting = False  # requests were queued at the last look
+        self._held = False
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
@@ -93,7 +115,9 @@ class Control(threading.Thread):
             try:
                 if self._listener is None:
                     self._listener = _Listener()
-                self._listener.wait(interval)
+                    self._look = True  # a notification may have gone before it listened
+                if self._listener.wait(interval):
+                    self._look = True
                 return self.stop.is_set()
             except Exception as exc:
                 logger.warning("LISTEN connection lost, polling instead: %s", exc)
@@ -123,14 +147,48 @@ class Control(threading.Thread):
     def poll(self) -> None:
         if not self.standing.holds():
             self._suspects = set()
+            self._held = False
             return  # the active scheduler carries out admin requests
-        changed = self.apply_pause_changes()
-        self.watch_running()
-        started = self.start_queued_runs()
+        took_over = not self._held
+        now = time.monotonic()
+        look = took_over or self._look or self._waiting or self._listener is None
+        look = look or now - self._last_look >= LISTENING_POLL
+        pending = queued = False
+        if look:
+            pending, queued = self.requests_pending()
+        changed = self.apply_pause_changes() if pending else 0
+        if took_over or queued or self.executor.counts_foreign() or self._sweep_due(now):
+            self.watch_running()
+        started = self.start_queued_runs() if queued else 0
+        # Done (a database error above leaves these, and the next poll looks again).
+        self._held = True
+        if look:
+            self._look, self._last_look = False, now
+            # While requests are queued (one may wait for a slot that frees without a
+            # notification), look every poll.
+            self._waiting = queued
         # The active scheduler's next run times live in memory; write them back.
         self.store.flush()
         if changed or started:
             self.scheduler.wakeup()
+
+    def _sweep_due(self, now: float) -> bool:
+        return now - self._last_sweep >= self._sweep_every
+
+    @staticmethod
+    def requests_pending() -> tuple[bool, bool]:
+        """(a pause or resume to apply, a run requested), in one statement."""
+        connection = connections[conf.database()]
+        qn = connection.ops.quote_name
+        job, run = qn(Job._meta.db_table), qn(JobRun._meta.db_table)
+        sql = (
+            f"SELECT EXISTS(SELECT 1 FROM {job} WHERE {qn('pending_change')} = %s), "
+            f"EXISTS(SELECT 1 FROM {run} WHERE {qn('status')} = %s)"
+        )
+        with db.cursor() as cursor:
+            cursor.execute(sql, [True, JobRun.Status.QUEUED])
+            pending, queued = cursor.fetchone()
+        return bool(pending), bool(queued)
 
     def start_queued_runs(self) -> int:
         """Claim and start queued manual runs, each once one of its job's ``max_instances``
@@ -193,7 +251,7 @@ class Control(threading.Thread):
         )
         self.executor.count_foreign({pk: job_id for pk, job_id, owner in rows if owner != me})
         now = time.monotonic()
-        if now - self._last_sweep < self._sweep_every:
+        if not self._sweep_due(now):
             return
         self._last_sweep = now
         # Read after the rows: a run claimed since is open by now, and one closed

@@ -396,6 +396,11 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         with self._lock:
             self._foreign[run_id] = job_id
 
+    def counts_foreign(self) -> bool:
+        """Whether runs of other processes hold slots here (watched until they end)."""
+        with self._lock:
+            return bool(self._foreign)
+
     def count_foreign(self, runs: dict[int, str]) -> None:
         """Manual runs of other processes now running (run id -> job id): each holds one of
         its job's slots here until it is no longer listed."""

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Keys every scenario must report, per database-backed system (and the floor where it runs).
 REQUIRED = {
     "accuracy": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
+    "accuracy_first": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
     "load": {"seen": ("floor", "dja", "ours"), "cpu_s": ("floor", "ours")},
     "store": {"first_start_s": ("floor", "dja", "ours"), "wakeup_ms": ("floor", "dja", "ours")},
     "store_distinct": {
@@ -70,6 +71,7 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
                 assert isinstance(value, (int, float)), f"{name}: {system} has no {key}: {value!r}"
     # The database-backed systems really ran jobs and wrote history.
     assert data["scenarios"]["accuracy"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
+    assert data["scenarios"]["accuracy_first"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
     assert data["scenarios"]["load"]["results"]["sqlite"]["ours"]["median"]["history_rows"] > 0
     assert {t["scenario"] for t in data["targets"]} == set(MODULES)
     assert "Targets" in result.stdout

@@ -10,9 +10,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+import tests.jobs  # noqa: F401 - declares tests.nightly, which a request asks for
 from scheduler.control import Control
-from scheduler.models import JobRun
+from scheduler.models import Job, JobRun
 from scheduler.service import Parts, make_parts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,3 +76,35 @@ def test_a_submission_that_fails_without_a_stop_is_an_error_and_the_request_stay
 
     request.refresh_from_db()
     assert request.status == JobRun.Status.QUEUED
+
+
+def test_an_idle_active_scheduler_asks_one_statement_a_poll_and_still_sees_requests() -> None:
+    parts = make_parts()
+    parts.scheduler.start(paused=True)  # the control thread wakes its main loop
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
+    control.poll()  # the first poll of an active scheduler looks at everything
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(3):
+            control.poll()
+    # Once a poll: is anything pending? (It used to be three: pauses, running, queued.)
+    assert len(queries) == 3
+    assert all("EXISTS" in query["sql"] for query in queries)
+
+    # A run requested meanwhile is seen and started by the next poll.
+    request = queued_request("tests.nightly")
+    control.poll()
+    request.refresh_from_db()
+    assert request.status in (JobRun.Status.RUNNING, JobRun.Status.SUCCEEDED)
+    parts.scheduler.shutdown(wait=True)
+    request.refresh_from_db()
+    assert request.status == JobRun.Status.SUCCEEDED, request.exception
+
+
+def test_requests_pending_tells_a_pause_from_a_run_request() -> None:
+    assert Control.requests_pending() == (False, False)
+    Job.objects.create(id="t.job", name="t.job", synced_at=timezone.now(), pending_change=True)
+    assert Control.requests_pending() == (True, False)
+    queued_request()
+    assert Control.requests_pending() == (True, True)
+    Job.objects.filter(id="t.job").update(pending_change=False)
+    assert Control.requests_pending() == (False, True)
