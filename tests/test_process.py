@@ -71,7 +71,8 @@ def tick_marks(env: SchedulerEnv, job: str = "tick") -> list[str]:
 
 
 def running_row(env: SchedulerEnv, job_id: str, timeout: float = 5) -> dict:
-    return wait_for(lambda: env.runs(job_id, status="running"), timeout, f"a running {job_id}")[0]
+    assert job_id == SLOW, "only the slow job marks its start"
+    return env.started_run(job_id, "slow-start", timeout)
 
 
 # -- scheduled runs -------------------------------------------------------------------------

@@ -458,7 +458,7 @@ def test_scheduled_fire_times_give_way_to_a_waiting_run_now(scheduler_env: Sched
     times meanwhile are recorded skipped; runs never overlap."""
     env = scheduler_env
     proc = env.start("tests.proc.slow", PROC_SLOW_SECONDS=2, POLL_INTERVAL=0.2)
-    wait_for(lambda: env.runs("proc.slow", status="running"), 10, "a scheduled run")
+    env.started_run("proc.slow", "slow-start", 10)
     run_id, _ = env.request_run("proc.slow")
     row = wait_for(lambda: (r := run_row(env, run_id))["status"] in FINAL and r, 20, "the run")
     assert proc.stop(timeout=20) == 0

@@ -297,6 +297,18 @@ class SchedulerEnv:
         )
         assert changed == 1, f"no catalog row for {job_id!r}"
 
+    def started_run(self, job_id: str, start_mark: str, timeout: float = 5) -> dict[str, Any]:
+        """A run of ``job_id`` that has begun: its row is ``running`` and the job wrote
+        ``"<start_mark> <fire time>"``. (A row alone is not enough: the main loop claims a
+        fire time up to 40 ms before it starts the job, claims.CLAIM_LEAD.)"""
+
+        def begun() -> list[dict[str, Any]]:
+            marks = set(self.marks())
+            rows = self.runs(job_id, status="running")
+            return [r for r in rows if f"{start_mark} {r['scheduled_at'].isoformat()}" in marks]
+
+        return wait_for(begun, timeout, f"a running {job_id} that has begun")[0]
+
     def marks(self) -> list[str]:
         try:
             return self.marks_path.read_text().splitlines()
