@@ -14,8 +14,11 @@ It also watches the ``running`` rows: those of other processes count against
 their job's ``max_instances`` (every poll while there are any), and its own
 that no thread will finish are swept (every heartbeat).
 
-An idle scheduler used to read three statements a second here (pause changes,
-running rows, queued rows); now one on SQLite and about none on PostgreSQL.
+An idle active scheduler made 3.7 statements a second, three of them here (pause
+changes, running rows, queued rows, every poll); now 1.9 on SQLite and 1.0 on
+PostgreSQL in all, of which this thread's are one a poll on SQLite, one every
+``LISTENING_POLL`` on PostgreSQL, and the running rows once a heartbeat (the rest
+is the lease's renewal, heartbeat and sweep of dead instances).
 """
 
 from __future__ import annotations
