@@ -25,7 +25,11 @@ REQUIRED = {
     "accuracy": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
     "accuracy_first": {"seen": ("floor", "dja", "ours"), "late_p99_ms": ("floor", "ours")},
     "load": {"seen": ("floor", "dja", "ours"), "cpu_s": ("floor", "ours")},
-    "store": {"first_start_s": ("floor", "dja", "ours"), "wakeup_ms": ("floor", "dja", "ours")},
+    "store": {
+        "first_start_s": ("floor", "dja", "ours"),
+        "wakeup_ms": ("floor", "dja", "ours"),
+        "idle_statements_per_s": ("dja", "ours"),
+    },
     "store_distinct": {
         "first_start_s": ("floor", "dja", "ours"),
         "restart_s": ("floor", "dja", "ours"),

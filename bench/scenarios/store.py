@@ -15,7 +15,11 @@ Measured:
 * peak RSS (VmHWM) and CPU seconds at the ready line;
 * one scheduler wake-up with nothing due: ``scheduler._process_jobs()`` timed
   in a separate process on the store the scheduler left behind (median of
-  30 calls after 3 warm-ups).
+  30 calls after 3 warm-ups);
+* scenario 3 only: the SQL statements a second the restarted scheduler sends
+  while nothing is due (``IDLE_SECONDS`` from a second after its ready line;
+  every statement through Django counted, bench/querycount.py): polling for
+  admin requests, lease renewals and heartbeats.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import types
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import systems
+from bench import querycount, systems
 from bench.common import run_probe
 from bench.databases import Database
 from bench.scenarios import Collector, Context, Metric, Ratio, Target
@@ -43,7 +47,10 @@ METRICS = [
     Metric("peak_rss_mb", "peak RSS", "MB", 1),
     Metric("wakeup_ms", "one wake-up, nothing due", "ms", 2),
     Metric("stored_jobs", "jobs in the store", "", 0),
+    Metric("idle_statements_per_s", "SQL statements a second, idle", "", 2, ("dja", "ours")),
 ]
+# Seconds of the idle window after the restart (scenario 3 only).
+IDLE_SECONDS = 20
 RATIOS = [
     Ratio("first_start_s", "ours", "dja"),
     Ratio("restart_s", "ours", "dja"),
@@ -62,22 +69,40 @@ def params(args) -> dict[str, Any]:
     return {"jobs": args.store_jobs, "shape": "few"}
 
 
-def _start(ctx: Context, system: str, database: Database | None, env: dict) -> dict[str, Any]:
+def _start(
+    ctx: Context, system: str, database: Database | None, env: dict, idle: float = 0
+) -> dict[str, Any]:
     tag = ctx.tag("store", system, database.kind if database else "memory")
+    counted = ctx.workdir / f"{tag}.queries" if idle and database is not None else None
+    if counted is not None:
+        env = {**env, "BENCH_QUERY_COUNT": counted}
     proc = systems.start(system, database, ctx.workdir / f"{tag}.log", **env)
+    idle_rate = None
     try:
         ready = proc.wait_line(systems.READY[system], ctx.args.store_timeout)
         up = proc.wait_line(systems.UP[system], 1) if system in systems.UP else None
         cpu = proc.cpu()
         time.sleep(0.5)
         rss = proc.peak_rss()
+        if counted is not None:
+            time.sleep(0.5)
+            q0, t0 = querycount.read(counted), time.monotonic()
+            time.sleep(idle)
+            q1, t1 = querycount.read(counted), time.monotonic()
+            if q0 is not None and q1 is not None:
+                idle_rate = (q1 - q0) / (t1 - t0)
     finally:
         proc.stop()
-    return {"ready_s": ready, "up_s": up, "cpu_s": cpu, "rss_mb": rss}
+    return {"ready_s": ready, "up_s": up, "cpu_s": cpu, "rss_mb": rss, "idle": idle_rate}
 
 
 def measure(
-    ctx: Context, system: str, database: Database | None, jobs: int, shape: str = "few"
+    ctx: Context,
+    system: str,
+    database: Database | None,
+    jobs: int,
+    shape: str = "few",
+    idle: float = 0,
 ) -> dict[str, Any]:
     env = {
         "BENCH_SCENARIO": "store",
@@ -86,7 +111,7 @@ def measure(
         "BENCH_SHAPE": shape,
     }
     first = _start(ctx, system, database, env)
-    second = _start(ctx, system, database, env)
+    second = _start(ctx, system, database, env, idle)
     tag = ctx.tag("store", "wakeup", system, database.kind if database else "memory")
     probe = run_probe(
         "wakeup",
@@ -104,6 +129,7 @@ def measure(
         "peak_rss_mb": max(first["rss_mb"] or 0, second["rss_mb"] or 0) or None,
         "wakeup_ms": probe["wakeup_ms"],
         "stored_jobs": probe["stored_jobs"],
+        "idle_statements_per_s": second["idle"],
     }
 
 
@@ -127,7 +153,8 @@ def _run(
                 ctx.log(f"{name}: repeat {repeat + 1}/{ctx.args.repeat}: {system} on {kind}")
                 database = backend.fresh(system, "store")
                 try:
-                    results[system] = measure(ctx, system, database, p["jobs"], p["shape"])
+                    idle = (2 if ctx.args.smoke else IDLE_SECONDS) if name == NAME else 0
+                    results[system] = measure(ctx, system, database, p["jobs"], p["shape"], idle)
                 finally:
                     backend.drop(database)
             for system, metrics in results.items():
@@ -183,7 +210,7 @@ def _variant(
         NAME=name,
         TITLE=title,
         SUMMARY=summary + ("; django-apscheduler {dja}" if large else ""),
-        METRICS=METRICS,
+        METRICS=[m for m in METRICS if m.key != "idle_statements_per_s"],  # scenario 3's
         RATIOS=ratios,
         TARGETS=targets,
         params=variant_params,
