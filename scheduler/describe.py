@@ -192,6 +192,7 @@ STATUS_COLOURS = {
     "missed": ("#92400e", "#fef3c7"),
     "skipped": ("#6b21a8", "#f3e8ff"),
     "interrupted": ("#9a3412", "#ffedd5"),
+    "timed_out": ("#9f1239", "#ffe4e6"),
 }
 
 

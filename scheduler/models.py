@@ -168,6 +168,7 @@ class RunStatus(models.TextChoices):
     MISSED = "missed", _("missed")
     SKIPPED = "skipped", _("skipped")
     INTERRUPTED = "interrupted", _("interrupted")
+    TIMED_OUT = "timed_out", _("timed out")
 
 
 class RunTrigger(models.TextChoices):
@@ -181,7 +182,14 @@ class JobRun(models.Model):
     Status = RunStatus
     Trigger = RunTrigger
 
-    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.MISSED, Status.SKIPPED, Status.INTERRUPTED)
+    FINAL = (
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.MISSED,
+        Status.SKIPPED,
+        Status.INTERRUPTED,
+        Status.TIMED_OUT,
+    )
 
     id = models.BigAutoField(primary_key=True)
     # Plain text, not a foreign key: history outlives its job. Not indexed on its

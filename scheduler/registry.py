@@ -63,7 +63,10 @@ OPTIONS = (
     "args",
     "kwargs",
     "enabled",
+    "timeout",
+    "isolation",
 )
+ISOLATIONS = ("thread", "process")
 
 
 # Slots: a spec per job, and 100,000 jobs; without a __dict__ each takes 100 bytes less.
@@ -86,6 +89,10 @@ class JobSpec:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     enabled: bool = True
+    # Where a run happens (scheduler.isolation), and how long it may take there. Runtime
+    # options: they do not shape the stored job, so they stay out of its fingerprint.
+    timeout: float | None = None
+    isolation: str = "thread"
 
     @property
     def func_ref(self) -> str:
@@ -337,7 +344,7 @@ def _unknown_hint(options: dict[str, Any], fields: tuple[str, ...]) -> str:
 
 
 # A declaration's options, checked: (name, zone, jitter, max_instances, coalesce,
-# misfire_grace_time, args, kwargs, enabled, (start_date, end_date)).
+# misfire_grace_time, args, kwargs, enabled, (start_date, end_date), (timeout, isolation)).
 _Checked = tuple[
     str,
     str,
@@ -349,6 +356,7 @@ _Checked = tuple[
     dict[str, Any],
     bool,
     tuple[datetime | None, datetime | None],
+    tuple[float | None, str],
 ]
 # Options already checked, by (function, kind, options but the id, default zone).
 _checked_options: dict[tuple[Any, ...], _Checked] = {}
@@ -469,6 +477,26 @@ def _check_options(
     for key, value in (("coalesce", coalesce), ("enabled", enabled)):
         if not isinstance(value, bool):
             raise _fail(job_id, f"{key}={value!r} must be True or False.")
+    timeout = options.pop("timeout", None)
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout <= MAX_SECONDS
+    ):
+        raise _fail(
+            job_id,
+            f"timeout={timeout!r} must be a positive number of seconds, at most {MAX_SECONDS}.",
+        )
+    isolation = options.pop("isolation", "thread")
+    if isolation not in ISOLATIONS:
+        raise _fail(job_id, f"isolation={isolation!r} must be 'thread' or 'process'.")
+    if timeout is not None and isolation != "process":
+        # A thread cannot be stopped from outside: a timeout there would stop nothing.
+        raise _fail(
+            job_id,
+            f"timeout={timeout!r} needs isolation='process': a run in a thread cannot be "
+            "stopped, only one in a process.",
+        )
     if options:
         raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
 
@@ -489,6 +517,7 @@ def _check_options(
         dict(kwargs),
         enabled,
         (dates["start_date"], dates["end_date"]),
+        (None if timeout is None else float(timeout), isolation),
     )
 
 
@@ -510,7 +539,9 @@ def _register(
             if len(_checked_options) >= 1024:
                 _checked_options.clear()
             _checked_options[key] = checked
-    name, tz_name, jitter, max_instances, coalesce, grace, args, kwargs, enabled, dates = checked
+    name, tz_name, jitter, max_instances, coalesce, grace, args, kwargs, enabled, dates, run = (
+        checked
+    )
     spec = JobSpec(
         id=job_id,
         name=name,
@@ -527,6 +558,8 @@ def _register(
         enabled=enabled,
         start_date=dates[0],
         end_date=dates[1],
+        timeout=run[0],
+        isolation=run[1],
     )
     try:
         # Cron fields: compiled one by one as the trigger would compile them (each shared,

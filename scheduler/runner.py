@@ -26,6 +26,7 @@ from scheduler import conf, db
 from scheduler.capture import capture
 from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, beyond_grace, too_late
 from scheduler.execution import RunExecutor, RunOrder, ThreadRunExecutor
+from scheduler.isolation import Isolation, Outcome
 from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, is_async, registry
@@ -50,7 +51,19 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def _format_traceback(exc: BaseException) -> str:
+def _run_here(call: Callable[[], Any], limit: int) -> Outcome:
+    """Run ``call`` in this thread, its output captured."""
+    status, exception, tb = Status.SUCCEEDED, "", ""
+    start = time.perf_counter()
+    with capture(limit) as output:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
+            status, exception, tb = Status.FAILED, describe_exception(exc), format_traceback(exc)
+    return Outcome(status, exception, tb, output.getvalue(), time.perf_counter() - start)
+
+
+def format_traceback(exc: BaseException) -> str:
     try:
         return "".join(traceback.format_exception(exc))
     except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
@@ -86,6 +99,8 @@ class Runner:
         self.stopping = threading.Event()
         # Runs in progress in this process: id -> job id.
         self._active: dict[int, str] = {}
+        # Child processes of the runs of jobs declared with isolation="process".
+        self.isolation = Isolation()
         self._active_lock = threading.Lock()
 
     def active_runs(self) -> dict[int, str]:
@@ -149,32 +164,34 @@ class Runner:
             )
         )
 
-    def execute(self, run: JobRun, call: Callable[[], Any]) -> JobRun:
-        """Run ``call`` for an already-recorded ``running`` row and finish the row."""
+    def execute(self, run: JobRun, call: Callable[[], Any], spec: JobSpec | None = None) -> JobRun:
+        """Run ``call`` for an already-recorded ``running`` row and finish the row: in this
+        thread, or, for a job declared with ``isolation="process"``, in a child process
+        (``spec``'s, looked up there by id; ``call`` is not used)."""
         with self._active_lock:
             self._active[run.pk] = run.job_id
         try:
-            exception = tb = ""
-            status = Status.SUCCEEDED
             run.started_at = run.started_at or timezone.now()
-            start = time.perf_counter()
             limit = conf.get("MAX_OUTPUT")
-            with capture(limit) as output:
-                try:
-                    call()
-                except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
-                    status = Status.FAILED
-                    exception = describe_exception(exc)
-                    tb = _format_traceback(exc)
-                    logger.error("Job %r failed: %s", run.job_id, storable(exception, 1000, "head"))
-            run.duration = time.perf_counter() - start
+            if spec is not None and spec.isolation == "process":
+                outcome = self.isolation.run(spec.id, run.scheduled_at, spec.timeout, limit)
+            else:
+                outcome = _run_here(call, limit)
+            if outcome.status != Status.SUCCEEDED:
+                logger.error(
+                    "Job %r %s: %s",
+                    run.job_id,
+                    "timed out" if outcome.status == Status.TIMED_OUT else "failed",
+                    storable(outcome.exception, 1000, "head"),
+                )
+            run.duration = outcome.duration
             run.finished_at = run.started_at + timedelta(seconds=run.duration)
-            run.status = status
+            run.status = outcome.status
             # Capped and made storable here, once: one value the database cannot hold
             # would otherwise cost this run (and the runs written with it) their result.
-            run.exception = storable(exception, limit, "head")
-            run.traceback = storable(tb, limit, "tail")
-            run.output = output.getvalue()
+            run.exception = storable(outcome.exception, limit, "head")
+            run.traceback = storable(outcome.traceback, limit, "tail")
+            run.output = outcome.output
             self.results.record(run)
         finally:
             with self._active_lock:
@@ -265,7 +282,7 @@ class Runner:
                 run, Status.FAILED, f"Job {order.job_id!r} is not registered in this code."
             )
             return
-        self.execute(run, make_call(spec, job, at))
+        self.execute(run, make_call(spec, job, at), spec)
 
     def _carry_out_manual(self, run: JobRun, spec: JobSpec | None) -> None:
         # After a stop signal it is not started but queued again, for the next active
@@ -281,7 +298,7 @@ class Runner:
                 f"Job {run.job_id!r} is not registered in this scheduler's code.",
             )
             return
-        self.execute(run, make_call(spec, None, run.scheduled_at))
+        self.execute(run, make_call(spec, None, run.scheduled_at), spec)
 
     def run_manual(self, run: JobRun) -> JobRun:
         """Run a claimed manual run (status ``running``) of a registered job, here."""
@@ -545,6 +562,8 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)
         self.runs.start()
+        if any(spec.isolation == "process" for spec in registry.values()):
+            self.runner.isolation.start()
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)

@@ -317,6 +317,8 @@ class Service:
                 )
             except Exception as exc:
                 logger.error("Could not mark %d running job(s) interrupted: %s", len(left), exc)
+            # Children of runs in a process die with the scheduler, not after it.
+            run.isolation.kill_all(reason)
         # Results still waiting for the writer thread, before the lease row says stopped.
         parts.results.stop(writes_end)
         leadership.finish()

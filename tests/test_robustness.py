@@ -34,7 +34,7 @@ from tests.proc.pg import PgSchedulerEnv, PostgresServer, postgres_server
 pytestmark = pytest.mark.integration
 
 HOSTILE = "tests.proc.hostile"
-FINAL = ("succeeded", "failed", "missed", "skipped", "interrupted")
+FINAL = ("succeeded", "failed", "missed", "skipped", "interrupted", "timed_out")
 LIMIT = 65536  # SCHEDULER["MAX_OUTPUT"]
 
 

@@ -69,7 +69,7 @@ class Command(SchedulerCommand):
             worker = Runner(lease.Alone(presence.instance_id))
             worker.results.opened([run])
             run.started_at = timezone.now()
-            worker.execute(run, make_call(spec, None, run.scheduled_at))
+            worker.execute(run, make_call(spec, None, run.scheduled_at), spec)
         finally:
             presence.finish()
         if run.status == Status.SUCCEEDED:

@@ -1,0 +1,214 @@
+"""Runs in a child process: a timeout that really stops a run, a crash that cannot take the
+scheduler down, memory given back after each run.
+
+A Python thread cannot be stopped from outside, so a job declared with
+``isolation="process"`` runs in a child process. Children are forked from a
+server (``multiprocessing``'s fork server) that imported Django and the job
+modules once (``scheduler.forkserver``), so a run does not pay for a new
+interpreter; the server holds no database connection, so none is ever
+shared across a fork (a job that uses the database opens its own).
+
+The child looks the job up by id among the jobs registered in code, runs it
+with its output captured, and sends back plain values (status, exception
+text, traceback, output, duration). The worker thread that started it waits
+for them, and the run is recorded by the runner as any other run:
+
+* past ``timeout`` seconds the child gets SIGTERM, which raises ``TimedOut``
+  in it: a job asleep or blocked in a call that signals interrupt stops
+  there, and its output and the traceback of where it was come back; one
+  that does not stop within ``KILL_AFTER`` seconds gets SIGKILL, and only
+  the fact is recorded;
+* a child that dies without a word (a segfault, ``os._exit``, the kernel's
+  OOM killer) is recorded failed with its exit code or signal;
+* at a stop, children still running when the shutdown grace ends are killed
+  with the scheduler's other runs marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+# Seconds a child has to stop after SIGTERM (its timeout, or a stop) before SIGKILL.
+KILL_AFTER = 5.0
+PRELOAD = "scheduler.forkserver"
+
+SUCCEEDED, FAILED, TIMED_OUT, INTERRUPTED = "succeeded", "failed", "timed_out", "interrupted"
+
+
+class TimedOut(BaseException):
+    """Raised in a child's job when it is told to stop (its timeout, or a stop signal)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a child sends back: plain values, the same as a run in a thread produces."""
+
+    status: str
+    exception: str
+    traceback: str
+    output: str
+    duration: float
+
+
+class Isolation:
+    """The child processes of one scheduler process: started from the fork server, waited
+    for by the worker thread that started each, stopped at shutdown."""
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload([PRELOAD])
+        self._children: set[BaseProcess] = set()
+        self._lock = threading.Lock()
+        self._closing = ""  # why every child was killed (the scheduler stops), if it was
+
+    def start(self) -> None:
+        """Start the fork server now (Django and the job modules load in it, about half a
+        second), not at the first run, which would pay for it."""
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+    def run(
+        self, job_id: str, scheduled_at: datetime | None, timeout: float | None, limit: int
+    ) -> Outcome:
+        """Run the job ``job_id`` (registered in code) in a child; its outcome."""
+        receiver, sender = self._context.Pipe(duplex=False)
+        child = self._context.Process(
+            target=_child,
+            args=(job_id, scheduled_at, limit, sender),
+            name=f"scheduler-run-{job_id}",
+            daemon=True,
+        )
+        start = time.monotonic()
+        with self._lock:
+            child.start()
+            self._children.add(child)
+        sender.close()  # the child holds the only writing end: EOF when it dies
+        try:
+            outcome = self._wait(child, receiver, start, timeout)
+            # The run's duration is the parent's: from the child's start to its outcome,
+            # the span its timeout counts (the child's own clock starts after the fork).
+            elapsed = time.monotonic() - start
+            if self._closing:
+                outcome = Outcome(INTERRUPTED, self._closing, "", "", elapsed)
+            else:
+                outcome = Outcome(
+                    outcome.status, outcome.exception, outcome.traceback, outcome.output, elapsed
+                )
+        finally:
+            receiver.close()
+            child.join(KILL_AFTER)
+            with self._lock:
+                self._children.discard(child)
+        return outcome
+
+    def _wait(
+        self, child: BaseProcess, receiver: Connection, start: float, timeout: float | None
+    ) -> Outcome:
+        deadline = None if timeout is None else start + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait([receiver, child.sentinel], left):
+                outcome = _receive(receiver)
+                if outcome is not None:
+                    return outcome
+                child.join(KILL_AFTER)
+                return Outcome(FAILED, _death(child), "", "", time.monotonic() - start)
+            # The timeout passed: ask the child to stop, then make it.
+            child.terminate()
+            if wait([receiver], KILL_AFTER):
+                outcome = _receive(receiver)
+                if outcome is not None:
+                    return outcome
+            child.kill()
+            return Outcome(
+                TIMED_OUT,
+                f"Timed out: stopped after {timeout:g} s (timeout); it did not stop within "
+                f"{KILL_AFTER:g} s of SIGTERM and was killed, so its output is lost.",
+                "",
+                "",
+                time.monotonic() - start,
+            )
+
+    def kill_all(self, reason: str) -> None:
+        """Kill every child still running: the scheduler leaves now, and a child must not
+        outlive it (the fork server's children are not ours to wait for). Their runs are
+        recorded ``interrupted`` with ``reason``."""
+        with self._lock:
+            self._closing = reason
+            children = list(self._children)
+        for child in children:
+            if child.is_alive():
+                child.kill()
+
+
+def _receive(receiver: Connection) -> Outcome | None:
+    try:
+        values = receiver.recv()
+    except (EOFError, OSError):
+        return None
+    return Outcome(*values)
+
+
+def _death(child: BaseProcess) -> str:
+    code = child.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"The job's process died of {name} before it could report (a crash of the job)."
+    return (
+        f"The job's process ended with exit code {code} before it could report "
+        "(os._exit, or a crash of the job)."
+    )
+
+
+# -- in the child ------------------------------------------------------------------------
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    raise TimedOut()
+
+
+def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Connection) -> None:
+    """The child's body: run the job registered as ``job_id`` and send back its outcome."""
+    from scheduler.capture import capture
+    from scheduler.registry import registry
+    from scheduler.runner import format_traceback, make_call
+    from scheduler.text import describe_exception, storable
+
+    signal.signal(signal.SIGTERM, _stop_now)
+    status, exception, tb = SUCCEEDED, "", ""
+    start = time.perf_counter()
+    with capture(limit) as output:
+        try:
+            spec = registry.get(job_id)
+            if spec is None:
+                raise LookupError(f"Job {job_id!r} is not registered in this scheduler's code.")
+            make_call(spec, None, scheduled_at or datetime.now().astimezone())()
+        except TimedOut as exc:
+            status = TIMED_OUT
+            exception = "Timed out: stopped by SIGTERM (its timeout, or the scheduler stopping)."
+            tb = format_traceback(exc)
+        except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
+            status, exception, tb = FAILED, describe_exception(exc), format_traceback(exc)
+    duration = time.perf_counter() - start
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    values = (
+        status,
+        storable(exception, limit, "head"),
+        storable(tb, limit, "tail"),
+        output.getvalue(),
+        duration,
+    )
+    sender.send(values)
+    sender.close()
