@@ -43,7 +43,7 @@ def last_day_by_status(now: datetime) -> dict[str, int]:
 
 
 def failing_jobs() -> list[Job]:
-    """Jobs whose latest finished run failed."""
+    """Jobs whose latest finished run failed (or timed out)."""
     last = (
         _runs()
         .filter(job_id=OuterRef("pk"), status__in=JobRun.FINAL)
@@ -54,7 +54,8 @@ def failing_jobs() -> list[Job]:
         last_failed_at=Subquery(last.values("finished_at")[:1]),
         last_exception=Subquery(last.values("exception")[:1]),
     )
-    return list(jobs.filter(last_status=Status.FAILED).order_by("-last_failed_at")[:20])
+    failed = (Status.FAILED, Status.TIMED_OUT)
+    return list(jobs.filter(last_status__in=failed).order_by("-last_failed_at")[:20])
 
 
 def next_runs(limit: int = 10) -> list[dict[str, Any]]:
@@ -103,7 +104,8 @@ def job_summary(job_id: str, sample: int = 100) -> dict[str, Any]:
     durations = sorted(r["duration"] for r in runs if r["duration"] is not None)
     succeeded = sum(r["status"] == Status.SUCCEEDED for r in runs)
     attempted = sum(
-        r["status"] in (Status.SUCCEEDED, Status.FAILED, Status.INTERRUPTED) for r in runs
+        r["status"] in (Status.SUCCEEDED, Status.FAILED, Status.INTERRUPTED, Status.TIMED_OUT)
+        for r in runs
     )
     return {
         "runs": list(reversed(runs)),

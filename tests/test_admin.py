@@ -749,6 +749,7 @@ def test_dashboard_figures(admin_client, catalog):
         "missed": 1,
         "skipped": 0,
         "interrupted": 0,
+        "timed_out": 0,
     }
     assert context["total_day"] == 8
     assert [job.id for job in context["failing"]] == ["tests.hourly"]

@@ -461,6 +461,32 @@ ERRORS = [
         lambda i: interval(hours=1, id=i, misfire_grace_time="1h")(documented_job),
         "1h",
     ),
+    # where a run happens, and for how long
+    (
+        "timeout.thread",
+        lambda i: cron("0 3 * * *", id=i, timeout=30)(documented_job),
+        "timeout=30 needs isolation='process'",
+    ),
+    (
+        "timeout.zero",
+        lambda i: cron("0 3 * * *", id=i, timeout=0, isolation="process")(documented_job),
+        "timeout=0 must be a positive number of seconds",
+    ),
+    (
+        "timeout.text",
+        lambda i: cron("0 3 * * *", id=i, timeout="1m", isolation="process")(documented_job),
+        "timeout='1m'",
+    ),
+    (
+        "timeout.bool",
+        lambda i: cron("0 3 * * *", id=i, timeout=True, isolation="process")(documented_job),
+        "timeout=True",
+    ),
+    (
+        "isolation.unknown",
+        lambda i: cron("0 3 * * *", id=i, isolation="fork")(documented_job),
+        "isolation='fork' must be 'thread' or 'process'.",
+    ),
     # booleans
     ("enabled.text", lambda i: cron("0 3 * * *", id=i, enabled="no")(documented_job), "'no'"),
     ("enabled.int", lambda i: cron("0 3 * * *", id=i, enabled=0)(documented_job), "enabled=0"),
