@@ -22,11 +22,10 @@ from typing import Any
 from bench import report
 from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
-from bench.scenarios import Context, accuracy, admin, history, load, store
+from bench.scenarios import Context, accuracy, admin, history, isolation, load, store
 
-MODULES = {
-    m.NAME: m for m in (accuracy, *accuracy.VARIANTS, load, store, *store.VARIANTS, admin, history)
-}
+SCENARIOS = (accuracy, *accuracy.VARIANTS, load, store, *store.VARIANTS, admin, history, isolation)
+MODULES = {m.NAME: m for m in SCENARIOS}
 
 # name: (default, smoke default)
 SIZES = {

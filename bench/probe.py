@@ -9,6 +9,7 @@ wakeup   time of one scheduler wake-up with nothing due (``scheduler._process_jo
 admin    time of the run-history admin list pages, as a logged-in superuser through
          Django's test client
 history  database statements and microseconds of overhead per run of a no-op job
+isolation  this project: start overhead of a run in a child process against one in a thread
 """
 
 from __future__ import annotations
@@ -394,9 +395,61 @@ def _history_rows(system: str) -> int:
     return DjangoJobExecution.objects.count()
 
 
+def isolation(args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds from asking for a run of a no-op job to its outcome, in a thread and in
+    a child process (``isolation="process"``), ``--runs`` each after 5 warm-ups; and the
+    fork server's resident memory, which every child starts as."""
+    from scheduler.isolation import Isolation
+    from scheduler.registry import autodiscover
+    from scheduler.runner import _run_here, make_call
+
+    specs = autodiscover()
+    spec = specs["bench.isolation.noop"]
+    children = Isolation()
+    children.start()
+
+    def timed(one_run) -> list[float]:
+        for _ in range(5):
+            one_run()
+        spans = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            one_run()
+            spans.append((time.perf_counter() - start) * 1000)
+        return spans
+
+    thread = timed(lambda: _run_here(make_call(spec, None, None), 65536))
+    process = timed(lambda: children.run(spec.id, None, None, 65536))
+    from multiprocessing import forkserver
+
+    server_pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    return {
+        "thread_p50_ms": percentile(thread, 50),
+        "thread_p99_ms": percentile(thread, 99),
+        "process_p50_ms": percentile(process, 50),
+        "process_p99_ms": percentile(process, 99),
+        "overhead_p99_ms": percentile(process, 99) - percentile(thread, 99),
+        "server_rss_mb": _rss_mb(server_pid),
+        "runs": args.runs,
+    }
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 # -- main ------------------------------------------------------------------------------------
 
-TASKS = {"wakeup": wakeup, "admin": admin, "history": history}
+TASKS = {"wakeup": wakeup, "admin": admin, "history": history, "isolation": isolation}
 
 
 def main(argv: list[str] | None = None) -> None:

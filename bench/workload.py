@@ -2,7 +2,7 @@
 
 Configured by environment variables, so the three systems run the same jobs:
 
-BENCH_SCENARIO  accuracy | accuracy_first | load | store | history
+BENCH_SCENARIO  accuracy | accuracy_first | load | store | history | isolation
 BENCH_JOBS      how many jobs
 BENCH_OBS       file the jobs append one line per run to: "<job index> <fire time> <start time>"
 BENCH_HOUR0     store scenario: first hour of the daily schedules (keeps them from falling due)
@@ -232,3 +232,5 @@ def declare_ours() -> None:
             cron(**fields, id=f"bench.store.{i:05d}", timezone="UTC")(noop)
     if scenario == "history":
         cron("0 3 1 1 *", id="bench.history.noop", timezone="UTC")(noop)
+    if scenario == "isolation":
+        cron("0 3 1 1 *", id="bench.isolation.noop", timezone="UTC", isolation="process")(noop)

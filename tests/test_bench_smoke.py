@@ -40,6 +40,7 @@ REQUIRED = {
     "store_large_distinct": {"restart_s": ("floor", "ours"), "peak_rss_mb": ("floor", "ours")},
     "admin": {"list_ms": ("dja", "ours"), "by_job_ms": ("dja", "ours")},
     "history": {"statements_per_run": ("dja", "ours"), "overhead_us": ("floor", "dja", "ours")},
+    "isolation": {"process_p99_ms": ("ours",), "overhead_p99_ms": ("ours",)},
 }
 
 
