@@ -490,13 +490,6 @@ def _check_options(
     isolation = options.pop("isolation", "thread")
     if isolation not in ISOLATIONS:
         raise _fail(job_id, f"isolation={isolation!r} must be 'thread' or 'process'.")
-    if timeout is not None and isolation != "process":
-        # A thread cannot be stopped from outside: a timeout there would stop nothing.
-        raise _fail(
-            job_id,
-            f"timeout={timeout!r} needs isolation='process': a run in a thread cannot be "
-            "stopped, only one in a process.",
-        )
     if options:
         raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
 

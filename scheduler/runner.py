@@ -9,7 +9,9 @@ row ends in a final status. Fire times that are not run are recorded too:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -26,7 +28,7 @@ from scheduler import conf, db
 from scheduler.capture import capture
 from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, beyond_grace, too_late
 from scheduler.execution import RunExecutor, RunOrder, ThreadRunExecutor
-from scheduler.isolation import Isolation, Outcome
+from scheduler.isolation import Isolation, Outcome, TimedOut
 from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, is_async, registry
@@ -51,16 +53,74 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def _run_here(call: Callable[[], Any], limit: int) -> Outcome:
-    """Run ``call`` in this thread, its output captured."""
+def _run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) -> Outcome:
+    """Run ``call`` in this thread, its output captured (and its timeout watched)."""
     status, exception, tb = Status.SUCCEEDED, "", ""
     start = time.perf_counter()
     with capture(limit) as output:
         try:
+            if watch is not None:
+                watch.begin(output)
             call()
         except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
             status, exception, tb = Status.FAILED, describe_exception(exc), format_traceback(exc)
     return Outcome(status, exception, tb, output.getvalue(), time.perf_counter() - start)
+
+
+class _Watch:
+    """The timeout of a run in a thread. A thread cannot be stopped from outside: at the
+    limit the run is recorded ``timed_out`` at once (with its output so far and the stack
+    it was in), and ``TimedOut`` is raised in its thread, which stops Python code at its
+    next instruction but not a call blocked in C. The job's ``max_instances`` slot stays
+    taken until the thread really returns; what it does after that is not recorded."""
+
+    def __init__(self, runner: Runner, run: JobRun, timeout: float) -> None:
+        self.runner, self.run, self.timeout = runner, run, timeout
+        self.thread_id = threading.get_ident()
+        self.lock = threading.Lock()
+        self.fired = self.done = False
+        self.output: Any = None
+        self.timer = threading.Timer(timeout, self._fire)
+        self.timer.daemon = True
+
+    def begin(self, output: Any) -> None:
+        self.output = output
+        self.timer.start()
+
+    def finish(self) -> bool:
+        """The call returned: whether the watch recorded the run already."""
+        self.timer.cancel()
+        with self.lock:
+            self.done = True
+            if self.fired:
+                # A TimedOut not delivered yet must not hit the code after the call.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+            return self.fired
+
+    def _fire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            frame = sys._current_frames().get(self.thread_id)
+            run, limit = self.run, conf.get("MAX_OUTPUT")
+            run.status = Status.TIMED_OUT
+            run.duration = self.timeout
+            run.finished_at = (run.started_at or timezone.now()) + timedelta(seconds=self.timeout)
+            run.exception = (
+                f"Timed out: still running after {self.timeout:g} s (timeout). It ran in a "
+                "thread, which cannot be stopped from outside: TimedOut was raised in it, "
+                "which stops Python code but not a call blocked in C; its max_instances slot "
+                "stays taken until the thread returns."
+            )
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+            run.traceback = storable(stack, limit, "tail")
+            run.output = self.output.getvalue() if self.output is not None else ""
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread_id), ctypes.py_object(TimedOut)
+            )
+        logger.error("Job %r timed out after %g s (in a thread).", run.job_id, self.timeout)
+        self.runner.results.record(run)
 
 
 def format_traceback(exc: BaseException) -> str:
@@ -175,6 +235,11 @@ class Runner:
             limit = conf.get("MAX_OUTPUT")
             if spec is not None and spec.isolation == "process":
                 outcome = self.isolation.run(spec.id, run.scheduled_at, spec.timeout, limit)
+            elif spec is not None and spec.timeout is not None:
+                watch = _Watch(self, run, spec.timeout)
+                outcome = _run_here(call, limit, watch)
+                if watch.finish():
+                    return run  # recorded timed out by the watch already
             else:
                 outcome = _run_here(call, limit)
             if outcome.status != Status.SUCCEEDED:

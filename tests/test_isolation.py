@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -129,3 +130,45 @@ def test_a_stop_kills_a_child_still_running_past_the_grace(scheduler_env: Schedu
     wait_for(lambda: not alive(pid), 5, "the child gone with the scheduler")
     (row,) = env.runs("iso.deaf", id=run_id)
     assert row["status"] == "interrupted"
+
+
+# -- timeouts in a thread -------------------------------------------------------------------
+
+
+def test_a_thread_running_python_past_its_timeout_is_stopped(scheduler_env: SchedulerEnv) -> None:
+    env = scheduler_env
+    proc = env.start(ISOLATED)
+    (run_id,) = request_runs(env, ["thr.loops"])
+    row = finished(env, [run_id], timeout=20)[run_id]
+    assert row["status"] == "timed_out"
+    assert "TimedOut was raised in it" in row["exception"]
+    assert "time.sleep(0.05)" in row["traceback"]  # the stack it was in
+    assert row["output"] == "looping\n"
+    assert 1 <= row["duration"] < 2
+    # Its thread stopped: the slot is free, and the job runs again at the next request.
+    (again,) = request_runs(env, ["thr.loops"])
+    assert finished(env, [again], timeout=20)[again]["status"] == "timed_out"
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.log().replace("Traceback (most recent call last)", "")
+
+
+def test_a_thread_blocked_in_c_is_recorded_timed_out_and_keeps_its_slot(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    """Thread mode cannot stop a call blocked in C: the run is recorded timed out at the
+    limit, and its max_instances slot stays taken until the call returns; what the job
+    did after the limit is not recorded (its end never comes: TimedOut ends it then)."""
+    env = scheduler_env
+    proc = env.start(ISOLATED)
+    started = time.monotonic()
+    (first,) = request_runs(env, ["thr.blocked"])
+    row = finished(env, [first], timeout=20)[first]
+    recorded_after = time.monotonic() - started
+    assert row["status"] == "timed_out" and recorded_after < 3.5
+    assert "time.sleep(4)" in row["traceback"]
+    (second,) = request_runs(env, ["thr.blocked"])
+    # The second waits for the slot: it starts only once the first call returned.
+    second_row = finished(env, [second], timeout=30)[second]
+    assert second_row["started_at"] >= row["started_at"] + timedelta(seconds=3.9)
+    assert proc.stop() == 0
+    assert not [m for m in env.marks() if m.startswith("end thr.blocked")]

@@ -463,11 +463,6 @@ ERRORS = [
     ),
     # where a run happens, and for how long
     (
-        "timeout.thread",
-        lambda i: cron("0 3 * * *", id=i, timeout=30)(documented_job),
-        "timeout=30 needs isolation='process'",
-    ),
-    (
         "timeout.zero",
         lambda i: cron("0 3 * * *", id=i, timeout=0, isolation="process")(documented_job),
         "timeout=0 must be a positive number of seconds",

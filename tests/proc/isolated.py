@@ -70,3 +70,23 @@ def chatty(scheduled_at: datetime) -> None:
     for _ in range(3 * 1024):
         sys.stdout.write(chunk)
     print("the end of the output")
+
+
+# -- timeouts in a thread (the default isolation) ----------------------------------------
+
+
+@cron(ON_REQUEST, id="thr.loops", timeout=1)
+def loops(scheduled_at: datetime) -> None:
+    """Python code that never ends: the TimedOut raised in its thread stops it."""
+    mark(f"start thr.loops {scheduled_at.isoformat()} pid={os.getpid()}")
+    print("looping", flush=True)
+    while True:
+        time.sleep(0.05)
+
+
+@cron(ON_REQUEST, id="thr.blocked", timeout=1)
+def blocked(scheduled_at: datetime) -> None:
+    """Blocked in C for 4 s: recorded timed out at 1 s, its thread busy until the call returns."""
+    mark(f"start thr.blocked {scheduled_at.isoformat()} pid={os.getpid()}")
+    time.sleep(4)
+    mark(f"end thr.blocked {scheduled_at.isoformat()}")
