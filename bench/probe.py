@@ -401,7 +401,7 @@ def isolation(args: argparse.Namespace) -> dict[str, Any]:
     fork server's resident memory, which every child starts as."""
     from scheduler.isolation import Isolation
     from scheduler.registry import autodiscover
-    from scheduler.runner import _run_here, make_call
+    from scheduler.runner import make_call, run_here
 
     specs = autodiscover()
     spec = specs["bench.isolation.noop"]
@@ -418,7 +418,7 @@ def isolation(args: argparse.Namespace) -> dict[str, Any]:
             spans.append((time.perf_counter() - start) * 1000)
         return spans
 
-    thread = timed(lambda: _run_here(make_call(spec, None, None), 65536))
+    thread = timed(lambda: run_here(make_call(spec, None, None), 65536))
     process = timed(lambda: children.run(spec.id, None, None, 65536))
     from multiprocessing import forkserver
 

@@ -30,7 +30,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -40,7 +40,7 @@ from typing import Any
 KILL_AFTER = 5.0
 PRELOAD = "scheduler.forkserver"
 
-SUCCEEDED, FAILED, TIMED_OUT, INTERRUPTED = "succeeded", "failed", "timed_out", "interrupted"
+FAILED, TIMED_OUT, INTERRUPTED = "failed", "timed_out", "interrupted"
 
 
 class TimedOut(BaseException):
@@ -94,15 +94,11 @@ class Isolation:
         sender.close()  # the child holds the only writing end: EOF when it dies
         try:
             outcome = self._wait(child, receiver, start, timeout)
+            if self._closing:
+                outcome = Outcome(INTERRUPTED, self._closing, "", "", 0.0)
             # The run's duration is the parent's: from the child's start to its outcome,
             # the span its timeout counts (the child's own clock starts after the fork).
-            elapsed = time.monotonic() - start
-            if self._closing:
-                outcome = Outcome(INTERRUPTED, self._closing, "", "", elapsed)
-            else:
-                outcome = Outcome(
-                    outcome.status, outcome.exception, outcome.traceback, outcome.output, elapsed
-                )
+            outcome = replace(outcome, duration=time.monotonic() - start)
         finally:
             receiver.close()
             child.join(KILL_AFTER)
@@ -113,30 +109,29 @@ class Isolation:
     def _wait(
         self, child: BaseProcess, receiver: Connection, start: float, timeout: float | None
     ) -> Outcome:
-        deadline = None if timeout is None else start + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if wait([receiver, child.sentinel], left):
-                outcome = _receive(receiver)
-                if outcome is not None:
-                    return outcome
-                child.join(KILL_AFTER)
-                return Outcome(FAILED, _death(child), "", "", time.monotonic() - start)
-            # The timeout passed: ask the child to stop, then make it.
-            child.terminate()
-            if wait([receiver], KILL_AFTER):
-                outcome = _receive(receiver)
-                if outcome is not None:
-                    return outcome
-            child.kill()
-            return Outcome(
-                TIMED_OUT,
-                f"Timed out: stopped after {timeout:g} s (timeout); it did not stop within "
-                f"{KILL_AFTER:g} s of SIGTERM and was killed, so its output is lost.",
-                "",
-                "",
-                time.monotonic() - start,
-            )
+        """The child's outcome, or what became of it (``run`` sets the duration)."""
+        left = None if timeout is None else max(0.0, start + timeout - time.monotonic())
+        if wait([receiver, child.sentinel], left):
+            outcome = _receive(receiver)
+            if outcome is not None:
+                return outcome
+            child.join(KILL_AFTER)
+            return Outcome(FAILED, _death(child), "", "", 0.0)
+        # The timeout passed: ask the child to stop, then make it.
+        child.terminate()
+        if wait([receiver], KILL_AFTER):
+            outcome = _receive(receiver)
+            if outcome is not None:
+                return outcome
+        child.kill()
+        return Outcome(
+            TIMED_OUT,
+            f"Timed out: stopped after {timeout:g} s (timeout); it did not stop within "
+            f"{KILL_AFTER:g} s of SIGTERM and was killed, so its output is lost.",
+            "",
+            "",
+            0.0,
+        )
 
     def kill_all(self, reason: str) -> None:
         """Kill every child still running: the scheduler leaves now, and a child must not
@@ -180,35 +175,21 @@ def _stop_now(signum: int, frame: Any) -> None:
 
 
 def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Connection) -> None:
-    """The child's body: run the job registered as ``job_id`` and send back its outcome."""
-    from scheduler.capture import capture
+    """The child's body: run the job registered as ``job_id`` and send back its outcome
+    (capped and made storable by the parent, as a run in a thread is)."""
     from scheduler.registry import registry
-    from scheduler.runner import format_traceback, make_call
-    from scheduler.text import describe_exception, storable
+    from scheduler.runner import make_call, run_here
 
     signal.signal(signal.SIGTERM, _stop_now)
-    status, exception, tb = SUCCEEDED, "", ""
-    start = time.perf_counter()
-    with capture(limit) as output:
-        try:
-            spec = registry.get(job_id)
-            if spec is None:
-                raise LookupError(f"Job {job_id!r} is not registered in this scheduler's code.")
-            make_call(spec, None, scheduled_at or datetime.now().astimezone())()
-        except TimedOut as exc:
-            status = TIMED_OUT
-            exception = "Timed out: stopped by SIGTERM (its timeout, or the scheduler stopping)."
-            tb = format_traceback(exc)
-        except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
-            status, exception, tb = FAILED, describe_exception(exc), format_traceback(exc)
-    duration = time.perf_counter() - start
+    spec = registry.get(job_id)
+    if spec is not None:
+        call = make_call(spec, None, scheduled_at or datetime.now().astimezone())
+    else:
+
+        def call() -> None:
+            raise LookupError(f"Job {job_id!r} is not registered in this scheduler's code.")
+
+    outcome = run_here(call, limit)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    values = (
-        status,
-        storable(exception, limit, "head"),
-        storable(tb, limit, "tail"),
-        output.getvalue(),
-        duration,
-    )
-    sender.send(values)
+    sender.send(astuple(outcome))
     sender.close()

@@ -53,8 +53,9 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def _run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) -> Outcome:
-    """Run ``call`` in this thread, its output captured (and its timeout watched)."""
+def run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) -> Outcome:
+    """Run ``call`` in this thread, its output captured (and its timeout watched): in a
+    worker thread, or in the child process of ``isolation``."""
     status, exception, tb = Status.SUCCEEDED, "", ""
     start = time.perf_counter()
     with capture(limit) as output:
@@ -62,6 +63,9 @@ def _run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) 
             if watch is not None:
                 watch.begin(output)
             call()
+        except TimedOut as exc:
+            status, tb = Status.TIMED_OUT, format_traceback(exc)
+            exception = "Timed out: stopped where it was (its timeout, or the scheduler stopping)."
         except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
             status, exception, tb = Status.FAILED, describe_exception(exc), format_traceback(exc)
     return Outcome(status, exception, tb, output.getvalue(), time.perf_counter() - start)
@@ -237,11 +241,11 @@ class Runner:
                 outcome = self.isolation.run(spec.id, run.scheduled_at, spec.timeout, limit)
             elif spec is not None and spec.timeout is not None:
                 watch = _Watch(self, run, spec.timeout)
-                outcome = _run_here(call, limit, watch)
+                outcome = run_here(call, limit, watch)
                 if watch.finish():
                     return run  # recorded timed out by the watch already
             else:
-                outcome = _run_here(call, limit)
+                outcome = run_here(call, limit)
             if outcome.status != Status.SUCCEEDED:
                 logger.error(
                     "Job %r %s: %s",
