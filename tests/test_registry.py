@@ -733,18 +733,18 @@ FINGERPRINT_VARIANTS = [
 ]
 
 
+def fingerprint_spec(job_id: str, schedule: dict[str, str]) -> registry_module.JobSpec:
+    """A declaration to vary in the fingerprint tests."""
+    return registry_module.JobSpec(
+        id=job_id, name="n", func=documented_job, kind="cron", schedule=schedule, timezone="UTC"
+    )
+
+
 @pytest.mark.parametrize("changes", FINGERPRINT_VARIANTS)
 def test_the_fingerprint_is_the_json_it_always_was(changes, settings):
     """Put together by hand for speed, the text must be json.dumps's to the byte: a changed
     fingerprint would reschedule every stored job."""
-    base = registry_module.JobSpec(
-        id="fp.base",
-        name="n",
-        func=documented_job,
-        kind="cron",
-        schedule={"second": "*/10"},
-        timezone="UTC",
-    )
+    base = fingerprint_spec("fp.base", {"second": "*/10"})
     spec = dataclasses.replace(base, **changes)
     expected = reference_fingerprint_text(spec)
     assert registry_module._fingerprint_text(spec) == expected
@@ -804,14 +804,7 @@ def test_cron_fields_that_never_fire_are_still_found(registry):
 def test_look_alike_jobs_keep_fingerprints_of_their_own(registry, settings):
     """Jobs declared in a loop share the fingerprint text around their schedules; any
     difference but the schedule still makes a fingerprint of its own."""
-    base = registry_module.JobSpec(
-        id="fp.loop",
-        name="n",
-        func=documented_job,
-        kind="cron",
-        schedule={"second": "1"},
-        timezone="UTC",
-    )
+    base = fingerprint_spec("fp.loop", {"second": "1"})
     variants = [{"schedule": {"second": str(i), "minute": str(i % 7)}} for i in range(5)] + [
         {"coalesce": False},
         {"max_instances": 2},
