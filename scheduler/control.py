@@ -275,7 +275,7 @@ class Control(threading.Thread):
 
     def apply_pause_changes(self) -> int:
         jobs = Job.objects
-        applied = 0
+        applied: list[Job] = []
         for job in jobs.filter(pending_change=True):
             try:
                 if job.paused:
@@ -289,7 +289,13 @@ class Control(threading.Thread):
                     job.id,
                 )
             logger.info("Job %r %s from the admin", job.id, "paused" if job.paused else "resumed")
+            applied.append(job)
+        if applied:
+            # The flag clears once the change is in the job table too (the active
+            # scheduler's next run times live in memory until a flush): whoever reads
+            # "applied" then finds the table saying so.
+            self.store.flush()
+        for job in applied:
             # Clear the flag only if nobody flipped it again meanwhile.
             jobs.filter(pk=job.pk, paused=job.paused).update(pending_change=False)
-            applied += 1
-        return applied
+        return len(applied)
