@@ -8,7 +8,9 @@ The ids, listed in the README's Settings section:
 * ``scheduler.E002``: unknown keys in it;
 * ``scheduler.E003`` .. ``scheduler.E014``: one id per key (see ``conf.CHECK_IDS``);
 * ``scheduler.E020``: a ``@cron``/``@interval`` declaration that cannot work;
-* ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported.
+* ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported;
+* ``scheduler.E022``: a job with ``overlap="replace"`` that does not run in a child
+  process (a thread cannot be stopped, so it could not be replaced).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from scheduler import conf, registry
 
 DECLARATION = "scheduler.E020"
 JOB_MODULE = "scheduler.E021"
+REPLACE_IN_THREAD = "scheduler.E022"
 
 
 def check_settings(
@@ -57,4 +60,13 @@ def check_jobs(
                 id=JOB_MODULE,
             )
         ]
-    return []
+    return [
+        checks.Error(
+            f"Scheduled job {spec.id!r}: overlap='replace' stops the run going on, which "
+            "only a run in a child process can be; it runs in a thread.",
+            hint="Declare it with isolation='process', or choose overlap='queue' or 'skip'.",
+            id=REPLACE_IN_THREAD,
+        )
+        for spec in registry.registry.values()
+        if spec.effective_overlap == "replace" and spec.effective_isolation != "process"
+    ]

@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5,
     # Missed fire times recorded one row each, per catch-up; older ones are counted.
     "MAX_MISSED_ROWS": 1000,
+    # Defaults of the jobs that do not declare their own (see "When jobs go wrong" in the
+    # README): seconds a run may take (None: no limit), where it runs ("thread" or
+    # "process"), and how many times a failed run is tried again.
+    "TIMEOUT": None,
+    "ISOLATION": "thread",
+    "RETRIES": 0,
 }
 
 # The system check id of each kind of problem (``scheduler.E0NN``), stable across
@@ -66,6 +72,9 @@ CHECK_IDS: dict[str, str] = {
     "HEARTBEAT_INTERVAL": "E012",
     "DB_RETRY_TIMEOUT": "E013",
     "MAX_MISSED_ROWS": "E014",
+    "TIMEOUT": "E015",
+    "ISOLATION": "E016",
+    "RETRIES": "E017",
 }
 
 
@@ -119,6 +128,11 @@ def _seconds(low: float, inclusive: bool) -> tuple[Callable[[Any], bool], str]:
     return accepts, f"a number of seconds {bound} {low:g} and at most {MAX_SECONDS} (3653 days)"
 
 
+_SECONDS_ABOVE_0 = _seconds(0, inclusive=False)
+# The most retries a job may have (scheduler.retries.MAX_RETRIES; conf imports nothing).
+_MAX_RETRIES = 100
+
+
 # key -> (accepts the value, what is expected, in words)
 _SIMPLE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "THREADS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -138,6 +152,15 @@ _SIMPLE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "HEARTBEAT_INTERVAL": _seconds(0, inclusive=False),
     "DB_RETRY_TIMEOUT": _seconds(0, inclusive=False),
     "MAX_MISSED_ROWS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "TIMEOUT": (
+        lambda v: v is None or _SECONDS_ABOVE_0[0](v),
+        f"{_SECONDS_ABOVE_0[1]}, or None for no limit",
+    ),
+    "ISOLATION": (lambda v: v in ("thread", "process"), "'thread' or 'process'"),
+    "RETRIES": (
+        lambda v: _is_int(v) and 0 <= v <= _MAX_RETRIES,
+        f"an integer from 0 to {_MAX_RETRIES}",
+    ),
 }
 
 

@@ -29,16 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
+from django.utils import timezone
 
 from scheduler import conf, db
 from scheduler.claims import WITHDRAW_TIMEOUT
 from scheduler.jobstore import JobStore
-from scheduler.models import Job, JobRun
+from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.registry import registry
 from scheduler.requests import CHANNEL
 from scheduler.runner import Executor, Runner
@@ -47,6 +49,19 @@ logger = logging.getLogger(__name__)
 
 # Seconds between looks for requests without a notification, while LISTENing.
 LISTENING_POLL = 10.0
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """A timestamp read by a raw query: a datetime (PostgreSQL) or text in UTC (SQLite)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _replaced_by(trigger: str, at: datetime) -> str:
+    what = "a run requested by hand" if trigger == JobRun.Trigger.MANUAL else f"the run at {at}"
+    return f"Interrupted: stopped for {what}, which replaces it (overlap='replace')."
 
 
 def _requeue_if_cancelled(runner: Runner, run: JobRun) -> Callable[[Future[Any]], None]:
@@ -111,6 +126,12 @@ class Control(threading.Thread):
         self._last_look = float("-inf")
         self._waiting = False  # requests were queued at the last look
         self._held = False
+        # The earliest queued run not due at the last look, and the earliest this process
+        # queued since (``queued``): the queue is looked at again when one is due.
+        self._due_at: datetime | None = None
+        self._reported: datetime | None = None
+        self._due_lock = threading.Lock()
+        self.runner.queued = self.queued
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
@@ -155,10 +176,17 @@ class Control(threading.Thread):
         took_over = not self._held
         now = time.monotonic()
         look = took_over or self._look or self._waiting or self._listener is None
-        look = look or now - self._last_look >= LISTENING_POLL
+        look = look or now - self._last_look >= LISTENING_POLL or self._due(timezone.now())
         pending = queued = False
         if look:
-            pending, queued = self.requests_pending()
+            reported = self._take_reported()
+            pending, queued, later = self.requests_pending(timezone.now())
+            # When the next queued run not due yet is (a retry, mostly): look again then.
+            known = [at for at in (later, reported) if at is not None]
+            with self._due_lock:
+                if self._reported is not None:
+                    known.append(self._reported)
+                self._due_at = min(known) if known else None
         changed = self.apply_pause_changes() if pending else 0
         if took_over or queued or self.executor.counts_foreign() or self._sweep_due(now):
             self.watch_running()
@@ -175,40 +203,70 @@ class Control(threading.Thread):
         if changed or started:
             self.scheduler.wakeup()
 
+    def queued(self, run: JobRun) -> None:
+        """This process queued ``run`` (a next attempt, a fire time waiting its turn): look
+        at the queue when it is due. Called from the thread that queued it."""
+        with self._due_lock:
+            if self._reported is None or run.scheduled_at < self._reported:
+                self._reported = run.scheduled_at
+
+    def _take_reported(self) -> datetime | None:
+        with self._due_lock:
+            reported, self._reported = self._reported, None
+            return reported
+
+    def _due(self, now: datetime) -> bool:
+        """Whether a queued run known to this thread is due."""
+        with self._due_lock:
+            return any(at is not None and at <= now for at in (self._due_at, self._reported))
+
     def _sweep_due(self, now: float) -> bool:
         return now - self._last_sweep >= self._sweep_every
 
     @staticmethod
-    def requests_pending() -> tuple[bool, bool]:
-        """(a pause or resume to apply, a run requested), in one statement."""
+    def requests_pending(now: datetime) -> tuple[bool, bool, datetime | None]:
+        """(a pause or resume to apply, a queued run due, when the next queued run not due
+        yet is due), in one statement."""
         connection = connections[conf.database()]
         qn = connection.ops.quote_name
         job, run = qn(Job._meta.db_table), qn(JobRun._meta.db_table)
+        status, at = qn("status"), qn("scheduled_at")
         sql = (
             f"SELECT EXISTS(SELECT 1 FROM {job} WHERE {qn('pending_change')} = %s), "
-            f"EXISTS(SELECT 1 FROM {run} WHERE {qn('status')} = %s)"
+            f"EXISTS(SELECT 1 FROM {run} WHERE {status} = %s AND {at} <= %s), "
+            f"(SELECT MIN({at}) FROM {run} WHERE {status} = %s AND {at} > %s)"
         )
+        queued = JobRun.Status.QUEUED
+        stamp = connection.ops.adapt_datetimefield_value(now)
         with db.cursor() as cursor:
-            cursor.execute(sql, [True, JobRun.Status.QUEUED])
-            pending, queued = cursor.fetchone()
-        return bool(pending), bool(queued)
+            cursor.execute(sql, [True, queued, stamp, queued, stamp])
+            pending, due, later = cursor.fetchone()
+        return bool(pending), bool(due), _as_datetime(later)
 
     def start_queued_runs(self) -> int:
         """Claim and start queued manual runs, each once one of its job's ``max_instances``
         slots is free (until then it stays queued: run-now waits its turn)."""
         runs = JobRun.objects
         queued = list(
-            runs.filter(status=JobRun.Status.QUEUED)
+            runs.filter(status=JobRun.Status.QUEUED, scheduled_at__lte=timezone.now())
             .order_by("id")
-            .values_list("id", "job_id", "instance")[:100]
+            .values_list("id", "job_id", "instance", "trigger", "scheduled_at")[:100]
         )
         started = 0
         self.executor.new_queue_round()
-        for run_id, job_id, owner in queued:
+        for run_id, job_id, owner, trigger, at in queued:
             if self.stop.is_set() or self.executor.stopping.is_set():
                 break
             spec = registry.get(job_id)
             if not self.executor.reserve(job_id, spec.max_instances if spec else 1):
+                if spec is not None and spec.effective_overlap == "replace":
+                    if trigger != JobRun.Trigger.RETRY:
+                        # A newer run replaces the one going (a retry is older work: it waits).
+                        self.runner.isolation.stop(job_id, _replaced_by(trigger, at))
+                continue
+            if owner and not self._owner_alive(owner):
+                self.executor.unreserve(job_id)
+                self._orphaned_request(run_id, owner, trigger)
                 continue
             if owner:
                 # A ``runjob`` process asks for a slot and runs the job itself.
@@ -242,6 +300,29 @@ class Control(threading.Thread):
             future.add_done_callback(_requeue_if_cancelled(self.runner, run))
             started += 1
         return started
+
+    @staticmethod
+    def _owner_alive(owner: str) -> bool:
+        """Whether the ``runjob`` process that queued a request still heartbeats."""
+        stale = timezone.now() - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        return SchedulerInstance.objects.filter(
+            id=owner, heartbeat_at__gte=stale, stopped_at__isnull=True
+        ).exists()
+
+    @staticmethod
+    def _orphaned_request(run_id: int, owner: str, trigger: str) -> None:
+        """A ``runjob`` process queued this run and is gone (killed while it waited): its
+        next attempt is the schedulers' now, a run it asked for is not run."""
+        mine = JobRun.objects.filter(pk=run_id, status=JobRun.Status.QUEUED, instance=owner)
+        if trigger == JobRun.Trigger.RETRY:
+            mine.update(instance="", hostname="", pid=None)
+            logger.info("Run #%s: its runjob process is gone; the scheduler runs it.", run_id)
+            return
+        mine.update(
+            status=JobRun.Status.SKIPPED,
+            finished_at=timezone.now(),
+            exception="Skipped: the runjob process that asked for it is gone.",
+        )
 
     def watch_running(self) -> None:
         """Count the runs of other processes against max_instances, and sweep our own

@@ -56,6 +56,9 @@ class Outcome:
     traceback: str
     output: str
     duration: float
+    # Whether a failure may be retried (scheduler.retries.retry_wanted): True or False for
+    # an exception (its job's retry_on) or a timeout (True); None for a death without one.
+    retryable: bool | None = False
 
 
 class Isolation:
@@ -66,6 +69,8 @@ class Isolation:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([PRELOAD])
         self._children: set[BaseProcess] = set()
+        self._jobs: dict[BaseProcess, str] = {}  # child -> the job it runs
+        self._stopped: dict[BaseProcess, str] = {}  # children told to stop -> why
         self._lock = threading.Lock()
         self._closing = ""  # why every child was killed (the scheduler stops), if it was
 
@@ -91,11 +96,16 @@ class Isolation:
         with self._lock:
             child.start()
             self._children.add(child)
+            self._jobs[child] = job_id
         sender.close()  # the child holds the only writing end: EOF when it dies
         try:
             outcome = self._wait(child, receiver, start, timeout)
             if self._closing:
                 outcome = Outcome(INTERRUPTED, self._closing, "", "", 0.0)
+            elif child in self._stopped:
+                outcome = Outcome(
+                    INTERRUPTED, self._stopped[child], outcome.traceback, outcome.output, 0.0
+                )
             # The run's duration is the parent's: from the child's start to its outcome,
             # the span its timeout counts (the child's own clock starts after the fork).
             outcome = replace(outcome, duration=time.monotonic() - start)
@@ -104,6 +114,8 @@ class Isolation:
             child.join(KILL_AFTER)
             with self._lock:
                 self._children.discard(child)
+                self._jobs.pop(child, None)
+                self._stopped.pop(child, None)
         return outcome
 
     def _wait(
@@ -116,7 +128,7 @@ class Isolation:
             if outcome is not None:
                 return outcome
             child.join(KILL_AFTER)
-            return Outcome(FAILED, _death(child), "", "", 0.0)
+            return Outcome(FAILED, _death(child), "", "", 0.0, None)
         # The timeout passed: ask the child to stop, then make it.
         child.terminate()
         if wait([receiver], KILL_AFTER):
@@ -131,7 +143,29 @@ class Isolation:
             "",
             "",
             0.0,
+            True,
         )
+
+    def stop(self, job_id: str, reason: str) -> int:
+        """Stop the runs of ``job_id`` going on in children (SIGTERM, SIGKILL after
+        ``KILL_AFTER`` if need be: their worker threads wait for that); they are recorded
+        ``interrupted`` with ``reason``. How many were told to stop."""
+        with self._lock:
+            children = [
+                child
+                for child, runs_job in self._jobs.items()
+                if runs_job == job_id and child not in self._stopped
+            ]
+            for child in children:
+                self._stopped[child] = reason
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+        if children:
+            threading.Thread(
+                target=_kill_late, args=(children,), name="scheduler-stop", daemon=True
+            ).start()
+        return len(children)
 
     def kill_all(self, reason: str) -> None:
         """Kill every child still running: the scheduler leaves now, and a child must not
@@ -143,6 +177,15 @@ class Isolation:
         for child in children:
             if child.is_alive():
                 child.kill()
+
+
+def _kill_late(children: list[BaseProcess]) -> None:
+    """SIGKILL the stopped children that outlive ``KILL_AFTER`` seconds after SIGTERM."""
+    deadline = time.monotonic() + KILL_AFTER
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
 
 
 def _receive(receiver: Connection) -> Outcome | None:
@@ -182,6 +225,7 @@ def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Conne
 
     signal.signal(signal.SIGTERM, _stop_now)
     spec = registry.get(job_id)
+    retry_on: tuple[type[BaseException], ...] = spec.retry_on if spec is not None else ()
     if spec is not None:
         call = make_call(spec, None, scheduled_at or datetime.now().astimezone())
     else:
@@ -189,7 +233,7 @@ def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Conne
         def call() -> None:
             raise LookupError(f"Job {job_id!r} is not registered in this scheduler's code.")
 
-    outcome = run_here(call, limit)
+    outcome = run_here(call, limit, retry_on=retry_on)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sender.send(astuple(outcome))
     sender.close()

@@ -88,6 +88,23 @@ class JobRunManager(OnSchedulerDatabase["JobRun"]):
             requested_by=requested_by[:150],
         )
 
+    def retry_row(self, failed: JobRun, due: datetime, instance: str = "") -> JobRun:
+        """The (unsaved) ``queued`` next attempt of ``failed``, due at ``due``. With
+        ``instance``, a ``runjob`` process's, which runs it itself once granted a slot."""
+        return self.model(
+            job_id=failed.job_id,
+            job_name=failed.job_name,
+            status=RunStatus.QUEUED,
+            trigger=RunTrigger.RETRY,
+            scheduled_at=due,
+            hostname=HOSTNAME if instance else "",
+            pid=os.getpid() if instance else None,
+            instance=instance,
+            requested_by=failed.requested_by,
+            attempt=failed.attempt + 1,
+            retry_of=failed.retry_of or failed.pk,
+        )
+
     def prune(self, before: datetime, batch: int = 10_000) -> int:
         """Delete finished runs scheduled before ``before``, ``batch`` at a time (a
         million rows in one statement would hold the table's write lock for long).
@@ -125,6 +142,9 @@ class Job(models.Model):
     )
     timezone = models.CharField(_("time zone"), max_length=64)
     options = models.JSONField(_("options"), default=dict)
+    # How a run happens (timeout, isolation, retries, overlap), as declared; {} for the
+    # defaults. Not in the fingerprint: changing it must not move the job's schedule.
+    run_options = models.JSONField(_("run options"), default=dict, db_default={}, blank=True)
     enabled = models.BooleanField(
         _("enabled"), default=True, help_text=_("Set in code with enabled=False.")
     )
@@ -174,6 +194,8 @@ class RunStatus(models.TextChoices):
 class RunTrigger(models.TextChoices):
     SCHEDULE = "schedule", _("schedule")
     MANUAL = "manual", _("manual")
+    # Another attempt of a failed run (the job's ``retries``).
+    RETRY = "retry", _("retry")
 
 
 class JobRun(models.Model):
@@ -216,6 +238,10 @@ class JobRun(models.Model):
     exception = models.TextField(_("exception"), blank=True)
     traceback = models.TextField(_("traceback"), blank=True)
     output = models.TextField(_("output"), blank=True)
+    # Which attempt this is (1 for the first), and the first attempt's id on the later
+    # ones (plain ids, as the job: history outlives what it links to).
+    attempt = models.PositiveSmallIntegerField(_("attempt"), default=1, db_default=1)
+    retry_of = models.BigIntegerField(_("retry of"), null=True, blank=True)
 
     objects: ClassVar[JobRunManager] = JobRunManager()
 
@@ -228,6 +254,12 @@ class JobRun(models.Model):
             models.Index(fields=["job_id", "-scheduled_at", "-id"], name="run_job_recent"),
             models.Index(fields=["status", "-scheduled_at", "-id"], name="run_status_recent"),
             models.Index(fields=["trigger", "-scheduled_at", "-id"], name="run_trigger_recent"),
+            # A first attempt's later ones (the admin's run page); only retries are in it.
+            models.Index(
+                fields=["retry_of", "attempt"],
+                condition=Q(retry_of__isnull=False),
+                name="run_attempts",
+            ),
         ]
         constraints = [
             # The fence: one row per job and fire time, whoever tries to run it.

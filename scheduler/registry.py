@@ -33,6 +33,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import module_has_submodule
 
 from scheduler import conf, crontab
+from scheduler.retries import DEFAULT_BACKOFF, MAX_RETRIES, Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,15 @@ OPTIONS = (
     "enabled",
     "timeout",
     "isolation",
+    "retries",
+    "retry_backoff",
+    "retry_on",
+    "overlap",
 )
 ISOLATIONS = ("thread", "process")
+# What a fire time does while the job's previous run still goes (see "When jobs go wrong"
+# in the README).
+OVERLAPS = ("skip", "queue", "replace", "allow")
 
 
 # Slots: a spec per job, and 100,000 jobs; without a __dict__ each takes 100 bytes less.
@@ -89,10 +97,17 @@ class JobSpec:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     enabled: bool = True
-    # Where a run happens (scheduler.isolation), and how long it may take there. Runtime
-    # options: they do not shape the stored job, so they stay out of its fingerprint.
+    # How a run happens: how long it may take, where (scheduler.isolation), how often it is
+    # tried again (scheduler.retries), and what a fire time does while a run still goes.
+    # None: the project's default (SCHEDULER's TIMEOUT, ISOLATION, RETRIES; overlap "skip",
+    # or "allow" with max_instances > 1). Runtime options: they do not shape the stored
+    # job, so they stay out of its fingerprint (the catalog keeps them, ``run_options``).
     timeout: float | None = None
-    isolation: str = "thread"
+    isolation: str | None = None
+    retries: int | None = None
+    retry_backoff: Backoff = DEFAULT_BACKOFF
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    overlap: str | None = None
 
     @property
     def func_ref(self) -> str:
@@ -151,6 +166,49 @@ class JobSpec:
             "args": list(self.args),
             "kwargs": self.kwargs,
         }
+
+    @property
+    def effective_timeout(self) -> float | None:
+        if self.timeout is not None:
+            return self.timeout
+        return cast("float | None", conf.get("TIMEOUT"))
+
+    @property
+    def effective_isolation(self) -> str:
+        return self.isolation or cast(str, conf.get("ISOLATION"))
+
+    @property
+    def effective_retries(self) -> int:
+        return self.retries if self.retries is not None else cast(int, conf.get("RETRIES"))
+
+    @property
+    def effective_overlap(self) -> str:
+        if self.overlap is not None:
+            return self.overlap
+        return "allow" if self.max_instances > 1 else "skip"
+
+    @property
+    def retries_any_failure(self) -> bool:
+        """Whether ``retry_on`` is left at its default (a crash is retried too)."""
+        return self.retry_on == (Exception,)
+
+    @property
+    def run_options(self) -> dict[str, Any]:
+        """The run options as declared, JSON-ready, without the defaults (for the catalog)."""
+        found: dict[str, Any] = {}
+        if self.timeout is not None:
+            found["timeout"] = self.timeout
+        if self.isolation is not None:
+            found["isolation"] = self.isolation
+        if self.retries is not None:
+            found["retries"] = self.retries
+        if self.retry_backoff != DEFAULT_BACKOFF:
+            found["retry_backoff"] = self.retry_backoff.as_json()
+        if not self.retries_any_failure:
+            found["retry_on"] = [f"{c.__module__}.{c.__qualname__}" for c in self.retry_on]
+        if self.overlap is not None:
+            found["overlap"] = self.overlap
+        return found
 
     @property
     def effective_grace_time(self) -> int | None:
@@ -344,7 +402,8 @@ def _unknown_hint(options: dict[str, Any], fields: tuple[str, ...]) -> str:
 
 
 # A declaration's options, checked: (name, zone, jitter, max_instances, coalesce,
-# misfire_grace_time, args, kwargs, enabled, (start_date, end_date), (timeout, isolation)).
+# misfire_grace_time, args, kwargs, enabled, (start_date, end_date), run options: the
+# keyword arguments of JobSpec from ``timeout`` on).
 _Checked = tuple[
     str,
     str,
@@ -356,7 +415,7 @@ _Checked = tuple[
     dict[str, Any],
     bool,
     tuple[datetime | None, datetime | None],
-    tuple[float | None, str],
+    dict[str, Any],
 ]
 # Options already checked, by (function, kind, options but the id, default zone).
 _checked_options: dict[tuple[Any, ...], _Checked] = {}
@@ -477,19 +536,7 @@ def _check_options(
     for key, value in (("coalesce", coalesce), ("enabled", enabled)):
         if not isinstance(value, bool):
             raise _fail(job_id, f"{key}={value!r} must be True or False.")
-    timeout = options.pop("timeout", None)
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 < timeout <= MAX_SECONDS
-    ):
-        raise _fail(
-            job_id,
-            f"timeout={timeout!r} must be a positive number of seconds, at most {MAX_SECONDS}.",
-        )
-    isolation = options.pop("isolation", "thread")
-    if isolation not in ISOLATIONS:
-        raise _fail(job_id, f"isolation={isolation!r} must be 'thread' or 'process'.")
+    run = _check_run_options(job_id, options, max_instances)
     if options:
         raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
 
@@ -510,7 +557,80 @@ def _check_options(
         dict(kwargs),
         enabled,
         (dates["start_date"], dates["end_date"]),
-        (None if timeout is None else float(timeout), isolation),
+        run,
+    )
+
+
+def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int) -> dict[str, Any]:
+    """Take the run options out of ``options``, checked: JobSpec's keyword arguments."""
+    timeout = options.pop("timeout", None)
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout <= MAX_SECONDS
+    ):
+        raise _fail(
+            job_id,
+            f"timeout={timeout!r} must be a positive number of seconds, at most {MAX_SECONDS}.",
+        )
+    isolation = options.pop("isolation", None)
+    if isolation is not None and isolation not in ISOLATIONS:
+        raise _fail(job_id, f"isolation={isolation!r} must be 'thread' or 'process'.")
+    retries = options.pop("retries", None)
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+    ):
+        raise _fail(job_id, f"retries={retries!r} must be an integer from 0 to {MAX_RETRIES}.")
+    backoff = _check_backoff(job_id, options.pop("retry_backoff", DEFAULT_BACKOFF))
+    retry_on = options.pop("retry_on", (Exception,))
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not classes or not all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in classes
+    ):
+        raise _fail(
+            job_id,
+            f"retry_on={retry_on!r} must be an exception class or a tuple of them "
+            "(such as ConnectionError or (ConnectionError, TimeoutError)).",
+        )
+    overlap = options.pop("overlap", None)
+    if overlap is not None and overlap not in OVERLAPS:
+        raise _fail(job_id, f"overlap={overlap!r} must be one of {', '.join(map(repr, OVERLAPS))}.")
+    if overlap in ("skip", "queue", "replace") and max_instances > 1:
+        raise _fail(
+            job_id,
+            f"overlap={overlap!r} runs one at a time, but max_instances={max_instances}; "
+            "use overlap='allow' for runs side by side.",
+        )
+    return {
+        "timeout": None if timeout is None else float(timeout),
+        "isolation": isolation,
+        "retries": retries,
+        "retry_backoff": backoff,
+        "retry_on": classes,
+        "overlap": overlap,
+    }
+
+
+def _check_backoff(job_id: str, value: Any) -> Backoff:
+    """``retry_backoff``: a Backoff, or a number of seconds (the base, other fields default)."""
+    if isinstance(value, Backoff):
+        fields = {"base": value.base, "cap": value.cap}
+        for key, number in fields.items():
+            if not is_real(number) or not 0 <= number <= MAX_SECONDS:
+                raise _fail(
+                    job_id,
+                    f"retry_backoff={value!r}: {key} must be a number of seconds from 0 to "
+                    f"{MAX_SECONDS}.",
+                )
+        if not isinstance(value.jitter, bool):
+            raise _fail(job_id, f"retry_backoff={value!r}: jitter must be True or False.")
+        return value
+    if is_real(value) and 0 <= value <= MAX_SECONDS:
+        return Backoff(base=float(value))
+    raise _fail(
+        job_id,
+        f"retry_backoff={value!r} must be a number of seconds (the first wait) or "
+        "Backoff(base=..., cap=..., jitter=...).",
     )
 
 
@@ -551,8 +671,7 @@ def _register(
         enabled=enabled,
         start_date=dates[0],
         end_date=dates[1],
-        timeout=run[0],
-        isolation=run[1],
+        **run,
     )
     try:
         # Cron fields: compiled one by one as the trigger would compile them (each shared,

@@ -22,6 +22,7 @@ from typing import Any
 
 from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
 from apscheduler.job import Job
+from django.db import IntegrityError
 from django.utils import timezone
 
 from scheduler import conf, db
@@ -33,6 +34,7 @@ from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, is_async, registry
 from scheduler.results import ResultWriter
+from scheduler.retries import retry_wanted
 from scheduler.text import describe_exception, storable
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,16 @@ def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> 
     return lambda: func(*args, **kwargs)
 
 
-def run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) -> Outcome:
+def run_here(
+    call: Callable[[], Any],
+    limit: int,
+    watch: _Watch | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> Outcome:
     """Run ``call`` in this thread, its output captured (and its timeout watched): in a
-    worker thread, or in the child process of ``isolation``."""
-    status, exception, tb = Status.SUCCEEDED, "", ""
+    worker thread, or in the child process of ``isolation``. A failure is retryable when
+    its exception is one of ``retry_on``; a timeout always is."""
+    status, exception, tb, retryable = Status.SUCCEEDED, "", "", False
     start = time.perf_counter()
     with capture(limit) as output:
         try:
@@ -64,11 +72,13 @@ def run_here(call: Callable[[], Any], limit: int, watch: _Watch | None = None) -
                 watch.begin(output)
             call()
         except TimedOut as exc:
-            status, tb = Status.TIMED_OUT, format_traceback(exc)
+            status, tb, retryable = Status.TIMED_OUT, format_traceback(exc), True
             exception = "Timed out: stopped where it was (its timeout, or the scheduler stopping)."
         except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
             status, exception, tb = Status.FAILED, describe_exception(exc), format_traceback(exc)
-    return Outcome(status, exception, tb, output.getvalue(), time.perf_counter() - start)
+            retryable = isinstance(exc, retry_on)
+    duration = time.perf_counter() - start
+    return Outcome(status, exception, tb, output.getvalue(), duration, retryable)
 
 
 class _Watch:
@@ -78,8 +88,8 @@ class _Watch:
     next instruction but not a call blocked in C. The job's ``max_instances`` slot stays
     taken until the thread really returns; what it does after that is not recorded."""
 
-    def __init__(self, runner: Runner, run: JobRun, timeout: float) -> None:
-        self.runner, self.run, self.timeout = runner, run, timeout
+    def __init__(self, runner: Runner, run: JobRun, spec: JobSpec, timeout: float) -> None:
+        self.runner, self.run, self.spec, self.timeout = runner, run, spec, timeout
         self.thread_id = threading.get_ident()
         self.lock = threading.Lock()
         self.fired = self.done = False
@@ -124,7 +134,7 @@ class _Watch:
                 ctypes.c_ulong(self.thread_id), ctypes.py_object(TimedOut)
             )
         logger.error("Job %r timed out after %g s (in a thread).", run.job_id, self.timeout)
-        self.runner.results.record(run)
+        self.runner.finish(run, self.spec, True)
 
 
 def format_traceback(exc: BaseException) -> str:
@@ -165,6 +175,13 @@ class Runner:
         self._active: dict[int, str] = {}
         # Child processes of the runs of jobs declared with isolation="process".
         self.isolation = Isolation()
+        # Whose the next attempts of failed runs are: any active scheduler's (""), or a
+        # ``runjob`` process's own (its instance id).
+        self.retry_owner = ""
+        # Told of each run this process queues, once it is written: a next attempt, a fire
+        # time waiting its turn (overlap="queue"). The control thread looks at the queue
+        # when it is due; runjob waits for its own next attempt.
+        self.queued: Callable[[JobRun], None] | None = None
         self._active_lock = threading.Lock()
 
     def active_runs(self) -> dict[int, str]:
@@ -231,26 +248,29 @@ class Runner:
     def execute(self, run: JobRun, call: Callable[[], Any], spec: JobSpec | None = None) -> JobRun:
         """Run ``call`` for an already-recorded ``running`` row and finish the row: in this
         thread, or, for a job declared with ``isolation="process"``, in a child process
-        (``spec``'s, looked up there by id; ``call`` is not used)."""
+        (``spec``'s, looked up there by id; ``call`` is not used). A failure the job's
+        ``retries`` cover files the next attempt (``finish``)."""
         with self._active_lock:
             self._active[run.pk] = run.job_id
         try:
             run.started_at = run.started_at or timezone.now()
             limit = conf.get("MAX_OUTPUT")
-            if spec is not None and spec.isolation == "process":
-                outcome = self.isolation.run(spec.id, run.scheduled_at, spec.timeout, limit)
-            elif spec is not None and spec.timeout is not None:
-                watch = _Watch(self, run, spec.timeout)
-                outcome = run_here(call, limit, watch)
+            timeout = spec.effective_timeout if spec is not None else None
+            retry_on = spec.retry_on if spec is not None else ()
+            if spec is not None and spec.effective_isolation == "process":
+                outcome = self.isolation.run(spec.id, run.scheduled_at, timeout, limit)
+            elif spec is not None and timeout is not None:
+                watch = _Watch(self, run, spec, timeout)
+                outcome = run_here(call, limit, watch, retry_on)
                 if watch.finish():
                     return run  # recorded timed out by the watch already
             else:
-                outcome = run_here(call, limit)
+                outcome = run_here(call, limit, retry_on=retry_on)
             if outcome.status != Status.SUCCEEDED:
                 logger.error(
                     "Job %r %s: %s",
                     run.job_id,
-                    "timed out" if outcome.status == Status.TIMED_OUT else "failed",
+                    "timed out" if outcome.status == Status.TIMED_OUT else outcome.status,
                     storable(outcome.exception, 1000, "head"),
                 )
             run.duration = outcome.duration
@@ -261,11 +281,67 @@ class Runner:
             run.exception = storable(outcome.exception, limit, "head")
             run.traceback = storable(outcome.traceback, limit, "tail")
             run.output = outcome.output
-            self.results.record(run)
+            self.finish(run, spec, outcome.retryable)
         finally:
             with self._active_lock:
                 self._active.pop(run.pk, None)
         return run
+
+    def finish(self, run: JobRun, spec: JobSpec | None, retryable: bool | None) -> None:
+        """Record a run's outcome; first, if the job's ``retries`` cover its failure, file
+        the next attempt (scheduler.retries): a process that dies between the two leaves
+        the attempt filed and the run ``running``, to be marked interrupted, never a
+        failure without its retry."""
+        retry = self.next_attempt(run, spec, retryable)
+        if retry is not None:
+            logger.warning(
+                "Job %r: attempt %d of %d failed; attempt %d is due at %s.",
+                run.job_id,
+                run.attempt,
+                (spec.effective_retries if spec else 0) + 1,
+                retry.attempt,
+                retry.scheduled_at.isoformat(),
+            )
+            self.file_retry(retry)
+        self.results.record(run)
+
+    def next_attempt(
+        self, run: JobRun, spec: JobSpec | None, retryable: bool | None
+    ) -> JobRun | None:
+        """The (unsaved) queued next attempt of ``run``, if its job retries this failure."""
+        if spec is None or not retry_wanted(
+            spec.effective_retries, run.attempt, run.status, retryable, spec.retries_any_failure
+        ):
+            return None
+        due = timezone.now() + timedelta(seconds=spec.retry_backoff.delay(run.attempt))
+        run.exception = storable(
+            f"{run.exception}\n(Attempt {run.attempt} of {spec.effective_retries + 1}: "
+            f"tried again at {due.isoformat(timespec='seconds')}.)",
+            conf.get("MAX_OUTPUT"),
+            "head",
+        )
+        return JobRun.objects.retry_row(run, due, self.retry_owner)
+
+    def file_retry(self, retry: JobRun) -> None:
+        """Store a queued next attempt, before the failed one's result (see ``finish``).
+        Written here, at once, so that whoever is told (``queued``) finds it; a database
+        away for ``CLAIM_RETRY_TIMEOUT`` leaves it to the results writer, which keeps it
+        until it is written, and a later look at the queue finds it."""
+        try:
+            db.retrying(
+                lambda: retry.save(using=conf.database(), force_insert=True),
+                f"file attempt {retry.attempt} of {retry.job_id!r}",
+                CLAIM_RETRY_TIMEOUT,
+            )
+        except Exception as exc:
+            if not db.is_transient(exc):
+                # Its values are the failed run's, which the database took: not expected,
+                # and the failed run's own result still goes on.
+                logger.exception("Could not file attempt %d of %r.", retry.attempt, retry.job_id)
+                return
+            self.results.record_not_run([retry])
+        if self.queued is not None:
+            self.queued(retry)
 
     def interrupt(self, run_ids: list[int], reason: str, timeout: float | None = None) -> int:
         """Mark runs that will never finish as interrupted."""
@@ -532,12 +608,21 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                     raise MaxInstancesReachedError(job)
                 super().submit_job(job, run_times)
         except MaxInstancesReachedError:
+            overlap = spec.effective_overlap if spec is not None else "skip"
             reason = f"Skipped: {job.max_instances} run(s) of this job still going (max_instances)."
             if job.id in self._manual_waiting:
                 reason = (
-                    "Skipped: a run requested by hand waits for this job's next free slot "
-                    f"(max_instances={job.max_instances})."
+                    "Skipped: a run of this job waits for its next free slot already (a run "
+                    "requested by hand, a retry, or a fire time queued by overlap="
+                    f"'queue'; max_instances={job.max_instances})."
                 )
+            elif overlap in ("queue", "replace") and self._queue(job, name, run_times[-1]):
+                if overlap == "replace":
+                    self.runner.isolation.stop(job.id, _replaced(run_times[-1]))
+                run_times = run_times[:-1]
+                if not run_times:
+                    return
+                reason = "Skipped: a later fire time of this job waits for its turn."
             claimed = self.book.pop(job.id)
             for run in claimed.runs if claimed is not None else []:
                 runner.results.abandon(run, Status.SKIPPED, reason)
@@ -555,6 +640,51 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                     f"Missed: the scheduler could not start the run ({describe_exception(exc)}).",
                 )
             raise
+
+    def _queue(self, job: Job, name: str, at: datetime) -> bool:
+        """Make fire time ``at`` wait in the queue for the job's next free slot
+        (overlap="queue" or "replace"): its claimed row, or a new one, turns ``queued``,
+        and the control thread starts it once a slot is free. False if it could not be
+        queued (the database is away: it is recorded skipped instead)."""
+        claimed = self.book.get(job.id)
+        run = next((r for r in claimed.runs if r.scheduled_at == at), None) if claimed else None
+        runs = JobRun.objects
+        try:
+            if run is not None:
+                # Ours no more: the claim book gives back the others, this one waits.
+                claimed.runs.remove(run)  # type: ignore[union-attr]
+                pk = run.pk
+                queued = db.retrying(
+                    lambda: runs.filter(pk=pk, status=Status.RUNNING).update(
+                        status=Status.QUEUED, instance="", hostname="", pid=None, started_at=None
+                    ),
+                    f"queue the run of {job.id!r}",
+                    WITHDRAW_TIMEOUT,
+                )
+                self.runner.results.closed([pk])
+                if not queued:
+                    return False
+                run.status = Status.QUEUED
+            else:
+                row = run = runs.claim_row(job.id, name, at, "")
+                run.status, run.started_at, run.hostname, run.pid = Status.QUEUED, None, "", None
+                db.retrying(
+                    lambda: row.save(using=conf.database(), force_insert=True),
+                    f"queue the run of {job.id!r}",
+                    WITHDRAW_TIMEOUT,
+                )
+        except IntegrityError:
+            return True  # another scheduler has this fire time
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            return False
+        with self._lock:
+            self._manual_waiting.add(job.id)
+        logger.info("Run of %r at %s waits for its turn (overlap).", job.id, at.isoformat())
+        if self.runner.queued is not None:
+            self.runner.queued(run)
+        return True
 
     @staticmethod
     def _coalesced_times(job: Job, run_times: list[datetime]) -> list[datetime]:
@@ -631,12 +761,19 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)
         self.runs.start()
-        if any(spec.isolation == "process" for spec in registry.values()):
+        if any(spec.effective_isolation == "process" for spec in registry.values()):
             self.runner.isolation.start()
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
         self.runs.shutdown(wait)
+
+
+def _replaced(at: datetime) -> str:
+    return (
+        f"Interrupted: stopped for the run at {at.isoformat()}, which replaces it "
+        "(overlap='replace')."
+    )
 
 
 class _Recorded(Exception):

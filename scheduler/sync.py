@@ -105,6 +105,7 @@ def catalog_values(spec: JobSpec, fingerprint: str) -> dict[str, Any]:
         "schedule_fields": spec.schedule,
         "timezone": spec.timezone,
         "options": spec.options,
+        "run_options": spec.run_options,
         "enabled": spec.enabled,
         "fingerprint": fingerprint,
     }
@@ -118,6 +119,7 @@ _CATALOG_FIELDS = [
     "schedule_fields",
     "timezone",
     "options",
+    "run_options",
     "enabled",
     "fingerprint",
 ]
@@ -147,6 +149,7 @@ def catalog_row(
         json.dumps(spec.schedule),
         spec.timezone,
         _options_json(spec),
+        _run_options_json(spec),
         spec.enabled,
         fingerprint,
         paused,
@@ -184,14 +187,33 @@ def _options_json(spec: JobSpec) -> str:
 _options_texts: dict[tuple[Any, ...], str] = {}
 
 
+def _run_options_json(spec: JobSpec) -> str:
+    """json.dumps(spec.run_options, sort_keys=True): "{}" for most jobs, made at once."""
+    run_options = spec.run_options
+    return json.dumps(run_options, sort_keys=True) if run_options else "{}"
+
+
+def _same_run_options(stored: Any, spec: JobSpec) -> bool:
+    """Whether the catalog's ``run_options`` (text on SQLite, decoded on PostgreSQL) are
+    the job's."""
+    if isinstance(stored, str):
+        if stored == "{}":
+            return not spec.run_options
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            return False
+    return bool(stored == json.loads(_run_options_json(spec)))
+
+
 # Catalog columns ``catalog_row`` gives as the database takes them.
-_CATALOG_RAW = ("schedule_fields", "options")
+_CATALOG_RAW = ("schedule_fields", "options", "run_options")
 
 
-_READ_COLUMNS = ("id", "paused", "name", "enabled", "fingerprint")
+_READ_COLUMNS = ("id", "paused", "name", "enabled", "fingerprint", "run_options")
 
 
-def _catalog_rows() -> list[tuple[str, bool, str, bool, str]]:
+def _catalog_rows() -> list[tuple[str, bool, str, bool, str, Any]]:
     """``Job.objects.values_list(*_READ_COLUMNS)``: on SQLite and PostgreSQL one plain
     query, whose drivers return these columns as the ORM would (SQLite's converts
     "bool" columns, as Django registers); the ORM's converters were 0.2 s of each start
@@ -204,7 +226,7 @@ def _catalog_rows() -> list[tuple[str, bool, str, bool, str]]:
     columns = ", ".join(qn(bulk.column_of(meta.get_field(name))) for name in _READ_COLUMNS)
     with db.cursor() as c:
         c.execute(f"SELECT {columns} FROM {qn(meta.db_table)}")
-        rows: list[tuple[str, bool, str, bool, str]] = c.fetchall()
+        rows: list[tuple[str, bool, str, bool, str, Any]] = c.fetchall()
     return rows
 
 
@@ -229,7 +251,7 @@ def _sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) 
     store.specs = specs
     jobs = Job.objects
 
-    def read_catalog() -> tuple[dict[str, tuple[str, bool, str, bool, str]], set[str]]:
+    def read_catalog() -> tuple[dict[str, tuple[str, bool, str, bool, str, Any]], set[str]]:
         # The fingerprint covers every other catalog field, but for the schedule's fields
         # on rows written before they were kept (migration 0005 left them empty).
         rows = _catalog_rows()
@@ -256,6 +278,7 @@ def _sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) 
             or row[2] != spec.name
             or row[3] != spec.enabled
             or job_id in unstructured
+            or not _same_run_options(row[5], spec)
         )
         store_stale = spec.enabled and (
             row is None or row[4] != fingerprint or job_id not in stored

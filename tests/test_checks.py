@@ -70,6 +70,9 @@ def test_settings_problems_are_errors_with_an_id_per_kind():
         ({"LEASE_SECONDS": float("inf")}, "scheduler.E011"),
         ({"HEARTBEAT_INTERVAL": 8}, "scheduler.E012"),
         ({"MAX_MISSED_ROWS": 0}, "scheduler.E014"),
+        ({"TIMEOUT": -1}, "scheduler.E015"),
+        ({"ISOLATION": "fork"}, "scheduler.E016"),
+        ({"RETRIES": 1.5}, "scheduler.E017"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
@@ -102,6 +105,18 @@ def test_a_job_module_that_cannot_be_imported_is_an_error(fresh_discovery):
         found = check_jobs()
     assert [error.id for error in found] == ["scheduler.E021"]
     assert "'tests.declared.absent', which cannot be imported" in found[0].msg
+
+
+def test_overlap_replace_of_a_run_in_a_thread_is_an_error(fresh_discovery):
+    with override_settings(SCHEDULER={"JOB_MODULES": ["tests.declared.replace_in_thread"]}):
+        found = check_jobs()
+        assert [error.id for error in found] == ["scheduler.E022"]
+        assert "'declared.replace'" in found[0].msg and "isolation='process'" in found[0].hint
+    # A project that runs every job in a child process may leave isolation out.
+    with override_settings(
+        SCHEDULER={"JOB_MODULES": ["tests.declared.replace_in_thread"], "ISOLATION": "process"}
+    ):
+        assert check_jobs() == []
 
 
 # Real processes ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ control thread's own decisions on a real database and a real executor.
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -101,10 +102,29 @@ def test_an_idle_active_scheduler_asks_one_statement_a_poll_and_still_sees_reque
 
 
 def test_requests_pending_tells_a_pause_from_a_run_request() -> None:
-    assert Control.requests_pending() == (False, False)
+    now = timezone.now()
+    assert Control.requests_pending(now) == (False, False, None)
     Job.objects.create(id="t.job", name="t.job", synced_at=timezone.now(), pending_change=True)
-    assert Control.requests_pending() == (True, False)
+    assert Control.requests_pending(now) == (True, False, None)
     queued_request()
-    assert Control.requests_pending() == (True, True)
+    later = timezone.now()
+    assert Control.requests_pending(later) == (True, True, None)
     Job.objects.filter(id="t.job").update(pending_change=False)
-    assert Control.requests_pending() == (False, True)
+    assert Control.requests_pending(later) == (False, True, None)
+
+
+def test_requests_pending_says_when_the_next_queued_run_is_due() -> None:
+    """A next attempt due later is not due now; the control thread learns when it will be."""
+    now = timezone.now().replace(microsecond=250_000)
+    soon, later = now + timedelta(seconds=30), now + timedelta(minutes=5)
+    for due in (later, soon):
+        JobRun.objects.create(
+            job_id="t.job",
+            status=JobRun.Status.QUEUED,
+            trigger=JobRun.Trigger.RETRY,
+            scheduled_at=due,
+            attempt=2,
+        )
+    assert Control.requests_pending(now) == (False, False, soon)
+    assert Control.requests_pending(soon) == (False, True, later)
+    assert Control.requests_pending(later) == (False, True, None)

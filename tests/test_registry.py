@@ -13,7 +13,7 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from django.core.exceptions import ImproperlyConfigured
 
-from scheduler import cron, interval
+from scheduler import Backoff, cron, interval
 from scheduler import registry as registry_module
 from scheduler.crontab import from_crontab
 
@@ -371,7 +371,7 @@ ERRORS = [
     ("not.a.string", lambda i: cron(5, id=i)(documented_job), "5"),
     ("both.forms", lambda i: cron("0 3 * * *", hour="3", id=i)(documented_job), "hour"),
     # unknown fields and options
-    ("unknown.option", lambda i: cron("0 3 * * *", id=i, retries=3)(documented_job), "retries"),
+    ("unknown.option", lambda i: cron("0 3 * * *", id=i, retry=3)(documented_job), "retry"),
     ("unknown.ioption", lambda i: interval(minutes=5, id=i, every=3)(documented_job), "every"),
     ("typo.field", lambda i: cron(minute="0", hours="3", id=i)(documented_job), "hours"),
     ("only.typo.field", lambda i: cron(minutes="*/5", id=i)(documented_job), "minutes"),
@@ -481,6 +481,59 @@ ERRORS = [
         "isolation.unknown",
         lambda i: cron("0 3 * * *", id=i, isolation="fork")(documented_job),
         "isolation='fork' must be 'thread' or 'process'.",
+    ),
+    # retries and overlap
+    ("retries.text", lambda i: cron("0 3 * * *", id=i, retries="3")(documented_job), "'3'"),
+    ("retries.bool", lambda i: cron("0 3 * * *", id=i, retries=True)(documented_job), "True"),
+    (
+        "retries.negative",
+        lambda i: cron("0 3 * * *", id=i, retries=-1)(documented_job),
+        "retries=-1 must be an integer from 0 to 100",
+    ),
+    (
+        "retries.huge",
+        lambda i: cron("0 3 * * *", id=i, retries=10**6)(documented_job),
+        "retries=1000000",
+    ),
+    (
+        "backoff.text",
+        lambda i: cron("0 3 * * *", id=i, retries=1, retry_backoff="1s")(documented_job),
+        "retry_backoff='1s' must be a number of seconds",
+    ),
+    (
+        "backoff.nan",
+        lambda i: cron("0 3 * * *", id=i, retry_backoff=Backoff(base=math.nan))(documented_job),
+        "base must be a number of seconds",
+    ),
+    (
+        "backoff.jitter",
+        lambda i: cron("0 3 * * *", id=i, retry_backoff=Backoff(jitter="no"))(documented_job),  # type: ignore[arg-type]
+        "jitter must be True or False",
+    ),
+    (
+        "retry_on.list",
+        lambda i: cron("0 3 * * *", id=i, retry_on=[ValueError])(documented_job),
+        "must be an exception class or a tuple of them",
+    ),
+    (
+        "retry_on.instance",
+        lambda i: cron("0 3 * * *", id=i, retry_on=ValueError("x"))(documented_job),
+        "must be an exception class",
+    ),
+    (
+        "retry_on.empty",
+        lambda i: cron("0 3 * * *", id=i, retry_on=())(documented_job),
+        "must be an exception class",
+    ),
+    (
+        "overlap.unknown",
+        lambda i: cron("0 3 * * *", id=i, overlap="forbid")(documented_job),
+        "overlap='forbid' must be one of 'skip', 'queue', 'replace', 'allow'",
+    ),
+    (
+        "overlap.queue.many",
+        lambda i: cron("0 3 * * *", id=i, overlap="queue", max_instances=3)(documented_job),
+        "overlap='queue' runs one at a time, but max_instances=3",
     ),
     # booleans
     ("enabled.text", lambda i: cron("0 3 * * *", id=i, enabled="no")(documented_job), "'no'"),
@@ -823,3 +876,92 @@ def test_look_alike_jobs_keep_fingerprints_of_their_own(registry, settings):
     assert len(seen) == len(variants)
     settings.SCHEDULER = {"MISFIRE_GRACE_TIME": 7}  # the default grace is part of it
     assert registry_module._fingerprint_text(base) == reference_fingerprint_text(base)
+
+
+def test_run_options_default_to_the_project_settings(registry, settings) -> None:
+    cron("0 3 * * *", id="run.defaults")(documented_job)
+    cron("0 3 * * *", id="run.own", timeout=5, isolation="thread", retries=0)(documented_job)
+    spec, own = registry["run.defaults"], registry["run.own"]
+    assert (spec.effective_timeout, spec.effective_isolation, spec.effective_retries) == (
+        None,
+        "thread",
+        0,
+    )
+    assert spec.run_options == {}
+    settings.SCHEDULER = {"TIMEOUT": 60, "ISOLATION": "process", "RETRIES": 2}
+    assert (spec.effective_timeout, spec.effective_isolation, spec.effective_retries) == (
+        60,
+        "process",
+        2,
+    )
+    # A job's own values win, even where they equal the built-in defaults.
+    assert (own.effective_timeout, own.effective_isolation, own.effective_retries) == (
+        5.0,
+        "thread",
+        0,
+    )
+    assert own.run_options == {"timeout": 5.0, "isolation": "thread", "retries": 0}
+
+
+def test_overlap_follows_max_instances_unless_declared(registry) -> None:
+    cron("0 3 * * *", id="o.one")(documented_job)
+    cron("0 3 * * *", id="o.many", max_instances=3)(documented_job)
+    cron("0 3 * * *", id="o.queue", overlap="queue")(documented_job)
+    cron("0 3 * * *", id="o.allow", overlap="allow", max_instances=2)(documented_job)
+    assert [registry[i].effective_overlap for i in ("o.one", "o.many", "o.queue", "o.allow")] == [
+        "skip",
+        "allow",
+        "queue",
+        "allow",
+    ]
+
+
+def test_retry_options_are_kept_and_shown_to_the_catalog(registry) -> None:
+    cron(
+        "0 3 * * *",
+        id="r.all",
+        retries=3,
+        retry_backoff=Backoff(base=2, cap=30, jitter=False),
+        retry_on=(ConnectionError, TimeoutError),
+    )(documented_job)
+    cron("0 3 * * *", id="r.number", retries=1, retry_backoff=0.5, retry_on=OSError)(
+        documented_job
+    )
+    spec, number = registry["r.all"], registry["r.number"]
+    assert spec.retry_on == (ConnectionError, TimeoutError)
+    assert not spec.retries_any_failure and registry["r.number"].retry_on == (OSError,)
+    assert number.retry_backoff == Backoff(base=0.5)
+    assert spec.run_options == {
+        "retries": 3,
+        "retry_backoff": {"base": 2, "cap": 30, "jitter": False},
+        "retry_on": ["builtins.ConnectionError", "builtins.TimeoutError"],
+    }
+    # Runtime options leave the fingerprint (and so the stored schedule) alone.
+    cron("0 3 * * *", id="r.plain")(documented_job)
+    plain = registry["r.plain"]
+    assert spec.fingerprint == dataclasses.replace(plain, id="r.all").fingerprint
+
+
+@pytest.mark.parametrize(
+    ("backoff", "attempt", "expected"),
+    [
+        (Backoff(base=1, cap=600, jitter=False), 1, 1.0),
+        (Backoff(base=1, cap=600, jitter=False), 2, 2.0),
+        (Backoff(base=1, cap=600, jitter=False), 4, 8.0),
+        (Backoff(base=3, cap=10, jitter=False), 5, 10.0),
+        (Backoff(base=1, cap=600, jitter=False), 10_000, 600.0),
+        (Backoff(base=0, cap=600, jitter=False), 3, 0.0),
+    ],
+)
+def test_backoff_doubles_up_to_its_cap(backoff: Backoff, attempt: int, expected: float) -> None:
+    assert backoff.delay(attempt) == expected
+
+
+def test_backoff_jitter_stays_between_none_and_the_full_wait() -> None:
+    import random
+
+    rand = random.Random(7)
+    waits = [Backoff(base=4, cap=600).delay(3, rand) for _ in range(500)]
+    assert all(0 <= wait <= 16 for wait in waits)
+    # Spread over the range, not bunched: many jobs failing together come back apart.
+    assert min(waits) < 2 and max(waits) > 14

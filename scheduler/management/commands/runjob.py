@@ -65,17 +65,39 @@ class Command(SchedulerCommand):
                     "(max_instances); recorded as skipped."
                 )
                 sys.exit(3)
-            # On its own: no lease, and its one result is written at once.
+            # On its own: no lease, and its one result is written at once. A failure its
+            # job retries files the next attempt as this process's, which it waits for.
             worker = Runner(lease.Alone(presence.instance_id))
-            worker.results.opened([run])
-            run.started_at = timezone.now()
-            worker.execute(run, make_call(spec, None, run.scheduled_at), spec)
+            worker.retry_owner = presence.instance_id
+            filed: list[JobRun] = []
+            worker.queued = filed.append
+            while True:
+                worker.results.opened([run])
+                run.started_at = timezone.now()
+                worker.execute(run, make_call(spec, None, run.scheduled_at), spec)
+                if not filed:
+                    break
+                retry = filed.pop()
+                self.stderr.write(
+                    f"Job {job_id!r} {run.status} (attempt {run.attempt}, run #{run.pk}); "
+                    f"attempt {retry.attempt} at {retry.scheduled_at.isoformat()} (run "
+                    f"#{retry.pk})."
+                )
+                try:
+                    run = Slot(spec, presence.instance_id, self.stdout.write, retry).take(False)
+                except KeyboardInterrupt:
+                    self.stderr.write(f"Stopped waiting; attempt {retry.attempt} did not run.")
+                    sys.exit(130)
+                assert run is not None, "a slot waited for is granted"
         finally:
             presence.finish()
         if run.status == Status.SUCCEEDED:
             self.stdout.write(f"Job {job_id!r} succeeded in {run.duration:.3f} s (run #{run.pk}).")
             return
-        self.stderr.write(f"Job {job_id!r} failed after {run.duration:.3f} s (run #{run.pk}):")
+        attempts = f", attempt {run.attempt}" if run.attempt > 1 else ""
+        self.stderr.write(
+            f"Job {job_id!r} {run.status} after {run.duration:.3f} s (run #{run.pk}{attempts}):"
+        )
         self.stderr.write(run.traceback or run.exception)
         sys.exit(1)
 
@@ -90,20 +112,26 @@ class Slot:
     one, this process counts the job's ``running`` rows itself.
     """
 
-    def __init__(self, spec: JobSpec, instance_id: str, say: Any) -> None:
+    def __init__(
+        self, spec: JobSpec, instance_id: str, say: Any, request: JobRun | None = None
+    ) -> None:
         self.spec = spec
         self.say = say
         self.runs = JobRun.objects
-        self.request = JobRun.objects.request_row(
+        # A new request, or a queued row of this process already stored (a next attempt).
+        self.request = request or JobRun.objects.request_row(
             spec.id, spec.name, f"runjob ({_user()})", instance_id
         )
 
     def take(self, no_wait: bool) -> JobRun | None:
         """The ``running`` row of this run, or None (with ``no_wait``, when no slot is free:
-        the request is recorded skipped)."""
+        the request is recorded skipped). A request due later (a next attempt) is waited
+        for first."""
         said = False
-        waited_since = time.monotonic()
         try:
+            while (wait := (self.request.scheduled_at - timezone.now()).total_seconds()) > 0:
+                time.sleep(min(wait, WAIT_STEP * 4))
+            waited_since = time.monotonic()
             while True:
                 if self._granted():
                     return self.request
