@@ -59,6 +59,14 @@ def _as_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def _why_queued(run: JobRun) -> str:
+    if run.trigger == JobRun.Trigger.RETRY:
+        return f"attempt {run.attempt} (retry of run #{run.retry_of})"
+    if run.trigger == JobRun.Trigger.SCHEDULE:
+        return f"the fire time {run.scheduled_at.isoformat()}, after waiting its turn"
+    return f"requested by {run.requested_by or '?'}"
+
+
 def _replaced_by(trigger: str, at: datetime) -> str:
     what = "a run requested by hand" if trigger == JobRun.Trigger.MANUAL else f"the run at {at}"
     return f"Interrupted: stopped for {what}, which replaces it (overlap='replace')."
@@ -288,7 +296,7 @@ class Control(threading.Thread):
                 continue
             run = runs.get(pk=run_id)
             self.runner.results.opened([run])
-            logger.info("Running %r now, as requested by %s", run.job_id, run.requested_by or "?")
+            logger.info("Running %r now: %s", run.job_id, _why_queued(run))
             try:
                 future = self.executor.submit_manual(run)
             except BaseException:

@@ -168,8 +168,13 @@ def test_manage_py_check_passes_with_good_settings(scheduler_env: SchedulerEnv):
             "DATABASES ('default').",
         ),
         ({"modules": "tests.declared.two_schedules"}, f"?: (scheduler.E020) {TWO_SCHEDULES}"),
+        (
+            {"modules": "tests.declared.replace_in_thread"},
+            "?: (scheduler.E022) Scheduled job 'declared.replace': overlap='replace' stops the "
+            "run going on, which only a run in a child process can be; it runs in a thread.",
+        ),
     ],
-    ids=["threads", "database", "declaration"],
+    ids=["threads", "database", "declaration", "replace-in-thread"],
 )
 def test_runapscheduler_stops_at_once_with_the_message(scheduler_env, overrides, line):
     started = time.monotonic()

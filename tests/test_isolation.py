@@ -172,3 +172,18 @@ def test_a_thread_blocked_in_c_is_recorded_timed_out_and_keeps_its_slot(
     assert second_row["started_at"] >= row["started_at"] + timedelta(seconds=3.9)
     assert proc.stop() == 0
     assert not [m for m in env.marks() if m.startswith("end thr.blocked")]
+
+
+def test_runjob_stops_a_job_at_its_timeout_and_says_so(scheduler_env: SchedulerEnv) -> None:
+    """runjob runs the job as the scheduler would: in a child, stopped at its timeout."""
+    env = scheduler_env
+    started = time.monotonic()
+    result = env.manage("runjob", "iso.sleeps", modules=ISOLATED, timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1
+    assert "Job 'iso.sleeps' timed out after" in result.stderr
+    (row,) = env.runs("iso.sleeps")
+    assert row["status"] == "timed_out" and row["trigger"] == "manual"
+    assert "time.sleep(3600)" in row["traceback"]
+    (pid,) = child_pids(env, "iso.sleeps")
+    assert not alive(pid)

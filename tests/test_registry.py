@@ -924,9 +924,7 @@ def test_retry_options_are_kept_and_shown_to_the_catalog(registry) -> None:
         retry_backoff=Backoff(base=2, cap=30, jitter=False),
         retry_on=(ConnectionError, TimeoutError),
     )(documented_job)
-    cron("0 3 * * *", id="r.number", retries=1, retry_backoff=0.5, retry_on=OSError)(
-        documented_job
-    )
+    cron("0 3 * * *", id="r.number", retries=1, retry_backoff=0.5, retry_on=OSError)(documented_job)
     spec, number = registry["r.all"], registry["r.number"]
     assert spec.retry_on == (ConnectionError, TimeoutError)
     assert not spec.retries_any_failure and registry["r.number"].retry_on == (OSError,)

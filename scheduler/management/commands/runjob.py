@@ -78,8 +78,9 @@ class Command(SchedulerCommand):
                 if not filed:
                     break
                 retry = filed.pop()
+                outcome = Status(run.status).label
                 self.stderr.write(
-                    f"Job {job_id!r} {run.status} (attempt {run.attempt}, run #{run.pk}); "
+                    f"Job {job_id!r} {outcome} (attempt {run.attempt}, run #{run.pk}); "
                     f"attempt {retry.attempt} at {retry.scheduled_at.isoformat()} (run "
                     f"#{retry.pk})."
                 )
@@ -95,8 +96,9 @@ class Command(SchedulerCommand):
             self.stdout.write(f"Job {job_id!r} succeeded in {run.duration:.3f} s (run #{run.pk}).")
             return
         attempts = f", attempt {run.attempt}" if run.attempt > 1 else ""
+        outcome = Status(run.status).label
         self.stderr.write(
-            f"Job {job_id!r} {run.status} after {run.duration:.3f} s (run #{run.pk}{attempts}):"
+            f"Job {job_id!r} {outcome} after {run.duration:.3f} s (run #{run.pk}{attempts}):"
         )
         self.stderr.write(run.traceback or run.exception)
         sys.exit(1)
