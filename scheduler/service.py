@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -204,6 +205,10 @@ class Service:
         timer.start()
 
     def run(self) -> None:
+        # ``kill -USR1 <pid>`` prints every thread's stack to stderr, even when the main
+        # thread is stuck in C: how a scheduler that does not stop can be diagnosed
+        # (the chaos soak does it to a process that outlives its stop).
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.request_stop)
         _SignalPipe(self.heard).start()

@@ -650,6 +650,9 @@ class Soak:
         except subprocess.TimeoutExpired:
             hung = True
             self.log(f"HUNG: {life.name} still running {GRACE + 15} s after SIGTERM: kill -9")
+            # Every thread's stack into its log first (runapscheduler's SIGUSR1 handler).
+            life.popen.send_signal(signal.SIGUSR1)
+            time.sleep(1)
             life.popen.kill()
             life.popen.wait(30)
         self.ended(life, fate)
@@ -657,16 +660,25 @@ class Soak:
         text = f"{life.name} exited with {life.exit_code} {took:.1f} s after SIGTERM ({fate})"
         self.log(text)
         if hung:
-            self.bad_exits.append((f"no exit within {GRACE + 15} s of SIGTERM", text))
+            # The evidence a soak in CI (without --keep) leaves: where the process was.
+            tail = self.log_tail(life, 120)
+            self.bad_exits.append(
+                (f"no exit within {GRACE + 15} s of SIGTERM", f"{text}; its log ends:\n{tail}")
+            )
         elif life.exit_code == -signal.SIGTERM and not self.was_up(life):
             # Killed by the signal's default action while Python and Django were still
             # loading, before the scheduler could install its handler: nothing had run.
             self.log(f"{life.name} was still loading: SIGTERM's default action ended it")
         elif life.exit_code != 0:
-            self.bad_exits.append((f"exit code {life.exit_code}", text))
+            tail = self.log_tail(life, 40)
+            self.bad_exits.append((f"exit code {life.exit_code}", f"{text}; its log ends:\n{tail}"))
         elif took > GRACE + STOP_SETTLE + STOP_SLACK:
             # README: the whole stop takes at most SHUTDOWN_GRACE + 5 s.
             self.bad_exits.append((f"stop longer than SHUTDOWN_GRACE + {STOP_SETTLE} s", text))
+
+    def log_tail(self, life: Life, lines: int) -> str:
+        text = (self.dir / life.log_name).read_bytes().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def was_up(self, life: Life) -> bool:
         """Whether the process got as far as logging anything of the scheduler's own."""

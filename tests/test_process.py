@@ -711,3 +711,19 @@ def test_start_and_stop_lines_reach_a_redirected_stdout(scheduler_env: Scheduler
     assert proc.wait(10) == 0
     stopped_shown = "Scheduler stopped (SIGTERM)" in proc.log()
     assert (started_shown, stopped_shown) == (True, True)
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_scheduler_goes_on(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    """How an operator (and the chaos soak) sees where a scheduler that will not stop is."""
+    env = scheduler_env
+    proc = env.start()
+    proc.popen.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "Current thread" in proc.log(), 5, "the stacks in the log")
+    log = proc.log()
+    assert log.count("Thread 0x") >= 3  # main loop, lease, control, results, workers
+    assert 'File "' in log and "service.py" in log
+    first = count(env, TICK)
+    wait_for(lambda: count(env, TICK) > first, 5, "a tick after the dump")
+    assert proc.stop() == 0
