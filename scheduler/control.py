@@ -310,6 +310,22 @@ class Control(threading.Thread):
         return started
 
     @staticmethod
+    def _skip_waiting(job_id: str) -> None:
+        """A paused job's next attempts and waiting fire times do not run (a run requested
+        by hand does: someone asked for it)."""
+        skipped = JobRun.objects.filter(
+            job_id=job_id,
+            status=JobRun.Status.QUEUED,
+            trigger__in=[JobRun.Trigger.RETRY, JobRun.Trigger.SCHEDULE],
+        ).update(
+            status=JobRun.Status.SKIPPED,
+            finished_at=timezone.now(),
+            exception="Skipped: the job was paused before it started.",
+        )
+        if skipped:
+            logger.info("Skipped %d waiting run(s) of paused job %r.", skipped, job_id)
+
+    @staticmethod
     def _owner_alive(owner: str) -> bool:
         """Whether the ``runjob`` process that queued a request still heartbeats."""
         stale = timezone.now() - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
@@ -378,6 +394,8 @@ class Control(threading.Thread):
                     job.id,
                 )
             logger.info("Job %r %s from the admin", job.id, "paused" if job.paused else "resumed")
+            if job.paused:
+                self._skip_waiting(job.id)
             applied.append(job)
         if applied:
             # The flag clears once the change is in the job table too (the active

@@ -22,12 +22,19 @@ from typing import Any
 
 from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
 from apscheduler.job import Job
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from scheduler import conf, db
 from scheduler.capture import capture
-from scheduler.claims import WITHDRAW_TIMEOUT, ClaimBook, Claims, beyond_grace, too_late
+from scheduler.claims import (
+    WITHDRAW_TIMEOUT,
+    ClaimBook,
+    Claimed,
+    Claims,
+    beyond_grace,
+    too_late,
+)
 from scheduler.execution import RunExecutor, RunOrder, ThreadRunExecutor
 from scheduler.isolation import Isolation, Outcome, TimedOut
 from scheduler.lease import Alone, Standing
@@ -134,7 +141,10 @@ class _Watch:
                 ctypes.c_ulong(self.thread_id), ctypes.py_object(TimedOut)
             )
         logger.error("Job %r timed out after %g s (in a thread).", run.job_id, self.timeout)
-        self.runner.finish(run, self.spec, True)
+        try:
+            self.runner.finish(run, self.spec, True)
+        finally:
+            connections.close_all()  # this timer thread's, which ends here
 
 
 def format_traceback(exc: BaseException) -> str:
@@ -435,6 +445,13 @@ class Runner:
         if self.stopping.is_set():
             self.requeue(run)
             return
+        if run.trigger == JobRun.Trigger.SCHEDULE and spec is not None:
+            # A fire time that waited its turn (overlap) is still a fire time: past its
+            # misfire_grace_time it is missed, as it would be in the main loop.
+            late = beyond_grace(spec.effective_grace_time, run.scheduled_at)
+            if late:
+                self.results.abandon(run, Status.MISSED, late)
+                return
         run.started_at = timezone.now()
         if spec is None:
             self.results.abandon(
@@ -609,6 +626,7 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                 super().submit_job(job, run_times)
         except MaxInstancesReachedError:
             overlap = spec.effective_overlap if spec is not None else "skip"
+            claimed = self.book.pop(job.id)
             reason = f"Skipped: {job.max_instances} run(s) of this job still going (max_instances)."
             if job.id in self._manual_waiting:
                 reason = (
@@ -616,18 +634,17 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                     "requested by hand, a retry, or a fire time queued by overlap="
                     f"'queue'; max_instances={job.max_instances})."
                 )
-            elif overlap in ("queue", "replace") and self._queue(job, name, run_times[-1]):
+            elif overlap in ("queue", "replace") and self._queue(job, name, run_times[-1], claimed):
                 if overlap == "replace":
                     self.runner.isolation.stop(job.id, _replaced(run_times[-1]))
                 run_times = run_times[:-1]
-                if not run_times:
-                    return
                 reason = "Skipped: a later fire time of this job waits for its turn."
-            claimed = self.book.pop(job.id)
             for run in claimed.runs if claimed is not None else []:
                 runner.results.abandon(run, Status.SKIPPED, reason)
             rest = [at for at in run_times if claimed is None or at not in claimed.tried]
             runner.did_not_run(job.id, name, Status.SKIPPED, rest, reason)
+            if not run_times:
+                return  # its one fire time waits in the queue: nothing was skipped
             raise
         except BaseException as exc:
             # APScheduler logs it and moves the job on: the fire times would vanish.
@@ -641,7 +658,7 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                 )
             raise
 
-    def _queue(self, job: Job, name: str, at: datetime) -> bool:
+    def _queue(self, job: Job, name: str, at: datetime, claimed: Claimed | None) -> bool:
         """Make fire time ``at`` wait in the queue for the job's next free slot
         (overlap="queue" or "replace"): its claimed row, or a new one, turns ``queued``,
         and the control thread starts it once a slot is free. False if it could not be
@@ -652,7 +669,8 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         try:
             if run is not None:
                 # Ours no more: the claim book gives back the others, this one waits.
-                claimed.runs.remove(run)  # type: ignore[union-attr]
+                assert claimed is not None
+                claimed.runs.remove(run)
                 pk = run.pk
                 queued = db.retrying(
                     lambda: runs.filter(pk=pk, status=Status.RUNNING).update(

@@ -128,3 +128,49 @@ def test_requests_pending_says_when_the_next_queued_run_is_due() -> None:
     assert Control.requests_pending(now) == (False, False, soon)
     assert Control.requests_pending(soon) == (False, True, later)
     assert Control.requests_pending(later) == (False, True, None)
+
+
+def waiting_row(job_id: str, trigger: str, due_in: float = 0) -> JobRun:
+    return JobRun.objects.create(
+        job_id=job_id,
+        status=JobRun.Status.QUEUED,
+        trigger=trigger,
+        scheduled_at=timezone.now() + timedelta(seconds=due_in),
+        attempt=2 if trigger == JobRun.Trigger.RETRY else 1,
+    )
+
+
+def test_pausing_a_job_skips_its_waiting_retries_and_fire_times_not_its_run_now() -> None:
+    parts = make_parts()
+    parts.scheduler.start(paused=True)
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
+    Job.objects.create(id="tests.nightly", name="n", synced_at=timezone.now())
+    retry = waiting_row("tests.nightly", JobRun.Trigger.RETRY, due_in=60)
+    fire_time = waiting_row("tests.nightly", JobRun.Trigger.SCHEDULE)
+    request = queued_request("tests.nightly")
+    other = waiting_row("tests.hourly", JobRun.Trigger.RETRY, due_in=60)
+    Job.objects.filter(id="tests.nightly").update(paused=True, pending_change=True)
+
+    assert control.apply_pause_changes() == 1
+
+    for row in (retry, fire_time, request, other):
+        row.refresh_from_db()
+    assert (retry.status, fire_time.status) == (JobRun.Status.SKIPPED, JobRun.Status.SKIPPED)
+    assert retry.exception == "Skipped: the job was paused before it started."
+    assert retry.finished_at is not None
+    assert request.status == other.status == JobRun.Status.QUEUED
+    parts.scheduler.shutdown(wait=False)
+
+
+def test_a_retry_not_due_yet_is_left_waiting_and_its_due_time_known() -> None:
+    parts = started_parts()
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
+    retry = waiting_row("tests.nightly", JobRun.Trigger.RETRY, due_in=60)
+    assert control.start_queued_runs() == 0
+    retry.refresh_from_db()
+    assert retry.status == JobRun.Status.QUEUED
+    now = timezone.now()
+    assert control.requests_pending(now)[2] == retry.scheduled_at
+    assert not control._due(now)
+    control.queued(retry)  # as the runner tells it when it files one
+    assert control._due(retry.scheduled_at)

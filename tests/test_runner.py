@@ -316,3 +316,63 @@ def test_run_manual_runs_a_registered_job_and_fails_an_unknown_one() -> None:
     assert unknown.status == "failed"
     assert unknown.exception == "Job 't.gone' is not registered in this scheduler's code."
     assert unknown.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fire_time_that_waited_its_turn_beyond_the_grace_time_is_missed() -> None:
+    """A fire time queued by overlap="queue" is still a fire time: past the job's
+    misfire_grace_time (3600 s) when its turn comes, it is recorded missed, not run."""
+    tests.jobs.CALLS.clear()
+    now = datetime.now(UTC)
+    stale, fresh = (
+        JobRun.objects.create(
+            job_id="tests.nightly", status="running", trigger="schedule", scheduled_at=at
+        )
+        for at in (now - timedelta(hours=2), now - timedelta(minutes=5))
+    )
+    runner.run_manual(stale)
+    runner.run_manual(fresh)
+    stale, fresh = row(stale), row(fresh)
+    assert stale.status == "missed" and "beyond misfire_grace_time (3600 s)" in stale.exception
+    assert fresh.status == "succeeded"
+    assert tests.jobs.CALLS == [("nightly", fresh.scheduled_at)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_the_job_retries_files_its_next_attempt_first(monkeypatch) -> None:
+    from dataclasses import replace
+
+    from scheduler.registry import registry
+    from scheduler.retries import Backoff
+    from scheduler.runner import Runner
+
+    monkeypatch.setitem(
+        registry,
+        "tests.failing",
+        replace(registry["tests.failing"], retries=1, retry_backoff=Backoff(5, jitter=False)),
+    )
+    told: list[JobRun] = []
+    worker = Runner()
+    worker.queued = told.append
+    first = JobRun.objects.create(
+        job_id="tests.failing", status="running", trigger="manual", scheduled_at=datetime.now(UTC)
+    )
+    worker.run_manual(first)
+    first = row(first)
+    assert first.status == "failed"
+    assert "(Attempt 1 of 2: tried again at" in first.exception
+    (retry,) = told
+    retry = row(retry)
+    assert (retry.status, retry.trigger, retry.attempt, retry.retry_of) == (
+        "queued",
+        "retry",
+        2,
+        first.pk,
+    )
+    waited = (retry.scheduled_at - first.finished_at).total_seconds()
+    assert 5 <= waited < 5.5
+    # The last attempt files none.
+    JobRun.objects.filter(pk=retry.pk).update(status="running")
+    worker.run_manual(retry)
+    assert row(retry).status == "failed" and len(told) == 1
+    assert row(retry).exception == "RuntimeError: boom <b>bold</b>"
