@@ -61,7 +61,8 @@ fire times without exactly one row
     status; a row for a time that is no fire time counts too.
 run-now requests without a final row
     every request must end in a row in a final status (requests stop 8 s
-    before the end, so each had time to be taken), unless it waited its turn:
+    before the end, so each had time to be taken), unless it waited its turn
+    (so may a fire time of a job with ``overlap="queue"``):
     requests of a slow job pile up behind each other (run-now takes one of the
     job's ``max_instances`` slots), and a clean stop leaves the rest
     ``queued`` for the next scheduler. A request left queued is excused only
@@ -78,6 +79,10 @@ rows contradicting the marks
     the run" message: the job did start);
     ``missed``/``skipped`` must have no start line; ``interrupted`` with an end
     line only as described below.
+failures without their one next attempt
+    a ``failed`` or ``timed_out`` row of a job with ``retries`` (and attempts
+    left) must have exactly one next attempt (``retry_of`` its first, ``attempt``
+    one more), a ``succeeded`` row none; no attempt starts before it is due.
 runs without a row
     a start line whose (job, fire time) has no row at all: a run the history
     does not know of.
@@ -305,7 +310,7 @@ class Outage:
 
 
 ROW_FIELDS = ("id", "job_id", "trigger", "status", "scheduled_at", "started_at", "finished_at")
-ROW_FIELDS += ("pid", "instance", "exception", "traceback")
+ROW_FIELDS += ("pid", "instance", "exception", "traceback", "attempt", "retry_of")
 
 
 @dataclass
@@ -960,6 +965,7 @@ class Checker:
             ("run-now requests without a final row", self.requests),
             ("rows left running or queued", self.left_running),
             ("rows contradicting the marks", self.contradictions),
+            ("failures without their one next attempt", self.retries),
             ("runs without a row", self.runs_without_row),
             ("jobs that failed only under the scheduler", self.broken_jobs),
             ("runs started after SIGTERM", self.started_after_sigterm),
@@ -1056,7 +1062,7 @@ class Checker:
         slot: from the moment it was made until the final SIGTERM, runs of its job filled
         every one of its ``max_instances`` slots (requests of a slow job pile up behind
         each other; a clean stop leaves the rest queued for the next scheduler)."""
-        if row["status"] != "queued" or row["trigger"] != "manual":
+        if row["status"] != "queued" or row["trigger"] not in ("manual", "schedule"):
             return False
         spec = self.jobs.get(row["job_id"])
         slots = spec.max_instances if spec is not None else 1
@@ -1090,6 +1096,40 @@ class Checker:
                 and not self.waited_its_turn(row)
             )
         ]
+
+    def retries(self) -> list[Finding]:
+        """Each failure a job retries has exactly one next attempt, none other has one, and
+        no attempt starts before it is due."""
+        found: list[Finding] = []
+        later: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in self.rows:
+            if (row.get("attempt") or 1) > 1:
+                later[row["retry_of"]].append(row)
+        by_id = {row["id"]: row for row in self.rows}
+        for row in self.rows:
+            spec = self.jobs.get(row["job_id"])
+            retries = (spec.retries or 0) if spec is not None else 0
+            attempt = row.get("attempt") or 1
+            first = row.get("retry_of") or row["id"]
+            nexts = [r for r in later.get(first, []) if r["attempt"] == attempt + 1]
+            wanted = (
+                row["status"] in ("failed", "timed_out")
+                and attempt <= retries
+                and "could not start" not in row["exception"]
+            )
+            if len(nexts) > 1:
+                found.append(("an attempt filed twice", self.row_text(row)))
+            elif wanted and not nexts:
+                found.append(("a failure without its next attempt", self.row_text(row)))
+            elif nexts and row["status"] == "succeeded":
+                found.append(("a next attempt of a success", self.row_text(row)))
+            if attempt > 1 and (by_id.get(first) or {}).get("attempt", 1) != 1:
+                found.append(("an attempt whose first is not there", self.row_text(row)))
+            started = row["started_at"]
+            if row["trigger"] == "retry" and started is not None:
+                if started < row["scheduled_at"] - timedelta(seconds=0.05):
+                    found.append(("an attempt started before it was due", self.row_text(row)))
+        return found
 
     def interrupted_may_have_ended(self, end: Mark) -> bool:
         """An interrupted row whose body ended: allowed when its process died holding the

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from scheduler import cron
+from scheduler import Backoff, cron
 from tests.proc.marks import mark
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,3 +170,30 @@ def _unprintable() -> None:
 def bad_str(scheduled_at: datetime) -> None:
     """Every 5 seconds: fails with an exception whose str() raises."""
     _traced("chaos.bad_str", scheduled_at, "fail", _unprintable)
+
+
+def _odd_microsecond(scheduled_at: datetime) -> bool:
+    return scheduled_at.microsecond % 2 == 1
+
+
+@_job(
+    "chaos.retry",
+    second="*/4",
+    retries=2,
+    retry_backoff=Backoff(base=0.5, cap=2, jitter=True),
+)
+def retry(scheduled_at: datetime) -> None:
+    """Every 4 seconds, fails, and is tried again up to twice, 0-0.5 s then 0-1 s later. An
+    attempt's ``scheduled_at`` is its due time: it succeeds when that has an odd
+    microsecond (a fire time has none), so some retries succeed and some fail again."""
+    if _odd_microsecond(scheduled_at):
+        _traced("chaos.retry", scheduled_at, "ok", lambda: None)
+    else:
+        _traced("chaos.retry", scheduled_at, "fail", _fail)
+
+
+@_job("chaos.queue", second="*/2", overlap="queue")
+def queue(scheduled_at: datetime) -> None:
+    """Every 2 seconds, runs 3 s, overlap="queue": the fire time during a run waits its
+    turn and starts when it ends (the one after it is skipped)."""
+    _traced("chaos.queue", scheduled_at, "ok", lambda: time.sleep(3))
