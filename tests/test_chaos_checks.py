@@ -84,8 +84,62 @@ def test_a_run_whose_process_was_killed_frees_the_slot_when_it_died(chaos: Modul
     assert checker(chaos, runs, None).waited_its_turn(queued_at(T0 + 3))
 
 
-def test_only_queued_manual_rows_can_be_excused(chaos: ModuleType) -> None:
+def test_only_queued_requests_and_fire_times_can_be_excused(chaos: ModuleType) -> None:
+    """A request, or a fire time waiting its turn (overlap="queue"), behind a run that
+    holds the slot; never a running row, nor a next attempt (due at a time of its own)."""
     runs = [(T0 + 1, None, 1)]
     found = checker(chaos, runs, None)
+    assert found.waited_its_turn(queued_at(T0 + 3))
+    assert found.waited_its_turn({**queued_at(T0 + 3), "trigger": "schedule"})
     assert not found.waited_its_turn({**queued_at(T0 + 3), "status": "running"})
-    assert not found.waited_its_turn({**queued_at(T0 + 3), "trigger": "schedule"})
+    assert not found.waited_its_turn({**queued_at(T0 + 3), "trigger": "retry"})
+
+
+def retry_row(chaos: ModuleType, **values: Any) -> dict[str, Any]:
+    row = {
+        "id": 1,
+        "job_id": "chaos.retry",
+        "trigger": "schedule",
+        "status": "failed",
+        "scheduled_at": datetime.fromtimestamp(T0, UTC),
+        "started_at": datetime.fromtimestamp(T0, UTC),
+        "finished_at": datetime.fromtimestamp(T0 + 0.1, UTC),
+        "pid": 1,
+        "exception": "PlannedFailure: failed on purpose",
+        "attempt": 1,
+        "retry_of": None,
+    }
+    return {**row, **values}
+
+
+def retry_findings(chaos: ModuleType, rows: list[dict[str, Any]]) -> list[str]:
+    found = object.__new__(chaos.Checker)
+    found.rows = rows
+    found.jobs = {"chaos.retry": SimpleNamespace(retries=2, max_instances=1)}
+    found.row_text = lambda row: f"row #{row['id']}"
+    return [category for category, _ in found.retries()]
+
+
+def test_each_failure_that_is_retried_has_exactly_one_next_attempt(chaos: ModuleType) -> None:
+    at = datetime.fromtimestamp(T0 + 1, UTC)
+    second = retry_row(
+        chaos, id=2, trigger="retry", attempt=2, retry_of=1, scheduled_at=at, started_at=at
+    )
+    third = {**second, "id": 3, "attempt": 3, "status": "succeeded"}
+    assert retry_findings(chaos, [retry_row(chaos), second, third]) == []
+    # The last attempt failing has no next one: right.
+    assert retry_findings(chaos, [retry_row(chaos), second, {**third, "status": "failed"}]) == []
+    assert retry_findings(chaos, [retry_row(chaos)]) == ["a failure without its next attempt"]
+    done = {**second, "status": "succeeded"}
+    assert retry_findings(chaos, [retry_row(chaos), done, {**done, "id": 4}]) == [
+        "an attempt filed twice"
+    ]
+    assert retry_findings(chaos, [retry_row(chaos, status="succeeded"), done]) == [
+        "a next attempt of a success"
+    ]
+    early = {**second, "started_at": datetime.fromtimestamp(T0 + 0.5, UTC), "status": "succeeded"}
+    assert retry_findings(chaos, [retry_row(chaos), early]) == [
+        "an attempt started before it was due"
+    ]
+    # An interrupted attempt (its process died holding the failure) may have a next one.
+    assert retry_findings(chaos, [retry_row(chaos, status="interrupted"), done]) == []
