@@ -628,7 +628,9 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
             overlap = spec.effective_overlap if spec is not None else "skip"
             claimed = self.book.pop(job.id)
             reason = f"Skipped: {job.max_instances} run(s) of this job still going (max_instances)."
-            if job.id in self._manual_waiting:
+            if job.id in self._manual_waiting or (
+                overlap in ("queue", "replace") and self._one_waits(job.id)
+            ):
                 reason = (
                     "Skipped: a run of this job waits for its next free slot already (a run "
                     "requested by hand, a retry, or a fire time queued by overlap="
@@ -657,6 +659,18 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                     f"Missed: the scheduler could not start the run ({describe_exception(exc)}).",
                 )
             raise
+
+    @staticmethod
+    def _one_waits(job_id: str) -> bool:
+        """Whether a fire time of the job waits its turn already (at most one does). Asked of
+        the database: the control thread forgets, each round, which jobs have a run
+        waiting, until it looks at the queue again."""
+        try:
+            return JobRun.objects.filter(
+                job_id=job_id, status=Status.QUEUED, trigger=JobRun.Trigger.SCHEDULE
+            ).exists()
+        except db.TRANSIENT:
+            return False  # the queueing that follows fails too, and records it skipped
 
     def _queue(self, job: Job, name: str, at: datetime, claimed: Claimed | None) -> bool:
         """Make fire time ``at`` wait in the queue for the job's next free slot
