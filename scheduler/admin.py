@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -27,7 +28,7 @@ from django_apscheduler.models import DjangoJob, DjangoJobExecution
 from scheduler import describe, health, stats
 from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
 from scheduler.paginator import BoundedCountPaginator
-from scheduler.requests import queue_run, set_paused
+from scheduler.requests import cancel_queued, queue_run, set_paused
 
 if TYPE_CHECKING:
     from django.urls import URLPattern
@@ -313,6 +314,10 @@ class JobAdmin(PermissionsFirst, _JobAdmin):
             "fire_times": [
                 (describe.when_in(at, job.timezone), describe.when(at)) for at in fire_times
             ],
+            "run_options": describe.run_options(
+                job.run_options,
+                job.options.get("max_instances") if isinstance(job.options, dict) else None,
+            ),
             "can_run": self.has_run_permission(request),
             "can_pause": self.has_pause_permission(request),
         }
@@ -344,6 +349,7 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
         "status_badge",
         "job_id",
         "trigger",
+        "attempt_text",
         "scheduled",
         "started",
         "duration_text",
@@ -357,8 +363,9 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
     show_full_result_count = False
     # Facet counts would COUNT the whole table for every filter choice.
     show_facets = admin.ShowFacets.NEVER
-    # History is read-only; the prune job (jobs.prune_history) deletes old runs.
-    actions = None
+    # History is read-only but for cancelling what has not started; the prune job
+    # (jobs.prune_history) deletes old runs.
+    actions = ["cancel"]
     list_per_page = 50
     change_list_template = "admin/scheduler/jobrun/change_list.html"
     change_form_template = "admin/scheduler/jobrun/change_form.html"
@@ -367,6 +374,8 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
         "job_name",
         "status_badge",
         "trigger",
+        "attempt",
+        "retry_of_link",
         "requested_by",
         "scheduled",
         "started",
@@ -391,9 +400,35 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: JobRun | None = None) -> bool:
         return False
 
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        # Cancelling a queued run undoes a "run now": the same permission.
+        return request.user.has_perm("scheduler.run_job")
+
+    def _run_url(self, run_id: int) -> str:
+        return reverse(
+            "admin:scheduler_jobrun_change", args=[run_id], current_app=self.admin_site.name
+        )
+
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, run: JobRun) -> str:
-        return describe.status_badge(run.status, run.get_status_display())
+        return describe.run_status(run)
+
+    @admin.display(description=_("attempt"))
+    def attempt_text(self, run: JobRun) -> str:
+        if run.retry_of is None:
+            return ""  # a first attempt, as nearly every run is
+        return format_html(
+            '{} (<a href="{}">#{}</a>)',
+            _("attempt %(n)d") % {"n": run.attempt},
+            self._run_url(run.retry_of),
+            run.retry_of,
+        )
+
+    @admin.display(description=_("retry of"))
+    def retry_of_link(self, run: JobRun) -> str:
+        if run.retry_of is None:
+            return "—"
+        return format_html('<a href="{}">#{}</a>', self._run_url(run.retry_of), run.retry_of)
 
     @admin.display(description=_("scheduled at"), ordering="scheduled_at")
     def scheduled(self, run: JobRun) -> str:
@@ -426,6 +461,121 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
     @admin.display(description=_("output"))
     def output_text(self, run: JobRun) -> str:
         return _pre(run.output)
+
+    # Cancelling queued runs ------------------------------------------------------------
+
+    @admin.action(description=_("Cancel selected queued runs"), permissions=["run"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
+        cancelled = cancel_queued(queryset, _cancel_reason(request))
+        if cancelled:
+            self.message_user(
+                request,
+                ngettext(
+                    "Cancelled %(count)d queued run.", "Cancelled %(count)d queued runs.", cancelled
+                )
+                % {"count": cancelled},
+                messages.SUCCESS,
+            )
+        if request.POST.get("select_across") == "1":
+            # Every run the list's filters match: most were never queued, no count to give.
+            if not cancelled:
+                self.message_user(request, _("No queued run to cancel."), messages.WARNING)
+            return
+        left = len(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)) - cancelled
+        if left > 0:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d selected run was not queued (it had started or ended): "
+                    "left as it is.",
+                    "%(count)d selected runs were not queued (they had started or ended): "
+                    "left as they are.",
+                    left,
+                )
+                % {"count": left},
+                messages.WARNING,
+            )
+
+    def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        view = self.admin_site.admin_view(self.cancel_view)
+        return [
+            path("<path:object_id>/cancel/", view, name=f"{prefix}_cancel"),
+            *super().get_urls(),
+        ]
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        # Permission before method, as the job's buttons: a user who may not learns nothing.
+        if not self.has_run_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            raise Http404
+        if cancel_queued(JobRun.objects.filter(pk=run.pk), _cancel_reason(request)):
+            self.message_user(
+                request, _("Cancelled run #%(id)d.") % {"id": run.pk}, messages.SUCCESS
+            )
+        else:
+            self.message_user(
+                request,
+                _("Run #%(id)d was not queued any more (it had started or ended): left as it is.")
+                % {"id": run.pk},
+                messages.WARNING,
+            )
+        return HttpResponseRedirect(self._run_url(run.pk))
+
+    # The run's page ----------------------------------------------------------------------
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: JobRun | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(
+                attempts=_attempts(obj),
+                can_cancel=self.has_run_permission(request),
+                refresh=_refresh_seconds(obj),
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+def _cancel_reason(request: HttpRequest) -> str:
+    # Stored, so in English like every other reason the history holds.
+    return f"Skipped: cancelled from the admin by {_user(request)}."
+
+
+def _attempts(run: JobRun) -> list[JobRun]:
+    """Every attempt of the run ``run`` is an attempt of, first first; [] if it has no other.
+
+    The later ones through run_attempts; the first by its id (it may be pruned already).
+    """
+    first_id = run.retry_of or run.pk
+    later = list(JobRun.objects.filter(retry_of=first_id).order_by("attempt", "id"))
+    if not later:
+        return []
+    first = [run] if run.pk == first_id else list(JobRun.objects.filter(pk=first_id))
+    return first + later
+
+
+def _refresh_seconds(run: JobRun) -> int | None:
+    """How often the run's page reloads to follow it; None once it has ended.
+
+    Every second while it runs or is about to; a retry due later is looked at again
+    when it is due (at most every 30 s), not every second for nothing.
+    """
+    if run.status == JobRun.Status.RUNNING:
+        return 1
+    if run.status != JobRun.Status.QUEUED:
+        return None
+    wait = (run.scheduled_at - timezone.now()).total_seconds()
+    return int(min(max(wait, 1), 30))
 
 
 def _pre(text: str) -> str:

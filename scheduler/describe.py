@@ -13,13 +13,16 @@ from django.utils import timezone, translation
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext
 
-from scheduler import crontab, registry
-from scheduler.models import RunStatus
+from scheduler import conf, crontab, registry
+from scheduler.models import RunStatus, RunTrigger
+from scheduler.retries import DEFAULT_BACKOFF
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
+
+    from scheduler.models import JobRun
 
 _CRON_LOCALES = {
     "zh-hans": "zh_CN",
@@ -215,6 +218,15 @@ def status_badge(status: str | None, label: StrOrPromise | None = None) -> SafeS
     return _badge(f"scheduler-{status}", STATUS_COLOURS.get(status, _NEUTRAL), label or status)
 
 
+def run_status(run: JobRun) -> SafeString | str:
+    """A run's status badge; a pending retry says when it is due (its ``scheduled_at``)."""
+    badge = status_badge(run.status, run.get_status_display())
+    if run.status == RunStatus.QUEUED and run.trigger == RunTrigger.RETRY:
+        due = _("retry due at %(when)s") % {"when": when(run.scheduled_at)}
+        return format_html('{} <span class="scheduler-due">{}</span>', badge, due)
+    return badge
+
+
 def state_badge(state: str, label: StrOrPromise) -> SafeString:
     """A job's state (active, paused, disabled) or an instance's role, as a badge."""
     return _badge(f"scheduler-state-{state}", STATE_COLOURS.get(state, _NEUTRAL), label)
@@ -281,3 +293,108 @@ def duration_chart(runs: list[dict[str, Any]], width: int = 640, height: int = 1
         d=desc,
         bars=mark_safe("".join(parts)),  # noqa: S308 - each part was built by format_html
     )
+
+
+# A job's run options ---------------------------------------------------------------------------
+
+# (option, value in words, where the value comes from), as the job's page lists them.
+RunOption = tuple[str, str, str]
+
+
+def run_options(declared: object, max_instances: object) -> list[RunOption]:
+    """A job's run options in words, each with where its value comes from.
+
+    ``declared`` is the catalog's ``Job.run_options``: what the job declared, without
+    the defaults, which are filled in here: the project's (``SCHEDULER``) or the app's.
+    Never raises: a value this code does not know (a row written by other code) is
+    shown as it is stored.
+    """
+    given: Mapping[str, Any] = declared if isinstance(declared, Mapping) else {}
+
+    def source(key: str, setting: str | None = None) -> str:
+        if key in given:
+            return _("declared by the job")
+        if setting:
+            return _("project default (SCHEDULER['%(key)s'])") % {"key": setting}
+        return _("default")
+
+    timeout = given["timeout"] if "timeout" in given else conf.get("TIMEOUT")
+    isolation = given["isolation"] if "isolation" in given else conf.get("ISOLATION")
+    retries = given["retries"] if "retries" in given else conf.get("RETRIES")
+    rows = [
+        (
+            _("timeout"),
+            _("no limit") if timeout is None else _seconds_words(timeout),
+            source("timeout", "TIMEOUT"),
+        ),
+        (_("isolation"), _isolation_words(isolation), source("isolation", "ISOLATION")),
+        (
+            _("retries"),
+            _("none") if retries == 0 else str(retries),
+            source("retries", "RETRIES"),
+        ),
+    ]
+    # How and on what it retries matters only to a job that retries (or said how).
+    if retries != 0 or "retry_backoff" in given:
+        backoff = given.get("retry_backoff", DEFAULT_BACKOFF.as_json())
+        rows.append((_("wait before a retry"), _backoff_words(backoff), source("retry_backoff")))
+    if retries != 0 or "retry_on" in given:
+        rows.append((_("retry on"), _retry_on_words(given.get("retry_on")), source("retry_on")))
+    overlap = given.get("overlap")
+    if overlap is None:
+        # The registry's default: one run at a time skips, several are allowed.
+        many = registry.is_real(max_instances) and cast(float, max_instances) > 1
+        overlap = "allow" if many else "skip"
+    rows.append((_("overlap"), _overlap_words(overlap), source("overlap")))
+    return rows
+
+
+def _seconds_words(value: object) -> str:
+    if registry.is_real(value) and 0 <= cast(float, value) <= registry.MAX_SECONDS:
+        seconds = float(cast(float, value))
+        # _exact_duration says nothing of less than a millisecond.
+        return _exact_duration(seconds) or _("%(s)s s") % {"s": f"{seconds:g}"}
+    return str(value)
+
+
+def _isolation_words(value: object) -> str:
+    if value == "thread":
+        return pgettext("run isolation", "thread")
+    if value == "process":
+        return pgettext("run isolation", "child process")
+    return str(value)
+
+
+def _backoff_words(value: object) -> str:
+    fields = value if isinstance(value, Mapping) else {}
+    base, cap, jitter = fields.get("base"), fields.get("cap"), fields.get("jitter")
+    if not (registry.is_real(base) and registry.is_real(cap) and isinstance(jitter, bool)):
+        return str(value)
+    words = {"base": _seconds_words(base), "cap": _seconds_words(cap)}
+    if cast(float, base) <= 0 or cast(float, cap) <= cast(float, base):
+        # min(cap, base * 2 ** n): the same wait every time.
+        words["wait"] = _seconds_words(min(cast(float, base), cast(float, cap)))
+        if jitter:
+            return _("a random time up to %(wait)s each time") % words
+        return _("%(wait)s each time") % words
+    if jitter:
+        return _("%(base)s, doubling up to %(cap)s, with jitter") % words
+    return _("%(base)s, doubling up to %(cap)s, without jitter") % words
+
+
+def _retry_on_words(value: object) -> str:
+    if value is None:
+        return _("any exception, and a crash of its child process")
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return ", ".join(name.removeprefix("builtins.") for name in value)
+    return str(value)
+
+
+def _overlap_words(value: object) -> str:
+    words = {
+        "skip": _("skip: a fire time that comes while a run is going is skipped"),
+        "queue": _("queue: a fire time that comes while a run is going waits for it to end"),
+        "replace": _("replace: a fire time that comes while a run is going stops it and runs"),
+        "allow": _("allow: runs side by side, up to max_instances"),
+    }
+    return words.get(value, str(value)) if isinstance(value, str) else str(value)

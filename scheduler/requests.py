@@ -1,5 +1,5 @@
 """Requests for the scheduler, filed from the web side (the admin) or any code: run a
-job now, pause it, resume it.
+job now, pause it, resume it, cancel a run that has not started.
 
 Nothing here runs a job. A request is a row: a ``queued`` manual run, or a job's
 ``paused`` flag marked changed; the active scheduler carries it out within
@@ -13,6 +13,7 @@ import logging
 
 from django.db import connections
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from scheduler import conf
 from scheduler.models import Job, JobRun
@@ -53,3 +54,15 @@ def set_paused(jobs: QuerySet[Job], paused: bool) -> int:
     if changed:
         notify()
     return changed
+
+
+def cancel_queued(runs: QuerySet[JobRun], reason: str) -> int:
+    """Cancel those of ``runs`` still ``queued`` (a run-now request, a pending retry, a
+    fire time waiting its turn): each ends ``skipped`` with ``reason``. Returns how many.
+
+    Conditional on ``queued``, as the scheduler's claim of a queued run is: whichever
+    of the two comes first wins, and a run that started meanwhile is left alone.
+    """
+    return runs.filter(status=JobRun.Status.QUEUED).update(
+        status=JobRun.Status.SKIPPED, finished_at=timezone.now(), exception=reason
+    )

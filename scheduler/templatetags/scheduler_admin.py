@@ -48,7 +48,7 @@ def count_limit() -> int:
 
 @register.simple_tag
 def status_badge(run: JobRun) -> str:
-    return describe.status_badge(run.status, run.get_status_display())
+    return describe.run_status(run)
 
 
 @register.simple_tag
