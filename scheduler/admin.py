@@ -667,6 +667,7 @@ class DashboardAdmin(_DashboardAdmin):
                     for status, count in by_status.items()
                 ],
                 "total_day": sum(by_status.values()),
+                "queued": stats.queued_by_trigger(),
                 "failing": stats.failing_jobs(),
                 "upcoming": stats.next_runs(),
                 "slowest": stats.slowest_jobs(now),

@@ -42,6 +42,23 @@ def last_day_by_status(now: datetime) -> dict[str, int]:
     return {status: counts.get(status, 0) for status in Status.values}
 
 
+def queued_by_trigger() -> dict[str, int]:
+    """How many runs wait in the queue, by trigger: fire times waiting their turn
+    (``schedule``), run-now requests (``manual``) and pending retries (``retry``)."""
+    counts = dict(
+        _runs()
+        .filter(status=Status.QUEUED)
+        .order_by()
+        # Grouped by an expression no index holds (as in slowest_jobs): SQLite would
+        # otherwise walk all of run_trigger_recent, every run ever, to group by trigger,
+        # rather than the queued rows' range of run_status_recent (a handful).
+        .values(kind=Coalesce("trigger", Value("")))
+        .annotate(n=Count("id"))
+        .values_list("kind", "n")
+    )
+    return {trigger: counts.get(trigger, 0) for trigger in JobRun.Trigger.values}
+
+
 def failing_jobs() -> list[Job]:
     """Jobs whose latest finished run failed (or timed out)."""
     last = (

@@ -592,6 +592,7 @@ DASHBOARD_QUERIES = [
     "coming up: the jobs' names",
     "slowest jobs of the last 24 hours",
     "slowest jobs: their names",
+    "queued runs by trigger",
 ]
 EXTRA_JOBS = 40
 
@@ -1287,12 +1288,15 @@ EVERY_VIEW = [
     ("get", f"{JOB_URL}resume/"),
     ("post", f"{JOB_URL}resume/"),
     ("get", RUNS_URL),
+    ("post", RUNS_URL),  # a bulk action: cancel
     ("get", f"{RUNS_URL}add/"),
     ("get", RUNS_URL + "{run}/change/"),
     ("post", RUNS_URL + "{run}/change/"),
     ("get", RUNS_URL + "{run}/history/"),
     ("get", RUNS_URL + "{run}/delete/"),
     ("post", RUNS_URL + "{run}/delete/"),
+    ("get", RUNS_URL + "{run}/cancel/"),
+    ("post", RUNS_URL + "{run}/cancel/"),
     ("get", INSTANCES_URL),
     ("get", f"{INSTANCES_URL}add/"),
     ("get", INSTANCES_URL + "{instance}/change/"),
@@ -1325,7 +1329,9 @@ def objects(catalog) -> dict[str, str]:
         started_at=now,
         heartbeat_at=now,
     )
-    return {"run": str(make_run(status="failed").pk), "instance": instance.pk}
+    # Queued: a cancel that slipped past a permission check would show.
+    run = make_run(status="queued", trigger="manual")
+    return {"run": str(run.pk), "instance": instance.pk}
 
 
 def scheduler_queries(ctx) -> list[str]:
@@ -1338,13 +1344,15 @@ def request(client: Client, method: str, url: str, objects: dict[str, str]):
     data = {}
     if method == "post" and url == JOBS_URL:
         data = {"action": "run_now", "_selected_action": ["tests.nightly"], "index": "0"}
+    if method == "post" and url == RUNS_URL:
+        data = {"action": "cancel", "_selected_action": [objects["run"]], "index": "0"}
     with capture() as ctx:
         response = getattr(client, method)(url, data)
     return response, scheduler_queries(ctx)
 
 
 def nothing_changed(objects: dict[str, str]) -> None:
-    assert list(JobRun.objects.values_list("pk", flat=True)) == [int(objects["run"])]
+    assert list(JobRun.objects.values_list("pk", "status")) == [(int(objects["run"]), "queued")]
     assert not Job.objects.filter(paused=True).exists()
     assert set(Job.objects.values_list("id", flat=True)) == set(TEST_JOBS)
     assert SchedulerInstance.objects.filter(pk=objects["instance"]).exists()
@@ -1394,6 +1402,8 @@ WRITES = [
     ("post", RUNS_URL + "{run}/change/"),
     ("get", RUNS_URL + "{run}/delete/"),
     ("post", RUNS_URL + "{run}/delete/"),
+    ("get", RUNS_URL + "{run}/cancel/"),
+    ("post", RUNS_URL + "{run}/cancel/"),
     ("get", INSTANCES_URL + "{instance}/delete/"),
     ("post", INSTANCES_URL + "{instance}/delete/"),
 ]
@@ -1416,6 +1426,7 @@ def test_viewers_get_403_before_any_work(staff_client, objects, method, url):
         (("scheduler.pause_job",), f"{JOB_URL}run/"),
         (("scheduler.run_job",), f"{JOB_URL}pause/"),
         (("scheduler.run_job",), f"{JOB_URL}resume/"),
+        (("scheduler.pause_job",), RUNS_URL + "{run}/cancel/"),
     ],
 )
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -1431,11 +1442,13 @@ def test_each_button_needs_its_own_permission_whatever_the_method(
     nothing_changed(objects)
 
 
-@pytest.mark.parametrize("button", ["run", "pause", "resume"])
-def test_a_permitted_get_on_a_button_is_405_before_any_work(staff_client, objects, button):
+@pytest.mark.parametrize(
+    "url", [f"{JOB_URL}run/", f"{JOB_URL}pause/", f"{JOB_URL}resume/", RUNS_URL + "{run}/cancel/"]
+)
+def test_a_permitted_get_on_a_button_is_405_before_any_work(staff_client, objects, url):
     client = staff_client(*VIEW, "scheduler.run_job", "scheduler.pause_job")
 
-    response, queries = request(client, "get", f"{JOB_URL}{button}/", objects)
+    response, queries = request(client, "get", url, objects)
 
     assert response.status_code == 405
     assert queries == []
@@ -1463,9 +1476,15 @@ def test_dashboard_needs_the_view_permission_of_runs(staff_client, objects):
 
 def test_actions_a_user_may_not_take_are_not_taken(staff_client, objects):
     viewer = staff_client(*VIEW)
-    for action in ("run_now", "pause", "resume"):
+    posts = [
+        *((JOBS_URL, action, "tests.nightly") for action in ("run_now", "pause", "resume")),
+        (RUNS_URL, "cancel", objects["run"]),
+    ]
+    for url, action, selected in posts:
         with capture() as ctx:
-            response = post_action(viewer, action, ["tests.nightly"])
+            response = viewer.post(
+                url, {"action": action, "_selected_action": [selected], "index": "0"}, follow=True
+            )
         assert response.status_code == 200
         writes = [sql for sql in sqls(ctx) if sql.lstrip().upper().startswith(("INSERT", "UPDATE"))]
         assert not [sql for sql in writes if '"scheduler_' in sql]
@@ -1602,3 +1621,450 @@ def test_health_banner_without_a_scheduler(admin_client, catalog):
     page = html_lib.unescape(text(admin_client.get(JOBS_URL)))
     assert "No scheduler has ever run on this database." in page
     assert PLAIN not in page
+
+
+# Attempts and pending retries ----------------------------------------------------------
+
+
+def retry_chain() -> tuple[JobRun, JobRun, JobRun]:
+    """A first attempt that failed, a second that timed out, and a third still due."""
+    first = make_run(status="failed", scheduled_at=T0, exception="ConnectionError: down")
+    second = make_run(
+        status="timed_out",
+        trigger="retry",
+        attempt=2,
+        retry_of=first.pk,
+        scheduled_at=T0 + timedelta(seconds=2),
+    )
+    third = make_run(
+        status="queued",
+        trigger="retry",
+        attempt=3,
+        retry_of=first.pk,
+        scheduled_at=timezone.now() + timedelta(hours=1),
+    )
+    return first, second, third
+
+
+def run_page(client: Client, run: JobRun) -> str:
+    response = client.get(f"{RUNS_URL}{run.pk}/change/")
+    assert response.status_code == 200
+    return text(response)
+
+
+def readonly(page: str, field: str) -> str:
+    """The shown value of a read-only field of a change page."""
+    match = re.search(
+        rf'<div class="[^"]*field-{field}[^"]*">.*?<div class="readonly">(.*?)</div>', page, re.S
+    )
+    assert match, f"no field {field} on the page"
+    return match.group(1)
+
+
+def attempts_table(page: str) -> list[list[str]]:
+    """The attempts table of a run page: each row's cells, as HTML."""
+    match = re.search(r'<table class="scheduler-attempts".*?<tbody>(.*?)</tbody>', page, re.S)
+    assert match, "no attempts table on the page"
+    rows = re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)
+    return [[cell.strip() for cell in re.findall(r"<td>(.*?)</td>", row, re.S)] for row in rows]
+
+
+def words(html: str) -> str:
+    return " ".join(html_lib.unescape(strip_tags(html)).split())
+
+
+def test_run_list_shows_the_attempt_and_links_the_first(admin_client, catalog):
+    first, second, third = retry_chain()
+
+    rows = job_rows(admin_client.get(RUNS_URL))
+
+    assert rows[str(first.pk)]["attempt_text"] == "-"  # the admin's empty value
+    first_link = f'<a href="{RUNS_URL}{first.pk}/change/">#{first.pk}</a>'
+    assert rows[str(second.pk)]["attempt_text"] == f"attempt 2 ({first_link})"
+    assert rows[str(third.pk)]["attempt_text"] == f"attempt 3 ({first_link})"
+    assert words(rows[str(second.pk)]["status_badge"]) == "timed out"
+
+
+def test_a_pending_retry_says_when_it_is_due_in_the_active_time_zone(admin_client, catalog):
+    due = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    retry = make_run(status="queued", trigger="retry", attempt=2, retry_of=1, scheduled_at=due)
+    request = make_run(status="queued", trigger="manual", scheduled_at=due)
+
+    rows = job_rows(admin_client.get(RUNS_URL))
+    due_words = "queued retry due at 2030-05-01 12:00:00 UTC"
+    assert words(rows[str(retry.pk)]["status_badge"]) == due_words
+    # A run-now request is not a retry: it has no due time of its own.
+    assert words(rows[str(request.pk)]["status_badge"]) == "queued"
+
+    with override_settings(TIME_ZONE="Asia/Shanghai"):
+        page = run_page(admin_client, retry)
+    assert words(readonly(page, "status_badge")) == "queued retry due at 2030-05-01 20:00:00 CST"
+
+
+def test_run_page_shows_the_attempt_and_every_attempt_of_the_first_run(admin_client, catalog):
+    first, second, third = retry_chain()
+    # Another chain: not listed.
+    other = make_run(status="failed", scheduled_at=T0 + timedelta(minutes=1))
+    make_run(status="succeeded", trigger="retry", attempt=2, retry_of=other.pk)
+
+    page = run_page(admin_client, second)
+
+    assert readonly(page, "attempt") == "2"
+    first_link = f'<a href="{RUNS_URL}{first.pk}/change/">#{first.pk}</a>'
+    assert readonly(page, "retry_of_link") == first_link
+    table = attempts_table(page)
+    assert [row[0] for row in table] == ["1", "2", "3"]
+    assert table[0][1] == first_link
+    assert words(table[1][1]) == f"#{second.pk} (this run)"
+    assert table[2][1] == f'<a href="{RUNS_URL}{third.pk}/change/">#{third.pk}</a>'
+    assert [words(row[2]) for row in table] == [
+        "failed",
+        "timed out",
+        f"queued retry due at {describe_when(third.scheduled_at)}",
+    ]
+
+    # From the first attempt, the same list.
+    first_page = run_page(admin_client, first)
+    assert readonly(first_page, "attempt") == "1"
+    assert readonly(first_page, "retry_of_link") == "—"
+    table = attempts_table(first_page)
+    assert [words(row[1]) for row in table] == [
+        f"#{first.pk} (this run)",
+        f"#{second.pk}",
+        f"#{third.pk}",
+    ]
+
+
+def describe_when(value: datetime) -> str:
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S %Z}"
+
+
+def test_a_run_without_retries_has_no_attempts_table(admin_client, catalog):
+    page = run_page(admin_client, make_run(status="failed"))
+    assert readonly(page, "attempt") == "1"
+    assert "scheduler-attempts" not in page
+
+
+def test_a_retry_whose_first_attempt_was_pruned_lists_the_attempts_left(admin_client, catalog):
+    first, second, third = retry_chain()
+    first.delete()
+
+    table = attempts_table(run_page(admin_client, third))
+
+    assert [row[0] for row in table] == ["2", "3"]
+
+
+def test_run_page_reloads_as_often_as_the_run_can_change(admin_client, catalog):
+    soon = make_run(status="queued", trigger="manual", scheduled_at=timezone.now())
+    later = make_run(
+        status="queued",
+        trigger="retry",
+        attempt=2,
+        retry_of=soon.pk,
+        scheduled_at=timezone.now() + timedelta(hours=1),
+    )
+    running = make_run(status="running", scheduled_at=T0 + timedelta(minutes=1))
+
+    assert f'{REFRESH} content="1">' in run_page(admin_client, soon)
+    assert f'{REFRESH} content="1">' in run_page(admin_client, running)
+    # A retry due in an hour: not a reload every second until then.
+    assert f'{REFRESH} content="30">' in run_page(admin_client, later)
+
+
+# Cancelling queued runs ------------------------------------------------------------------
+
+
+def cancel_action(client: Client, runs: list[JobRun], **extra: str):
+    data = {"action": "cancel", "_selected_action": [run.pk for run in runs], "index": "0"}
+    return client.post(RUNS_URL, {**data, **extra}, follow=True)
+
+
+def page_messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def test_cancel_action_cancels_the_queued_runs_only(admin_client, admin_user, catalog):
+    now = timezone.now()
+    retry = make_run(status="queued", trigger="retry", attempt=2, retry_of=1, scheduled_at=now)
+    request = make_run(status="queued", trigger="manual", scheduled_at=now)
+    fire_time = make_run(status="queued", trigger="schedule", scheduled_at=now)
+    running = make_run(status="running", scheduled_at=now - timedelta(minutes=1))
+    done = make_run(status="succeeded", scheduled_at=now - timedelta(minutes=2))
+    untouched = make_run(status="queued", trigger="manual", scheduled_at=now)
+
+    response = cancel_action(admin_client, [retry, request, fire_time, running, done])
+
+    assert page_messages(response) == [
+        "Cancelled 3 queued runs.",
+        "2 selected runs were not queued (they had started or ended): left as they are.",
+    ]
+    reason = f"Skipped: cancelled from the admin by {admin_user.username}."
+    for run in (retry, request, fire_time):
+        run.refresh_from_db()
+        assert (run.status, run.exception) == ("skipped", reason)
+        assert abs(run.finished_at - timezone.now()) < timedelta(minutes=1)
+    for run, status in ((running, "running"), (done, "succeeded"), (untouched, "queued")):
+        run.refresh_from_db()
+        assert (run.status, run.exception, run.finished_at) == (status, "", None)
+
+
+def test_cancel_leaves_a_run_the_scheduler_started_meanwhile(admin_client, catalog):
+    run = make_run(status="queued", trigger="manual", scheduled_at=timezone.now())
+    page = run_page(admin_client, run)
+    assert 'value="cancel"' in text(admin_client.get(RUNS_URL))
+    assert f"{RUNS_URL}{run.pk}/cancel/" in page
+
+    # The scheduler claims it between the page and the click.
+    JobRun.objects.filter(pk=run.pk).update(status="running")
+    by_action = cancel_action(admin_client, [run])
+    by_button = admin_client.post(f"{RUNS_URL}{run.pk}/cancel/", follow=True)
+
+    assert page_messages(by_action) == [
+        "1 selected run was not queued (it had started or ended): left as it is."
+    ]
+    assert by_button.redirect_chain == [(f"{RUNS_URL}{run.pk}/change/", 302)]
+    assert page_messages(by_button) == [
+        f"Run #{run.pk} was not queued any more (it had started or ended): left as it is."
+    ]
+    run.refresh_from_db()
+    assert (run.status, run.exception, run.finished_at) == ("running", "", None)
+
+
+def test_cancel_button_cancels_once(admin_client, admin_user, catalog):
+    run = make_run(status="queued", trigger="retry", attempt=2, retry_of=1, scheduled_at=T0)
+
+    first = admin_client.post(f"{RUNS_URL}{run.pk}/cancel/", follow=True)
+    run.refresh_from_db()
+    finished = run.finished_at
+    # A double click: the second finds it cancelled, and changes nothing.
+    second = admin_client.post(f"{RUNS_URL}{run.pk}/cancel/", follow=True)
+
+    assert page_messages(first) == [f"Cancelled run #{run.pk}."]
+    assert "was not queued any more" in page_messages(second)[0]
+    run.refresh_from_db()
+    assert run.status == "skipped"
+    assert run.finished_at == finished
+    assert run.exception == f"Skipped: cancelled from the admin by {admin_user.username}."
+    # Ended: no button, no reloading.
+    page = run_page(admin_client, run)
+    assert f"{RUNS_URL}{run.pk}/cancel/" not in page
+    assert REFRESH not in page
+
+
+def test_cancel_across_every_page_cancels_the_queued_runs_the_filters_match(admin_client, catalog):
+    now = timezone.now()
+    nightly = [make_run(status="queued", trigger="manual", scheduled_at=now) for _ in range(2)]
+    hourly = make_run(job_id="tests.hourly", status="queued", trigger="manual", scheduled_at=now)
+    make_run(status="succeeded", scheduled_at=now - timedelta(minutes=1))
+
+    response = admin_client.post(
+        f"{RUNS_URL}?job_id__exact=tests.nightly",
+        {"action": "cancel", "select_across": "1", "_selected_action": [nightly[0].pk]},
+        follow=True,
+    )
+
+    # Not "n were not queued": the runs that never were are not counted for it.
+    assert page_messages(response) == ["Cancelled 2 queued runs."]
+    assert sorted(JobRun.objects.values_list("job_id", "status")) == [
+        ("tests.hourly", "queued"),
+        ("tests.nightly", "skipped"),
+        ("tests.nightly", "skipped"),
+        ("tests.nightly", "succeeded"),
+    ]
+    assert JobRun.objects.get(pk=hourly.pk).status == "queued"
+
+
+def test_cancel_needs_the_run_permission(staff_client, catalog):
+    run = make_run(status="queued", trigger="manual", scheduled_at=timezone.now())
+    viewer = staff_client(*VIEW, "scheduler.pause_job")
+
+    assert 'value="cancel"' not in text(viewer.get(RUNS_URL))
+    assert f"{RUNS_URL}{run.pk}/cancel/" not in run_page(viewer, run)
+    cancel_action(viewer, [run])
+    assert viewer.post(f"{RUNS_URL}{run.pk}/cancel/").status_code == 403
+    assert JobRun.objects.get(pk=run.pk).status == "queued"
+
+    runner = staff_client(*VIEW, "scheduler.run_job")
+    assert 'value="cancel"' in text(runner.get(RUNS_URL))
+    response = cancel_action(runner, [run])
+    assert page_messages(response) == ["Cancelled 1 queued run."]
+    run.refresh_from_db()
+    assert run.exception == f"Skipped: cancelled from the admin by {runner.user.username}."
+
+
+def test_cancel_button_needs_the_csrf_token(admin_user, catalog):
+    run = make_run(status="queued", trigger="manual", scheduled_at=timezone.now())
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+
+    assert client.post(f"{RUNS_URL}{run.pk}/cancel/").status_code == 403
+    assert JobRun.objects.get(pk=run.pk).status == "queued"
+
+    page = run_page(client, run)
+    form = re.search(r'<form method="post" action="([^"]*/cancel/)".*?</form>', page, re.S)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.group(0)).group(1)
+    assert client.post(form.group(1), {"csrfmiddlewaretoken": token}).status_code == 302
+    assert JobRun.objects.get(pk=run.pk).status == "skipped"
+
+
+def test_cancel_of_an_unknown_run_is_404(admin_client, catalog):
+    assert admin_client.post(f"{RUNS_URL}999999/cancel/").status_code == 404
+    assert admin_client.post(f"{RUNS_URL}abc/cancel/").status_code == 404
+
+
+def test_the_selection_counter_states_no_count_it_did_not_make(admin_client, catalog, monkeypatch):
+    monkeypatch.setattr(scheduler_paginator, "COUNT_LIMIT", 60)
+    _many_runs(120)
+
+    page = words(text(admin_client.get(RUNS_URL)))
+
+    assert "Select all of more than 60 runs" in page
+    assert "61" not in page
+
+
+# The job's run options -------------------------------------------------------------------
+
+
+def run_options(client: Client, job_id: str) -> dict[str, tuple[str, str]]:
+    """The job page's run options: {option: (value, where it comes from)}."""
+    page = text(client.get(f"{JOBS_URL}{job_id}/change/"))
+    match = re.search(r'<table class="scheduler-options">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert match, "no run options on the job page"
+    rows = re.findall(
+        r'<tr><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', match.group(1)
+    )
+    return {words(name): (words(value), words(source)) for name, value, source in rows}
+
+
+def test_job_page_shows_the_project_defaults_of_a_job_that_declares_none(
+    admin_client, catalog, settings
+):
+    assert Job.objects.get(id="tests.nightly").run_options == {}
+    settings.SCHEDULER = {**settings.SCHEDULER, "TIMEOUT": 90, "RETRIES": 2}
+
+    options = run_options(admin_client, "tests.nightly")
+
+    assert options == {
+        "timeout": ("1 min 30 s", "project default (SCHEDULER['TIMEOUT'])"),
+        "isolation": ("thread", "project default (SCHEDULER['ISOLATION'])"),
+        "retries": ("2", "project default (SCHEDULER['RETRIES'])"),
+        "wait before a retry": ("1 s, doubling up to 10 min, with jitter", "default"),
+        "retry on": ("any exception, and a crash of its child process", "default"),
+        "overlap": ("skip: a fire time that comes while a run is going is skipped", "default"),
+    }
+
+
+def test_job_page_without_retries_says_so_and_no_more(admin_client, catalog):
+    options = run_options(admin_client, "tests.nightly")
+
+    assert options["timeout"] == ("no limit", "project default (SCHEDULER['TIMEOUT'])")
+    assert options["retries"] == ("none", "project default (SCHEDULER['RETRIES'])")
+    assert list(options) == ["timeout", "isolation", "retries", "overlap"]
+
+
+def test_job_page_shows_the_run_options_a_job_declares(admin_client, catalog, settings):
+    settings.SCHEDULER = {**settings.SCHEDULER, "TIMEOUT": 90, "ISOLATION": "thread"}
+    Job.objects.filter(id="tests.hourly").update(
+        run_options={
+            "timeout": 5.0,
+            "isolation": "process",
+            "retries": 3,
+            "retry_backoff": {"base": 2, "cap": 30, "jitter": False},
+            "retry_on": ["builtins.ConnectionError", "myapp.errors.Flaky"],
+            "overlap": "queue",
+        }
+    )
+
+    options = run_options(admin_client, "tests.hourly")
+
+    declared = "declared by the job"
+    assert options == {
+        "timeout": ("5 s", declared),
+        "isolation": ("child process", declared),
+        "retries": ("3", declared),
+        "wait before a retry": ("2 s, doubling up to 30 s, without jitter", declared),
+        "retry on": ("ConnectionError, myapp.errors.Flaky", declared),
+        "overlap": (
+            "queue: a fire time that comes while a run is going waits for it to end",
+            declared,
+        ),
+    }
+
+
+def test_job_page_overlap_default_follows_max_instances(admin_client, catalog):
+    job = Job.objects.get(id="tests.hourly")
+    Job.objects.filter(id=job.id).update(options={**job.options, "max_instances": 3})
+
+    options = run_options(admin_client, "tests.hourly")
+
+    assert options["overlap"] == ("allow: runs side by side, up to max_instances", "default")
+
+
+def test_job_page_shows_run_options_in_chinese(admin_client, catalog):
+    Job.objects.filter(id="tests.hourly").update(run_options={"retries": 1, "timeout": 5})
+
+    admin_client.cookies["django_language"] = "zh-hans"
+    options = run_options(admin_client, "tests.hourly")
+
+    assert "超时" in options
+    assert options["超时"][0] == "5 秒"
+    assert all(re.search(r"[\u4e00-\u9fff]", source) for _value, source in options.values())
+
+
+# The queue on the dashboard ---------------------------------------------------------------
+
+
+def test_dashboard_counts_the_queue_by_trigger(admin_client, catalog):
+    now = timezone.now()
+    for n in range(2):
+        make_run(status="queued", trigger="retry", attempt=2, retry_of=n + 1, scheduled_at=now)
+    make_run(status="queued", trigger="manual", scheduled_at=now)
+    make_run(status="skipped", trigger="retry", attempt=2, retry_of=9, scheduled_at=now)
+    make_run(status="running", trigger="retry", attempt=2, retry_of=10, scheduled_at=now)
+
+    response = admin_client.get(DASHBOARD_URL)
+
+    assert response.context["queued"] == {"schedule": 0, "manual": 1, "retry": 2}
+    card = re.search(r'<ul class="scheduler-queued">(.*?)</ul>', text(response), re.S).group(1)
+    assert words(card) == (
+        "2 pending retries 1 run-now request 0 fire times waiting for a run to end"
+    )
+    assert f"{RUNS_URL}?status__exact=queued&amp;trigger__exact=retry" in card
+
+
+def test_a_timed_out_run_counts_as_a_failure(admin_client, catalog):
+    now = timezone.now()
+    make_run(job_id="tests.hourly", scheduled_at=now - timedelta(hours=2), duration=1)
+    make_run(
+        job_id="tests.hourly",
+        status="timed_out",
+        scheduled_at=now - timedelta(hours=1),
+        finished_at=now - timedelta(hours=1),
+        duration=5,
+        exception="Timed out after 5 s.",
+    )
+
+    dashboard = admin_client.get(DASHBOARD_URL)
+    job_page = admin_client.get(f"{JOBS_URL}tests.hourly/change/")
+
+    assert [job.id for job in dashboard.context["failing"]] == ["tests.hourly"]
+    assert job_page.context["summary"]["success_rate"] == 0.5
+
+
+@pytest.mark.skipif(
+    connections[DEFAULT_DB_ALIAS].vendor != "sqlite", reason="the query plans of SQLite"
+)
+def test_the_queue_is_counted_from_the_queued_runs_only():
+    # As test_figures_of_the_day_read_the_day_s_runs_only: the queued rows' range of
+    # run_status_recent, not a walk of run_trigger_recent (every run ever) to group.
+    with capture() as ctx:
+        stats.queued_by_trigger()
+
+    (sql,) = [sql for sql in sqls(ctx) if '"scheduler_jobrun"' in sql]
+    with connections[scheduler_conf.database()].cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        plan = [row[-1] for row in cursor.fetchall()]
+    reads = [step for step in plan if "scheduler_jobrun" in step]
+    assert len(reads) == 1, plan
+    assert reads[0].startswith("SEARCH"), plan
+    assert "run_status_recent (status=?)" in reads[0], plan
