@@ -15,7 +15,13 @@ from django.utils import timezone, translation
 from django.utils.html import format_html
 
 from scheduler import describe
-from scheduler.models import RunStatus
+from scheduler.models import JobRun, RunStatus
+
+
+def unsaved_run(**fields: Any) -> JobRun:
+    """An unsaved run: describe reads its fields only."""
+    return JobRun(job_id="t.job", **fields)
+
 
 # -- schedules in words -------------------------------------------------------------------------
 
@@ -296,3 +302,81 @@ def test_the_duration_chart_of_no_runs_or_of_instant_ones() -> None:
     at = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
     svg = describe.duration_chart([{"scheduled_at": at, "status": "succeeded", "duration": 0}])
     assert bars(svg) == [("2.0", "#166534", "2030-05-01 12:00:00 UTC: succeeded, 0 ms")]
+
+
+# -- a job's run options ------------------------------------------------------------------------
+
+
+def option_values(declared: Any, max_instances: Any = 1) -> dict[str, str]:
+    return {name: value for name, value, _source in describe.run_options(declared, max_instances)}
+
+
+@pytest.mark.parametrize(
+    ("backoff", "words"),
+    [
+        ({"base": 1, "cap": 600, "jitter": True}, "1 s, doubling up to 10 min, with jitter"),
+        ({"base": 2, "cap": 30, "jitter": False}, "2 s, doubling up to 30 s, without jitter"),
+        ({"base": 0.5, "cap": 3600, "jitter": False}, "0.5 s, doubling up to 1 h, without jitter"),
+        # min(cap, base * 2 ** n): a cap at or below the base is the same wait every time.
+        ({"base": 30, "cap": 10, "jitter": False}, "10 s each time"),
+        ({"base": 5, "cap": 5, "jitter": True}, "a random time up to 5 s each time"),
+        ({"base": 0, "cap": 60, "jitter": False}, "0 s each time"),
+    ],
+)
+def test_a_retry_backoff_in_words(backoff: dict[str, Any], words: str) -> None:
+    values = option_values({"retries": 2, "retry_backoff": backoff})
+    assert values["wait before a retry"] == words
+
+
+def test_the_sources_of_run_options(settings: Any) -> None:
+    settings.SCHEDULER = {**settings.SCHEDULER, "RETRIES": 1}
+    rows = describe.run_options({"timeout": 2, "overlap": "replace"}, 1)
+    assert [(name, source) for name, _value, source in rows] == [
+        ("timeout", "declared by the job"),
+        ("isolation", "project default (SCHEDULER['ISOLATION'])"),
+        ("retries", "project default (SCHEDULER['RETRIES'])"),
+        ("wait before a retry", "default"),
+        ("retry on", "default"),
+        ("overlap", "declared by the job"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        None,
+        [],
+        "timeout=5",
+        {"timeout": "soon", "isolation": 3, "retries": "many", "overlap": ["x"]},
+        {"retries": 2, "retry_backoff": {"base": "1"}, "retry_on": "OSError"},
+        {"retries": 2, "retry_backoff": 7, "retry_on": [1, 2]},
+        {"timeout": float("inf"), "retry_backoff": {"base": 1, "cap": 1e300, "jitter": True}},
+    ],
+)
+def test_run_options_written_by_other_code_are_shown_as_stored(declared: Any) -> None:
+    # The job's page shows every catalog row; nothing here may raise.
+    rows = describe.run_options(declared, "three")
+    assert [name for name, _value, _source in rows][:3] == ["timeout", "isolation", "retries"]
+    if isinstance(declared, dict) and "timeout" in declared:
+        assert option_values(declared)["timeout"] == str(declared["timeout"])
+
+
+def test_run_options_in_the_active_language() -> None:
+    with translation.override("zh-hans"):
+        values = option_values({"timeout": 90, "isolation": "process", "retries": 0})
+    assert values == {
+        "超时": "1 分钟 30 秒",
+        "隔离方式": "子进程",
+        "重试次数": "无",
+        "重叠策略": "skip：运行期间到来的触发时间被跳过",
+    }
+
+
+def test_a_pending_retry_s_badge_says_when_it_is_due() -> None:
+    due = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    retry = unsaved_run(status="queued", trigger="retry", scheduled_at=due)
+    html = describe.run_status(retry)
+    assert html.startswith(describe.status_badge("queued", RunStatus.QUEUED.label))
+    assert html.endswith('<span class="scheduler-due">retry due at 2030-05-01 12:00:00 UTC</span>')
+    running = unsaved_run(status="running", trigger="retry", scheduled_at=due)
+    assert describe.run_status(running) == describe.status_badge("running", "running")
