@@ -677,7 +677,6 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         (overlap="queue" or "replace"): its claimed row, or a new one, turns ``queued``,
         and the control thread starts it once a slot is free. False if it could not be
         queued (the database is away: it is recorded skipped instead)."""
-        claimed = self.book.get(job.id)
         run = next((r for r in claimed.runs if r.scheduled_at == at), None) if claimed else None
         runs = JobRun.objects
         try:

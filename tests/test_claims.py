@@ -329,3 +329,40 @@ def test_an_early_wake_that_can_claim_nothing_is_not_repeated() -> None:
     finally:
         executor.shutdown(wait=True)
     assert not JobRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claimed_fire_time_of_a_busy_job_with_overlap_queue_waits_in_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim made ahead turns ``queued`` (kept as the fire time's one row), and the
+    fire time after it, while one waits already, is skipped."""
+    from scheduler.registry import registry
+    from tests.helpers import spec
+
+    monkeypatch.setitem(registry, "t.queue", spec("t.queue", overlap="queue"))
+    scheduler, executor = started_executor(2)
+    now = datetime.now(UTC)
+    at = now.replace(microsecond=0)
+    try:
+        job = due_job(scheduler, "t.queue", at)
+        executor.book.claim_due([job], now)
+        (claim,) = JobRun.objects.filter(job_id="t.queue")
+        assert claim.status == "running"
+        assert executor.reserve("t.queue", 1)  # a run of the job is going
+
+        executor.submit_job(job, [at])  # no MaxInstancesReachedError: it waits
+
+        claim.refresh_from_db()
+        assert (claim.status, claim.instance, claim.started_at) == ("queued", "", None)
+        assert executor.book.get("t.queue") is None  # the book holds nothing of it
+        later = due_job(scheduler, "t.queue", at + SECOND)
+        with pytest.raises(MaxInstancesReachedError):
+            executor.submit_job(later, [at + SECOND])
+    finally:
+        executor.shutdown(wait=False)
+    executor.runner.results.stop()
+    rows = {row.scheduled_at: row for row in JobRun.objects.filter(job_id="t.queue")}
+    assert rows[at].status == "queued"
+    assert rows[at + SECOND].status == "skipped"
+    assert "waits for its next free slot already" in rows[at + SECOND].exception
