@@ -35,6 +35,7 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from scheduler import conf, db
@@ -328,7 +329,8 @@ class Control(threading.Thread):
     @staticmethod
     def _owner_alive(owner: str) -> bool:
         """Whether the ``runjob`` process that queued a request still heartbeats."""
-        stale = timezone.now() - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        # The database's clock, as the heartbeats and the sweep of dead instances use.
+        stale = Now() - timedelta(seconds=float(conf.get("LEASE_SECONDS")))
         return SchedulerInstance.objects.filter(
             id=owner, heartbeat_at__gte=stale, stopped_at__isnull=True
         ).exists()

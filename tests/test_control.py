@@ -17,7 +17,7 @@ from django.utils import timezone
 
 import tests.jobs  # noqa: F401 - declares tests.nightly, which a request asks for
 from scheduler.control import Control
-from scheduler.models import Job, JobRun
+from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.service import Parts, make_parts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,3 +174,37 @@ def test_a_retry_not_due_yet_is_left_waiting_and_its_due_time_known() -> None:
     assert not control._due(now)
     control.queued(retry)  # as the runner tells it when it files one
     assert control._due(retry.scheduled_at)
+
+
+def test_a_request_of_a_runjob_process_that_is_gone_is_not_run_its_retry_is() -> None:
+    """runjob was killed while it waited: its run-now request is skipped (nobody waits for
+    it); its next attempt becomes the schedulers' to run."""
+    parts = started_parts()
+    control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
+    request = JobRun.objects.request_row("tests.nightly", "n", "runjob (x)", "gone0001")
+    request.save()
+    retry = waiting_row("tests.hourly", JobRun.Trigger.RETRY)
+    JobRun.objects.filter(pk=retry.pk).update(instance="gone0002", hostname="h", pid=1)
+    alive = JobRun.objects.request_row("tests.hourly", "h", "runjob (y)", "alive001")
+    alive.save()
+    SchedulerInstance.objects.create(
+        id="alive001",
+        hostname="h",
+        pid=2,
+        version="x",
+        role="runjob",
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+
+    control.start_queued_runs()
+
+    request.refresh_from_db()
+    assert request.status == JobRun.Status.SKIPPED
+    assert request.exception == "Skipped: the runjob process that asked for it is gone."
+    retry.refresh_from_db()
+    assert (retry.status, retry.instance, retry.pid) == (JobRun.Status.QUEUED, "", None)
+    alive.refresh_from_db()
+    # Granted to the runjob process that is alive, which runs it itself.
+    assert (alive.status, alive.instance) == (JobRun.Status.RUNNING, "alive001")
+    parts.executor.shutdown(wait=True)
