@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.proc.harness import SchedulerEnv, wait_for
+from tests.test_robustness import request_runs, run_row
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,19 @@ def test_replace_stops_the_run_going_on_and_starts_the_new_one(
         20,
         "two replaced runs",
     )
+    # A run requested by hand replaces the one going too.
+    (request,) = request_runs(env, ["overlap.replace"])
+    wait_for(
+        lambda: any(
+            "a run requested by hand" in r["exception"] for r in env.runs("overlap.replace")
+        ),
+        10,
+        "a run replaced by the request",
+    )
+    wait_for(lambda: run_row(env, request)["status"] != "queued", 10, "the request to start")
     assert proc.stop(timeout=30) == 0
+    # It ran until the next fire time replaced it (or the stop ended it).
+    assert run_row(env, request)["status"] == "interrupted"
     rows = env.runs("overlap.replace")
     replaced = [row for row in rows if "replaces it" in row["exception"]]
     assert len(replaced) >= 2
