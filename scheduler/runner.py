@@ -403,11 +403,21 @@ class Runner:
     def carry_out(self, order: RunOrder) -> None:
         """Run one order's job, if it may still start, and record it: the one place where a
         run's body is called (see the contract in scheduler.execution)."""
+        admitted = self.admit(order)
+        if admitted is not None:
+            run, spec = admitted
+            self.execute(run, make_call(spec, order.job, run.scheduled_at), spec)
+
+    def admit(self, order: RunOrder) -> tuple[JobRun, JobSpec | None] | None:
+        """The claimed row of an order that may start now, and its job's declaration (None
+        for a job added to APScheduler without one); None when it must not start, and then
+        it is recorded why (missed: a stop, the lease lost, too late; failed: a job not in
+        this code) or, a manual run at a stop, queued again. Where the body then runs is
+        the caller's business: here (``carry_out``) or on a worker fleet."""
         spec = registry.get(order.job_id)
         if order.manual:
             assert order.run is not None, "a manual order is a claimed run"
-            self._carry_out_manual(order.run, spec)
-            return
+            return self._admit_manual(order.run, spec)
         job = order.job
         name = spec.name if spec else job.name if job else order.job_id
         grace = job.misfire_grace_time if job else spec.effective_grace_time if spec else None
@@ -417,10 +427,10 @@ class Runner:
             reason = STOPPED if self.stopping.is_set() else beyond_grace(grace, at)
             if reason:
                 self.did_not_run(order.job_id, name, Status.MISSED, [at], reason)
-                return
+                return None
             run = self.claim(order.job_id, name, at)
             if run is None:
-                return
+                return None
         else:
             if self.stopping.is_set():
                 reason = STOPPED
@@ -430,28 +440,28 @@ class Runner:
                 reason = beyond_grace(grace, at)
             if reason:
                 self.results.abandon(run, Status.MISSED, reason)
-                return
+                return None
             run.started_at = timezone.now()
         if spec is None and job is None:
             self.results.abandon(
                 run, Status.FAILED, f"Job {order.job_id!r} is not registered in this code."
             )
-            return
-        self.execute(run, make_call(spec, job, at), spec)
+            return None
+        return run, spec
 
-    def _carry_out_manual(self, run: JobRun, spec: JobSpec | None) -> None:
+    def _admit_manual(self, run: JobRun, spec: JobSpec | None) -> tuple[JobRun, JobSpec] | None:
         # After a stop signal it is not started but queued again, for the next active
         # scheduler.
         if self.stopping.is_set():
             self.requeue(run)
-            return
+            return None
         if run.trigger == JobRun.Trigger.SCHEDULE and spec is not None:
             # A fire time that waited its turn (overlap) is still a fire time: past its
             # misfire_grace_time it is missed, as it would be in the main loop.
             late = beyond_grace(spec.effective_grace_time, run.scheduled_at)
             if late:
                 self.results.abandon(run, Status.MISSED, late)
-                return
+                return None
         run.started_at = timezone.now()
         if spec is None:
             self.results.abandon(
@@ -459,8 +469,8 @@ class Runner:
                 Status.FAILED,
                 f"Job {run.job_id!r} is not registered in this scheduler's code.",
             )
-            return
-        self.execute(run, make_call(spec, None, run.scheduled_at), spec)
+            return None
+        return run, spec
 
     def run_manual(self, run: JobRun) -> JobRun:
         """Run a claimed manual run (status ``running``) of a registered job, here."""
