@@ -139,10 +139,15 @@ def _flush(stream: TextIO | BinaryIO) -> None:
             raise
 
 
+# A Celery worker logs what its tasks print through this logger (worker_redirect_stdouts):
+# the print itself is captured already, and would be twice.
+_ECHOES = frozenset({"celery.redirected"})
+
+
 def _is_ours(logger_name: str) -> bool:
-    """The scheduler's own log lines are not part of a job's output."""
+    """The scheduler's own log lines are not part of a job's output, nor echoes of it."""
     root = logger_name.split(".", 1)[0]
-    return root in ("apscheduler", "scheduler")
+    return root in ("apscheduler", "scheduler") or logger_name in _ECHOES
 
 
 class _Handler(logging.Handler):

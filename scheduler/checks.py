@@ -10,12 +10,15 @@ The ids, listed in the README's Settings section:
 * ``scheduler.E020``: a ``@cron``/``@interval`` declaration that cannot work;
 * ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported;
 * ``scheduler.E022``: a job with ``overlap="replace"`` that does not run in a child
-  process (a thread cannot be stopped, so it could not be replaced).
+  process (a thread cannot be stopped, so it could not be replaced);
+* ``scheduler.E023``: jobs with ``executor="celery"`` but no Celery app to send them
+  with (Celery not installed, or ``CELERY_APP`` cannot be imported).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -27,6 +30,7 @@ from scheduler import conf, registry
 DECLARATION = "scheduler.E020"
 JOB_MODULE = "scheduler.E021"
 REPLACE_IN_THREAD = "scheduler.E022"
+NO_CELERY = "scheduler.E023"
 
 
 def check_settings(
@@ -60,13 +64,60 @@ def check_jobs(
                 id=JOB_MODULE,
             )
         ]
+    return _replace_problems() + _celery_problems()
+
+
+def _celery_problems() -> list[checks.CheckMessage]:
+    sent = sorted(s.id for s in registry.registry.values() if s.effective_executor == "celery")
+    if not sent:
+        return []
+    # Only what sending needs is imported here (not the runtime: checks run in web processes).
+    path = conf.get("CELERY_APP")
+    try:
+        import celery
+
+        if path is not None:
+            module, _, attribute = str(path).partition(":")
+            getattr(import_module(module), attribute)
+        elif not hasattr(celery, "current_app"):
+            raise ImportError("celery has no current_app")
+    except ImportError as exc:
+        jobs = ", ".join(repr(job_id) for job_id in sent[:3]) + (", ..." if len(sent) > 3 else "")
+        return [
+            checks.Error(
+                f"Jobs {jobs} run on Celery (executor='celery'), but there is no Celery app to "
+                f"send them with: {exc}.",
+                hint="pip install 'django-scheduler-app[celery]', and set "
+                "SCHEDULER['CELERY_APP'] to your app ('myproject.celery:app') unless your "
+                "project imports it in its __init__.py.",
+                id=NO_CELERY,
+            )
+        ]
+    except AttributeError as exc:
+        return [
+            checks.Error(
+                f"SCHEDULER['CELERY_APP'] names no Celery app: {exc}.",
+                hint="Give it as 'module:attribute', such as 'myproject.celery:app'.",
+                id=NO_CELERY,
+            )
+        ]
+    return []
+
+
+def _replace_problems() -> list[checks.CheckMessage]:
     return [
         checks.Error(
             f"Scheduled job {spec.id!r}: overlap='replace' stops the run going on, which "
-            "only a run in a child process can be; it runs in a thread.",
+            "only a run in a child process can be; "
+            + (
+                "it runs in a thread."
+                if spec.effective_executor == "local"
+                else "it runs on a Celery worker."
+            ),
             hint="Declare it with isolation='process', or choose overlap='queue' or 'skip'.",
             id=REPLACE_IN_THREAD,
         )
         for spec in registry.registry.values()
-        if spec.effective_overlap == "replace" and spec.effective_isolation != "process"
+        if spec.effective_overlap == "replace"
+        and (spec.effective_isolation != "process" or spec.effective_executor != "local")
     ]

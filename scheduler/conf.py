@@ -53,6 +53,12 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT": None,
     "ISOLATION": "thread",
     "RETRIES": 0,
+    # Where the runs of jobs without executor= happen: "local" (this scheduler's threads or
+    # child processes) or "celery" (sent to a Celery worker fleet).
+    "EXECUTOR": "local",
+    # The Celery app that sends runs ("module:attribute"); None: Celery's current app (the
+    # one your project's celery.py makes, imported in its __init__.py as Celery advises).
+    "CELERY_APP": None,
 }
 
 # The system check id of each kind of problem (``scheduler.E0NN``), stable across
@@ -75,6 +81,8 @@ CHECK_IDS: dict[str, str] = {
     "TIMEOUT": "E015",
     "ISOLATION": "E016",
     "RETRIES": "E017",
+    "EXECUTOR": "E018",
+    "CELERY_APP": "E019",
 }
 
 
@@ -160,6 +168,11 @@ _SIMPLE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "RETRIES": (
         lambda v: _is_int(v) and 0 <= v <= _MAX_RETRIES,
         f"an integer from 0 to {_MAX_RETRIES}",
+    ),
+    "EXECUTOR": (lambda v: v in ("local", "celery"), "'local' or 'celery'"),
+    "CELERY_APP": (
+        lambda v: v is None or (isinstance(v, str) and v.count(":") == 1 and all(v.split(":"))),
+        "None or the Celery app as 'module:attribute' (such as 'myproject.celery:app')",
     ),
 }
 

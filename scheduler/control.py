@@ -239,16 +239,19 @@ class Control(threading.Thread):
         connection = connections[conf.database()]
         qn = connection.ops.quote_name
         job, run = qn(Job._meta.db_table), qn(JobRun._meta.db_table)
-        status, at = qn("status"), qn("scheduled_at")
+        status, at, executor = qn("status"), qn("scheduled_at"), qn("executor")
+        # (A queued row with an executor waits for a Celery worker, not for us.)
         sql = (
             f"SELECT EXISTS(SELECT 1 FROM {job} WHERE {qn('pending_change')} = %s), "
-            f"EXISTS(SELECT 1 FROM {run} WHERE {status} = %s AND {at} <= %s), "
-            f"(SELECT MIN({at}) FROM {run} WHERE {status} = %s AND {at} > %s)"
+            f"EXISTS(SELECT 1 FROM {run} WHERE {status} = %s AND {at} <= %s "
+            f"AND {executor} = %s), "
+            f"(SELECT MIN({at}) FROM {run} WHERE {status} = %s AND {at} > %s "
+            f"AND {executor} = %s)"
         )
         queued = JobRun.Status.QUEUED
         stamp = connection.ops.adapt_datetimefield_value(now)
         with db.cursor() as cursor:
-            cursor.execute(sql, [True, queued, stamp, queued, stamp])
+            cursor.execute(sql, [True, queued, stamp, "", queued, stamp, ""])
             pending, due, later = cursor.fetchone()
         return bool(pending), bool(due), _as_datetime(later)
 
@@ -257,7 +260,7 @@ class Control(threading.Thread):
         slots is free (until then it stays queued: run-now waits its turn)."""
         runs = JobRun.objects
         queued = list(
-            runs.filter(status=JobRun.Status.QUEUED, scheduled_at__lte=timezone.now())
+            runs.filter(status=JobRun.Status.QUEUED, scheduled_at__lte=timezone.now(), executor="")
             .order_by("id")
             .values_list("id", "job_id", "instance", "trigger", "scheduled_at")[:100]
         )

@@ -265,7 +265,8 @@ PID_START_TOLERANCE = 1.0
 
 
 class Presence(threading.Thread):
-    """A process that runs jobs outside the schedulers (``runjob``), as they see it.
+    """A process that runs jobs outside the schedulers (``runjob``, a Celery worker), as
+    they see it.
 
     It has a ``SchedulerInstance`` row of its own (role ``runjob``) that it
     heartbeats: while it lives, its runs count against their job's
@@ -273,9 +274,14 @@ class Presence(threading.Thread):
     scheduler marks its runs interrupted, like those of a scheduler.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        role: str = SchedulerInstance.Role.RUNJOB,
+        instance_id: str | None = None,
+    ) -> None:
         super().__init__(name="scheduler-presence", daemon=True)
-        self.instance_id = uuid.uuid4().hex
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self.role = role
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
         self.stop = threading.Event()
 
@@ -287,7 +293,7 @@ class Presence(threading.Thread):
                 hostname=conf.HOSTNAME,
                 pid=os.getpid(),
                 version=scheduler.__version__,
-                role=SchedulerInstance.Role.RUNJOB,
+                role=self.role,
                 started_at=now,
                 heartbeat_at=now,
             ),

@@ -241,6 +241,10 @@ class JobRun(models.Model):
     # Which attempt this is (1 for the first), and the first attempt's id on the later
     # ones (plain ids, as the job: history outlives what it links to).
     attempt = models.PositiveSmallIntegerField(_("attempt"), default=1, db_default=1)
+    # Where its body ran: "" in the scheduler (a thread or a child process), "celery" on a
+    # Celery worker (``hostname`` is then the worker's). A ``queued`` row with an
+    # executor waits for a worker, not for the scheduler.
+    executor = models.CharField(_("executor"), max_length=16, blank=True, default="", db_default="")
     retry_of = models.BigIntegerField(_("retry of"), null=True, blank=True)
 
     objects: ClassVar[JobRunManager] = JobRunManager()
@@ -293,6 +297,8 @@ class SchedulerInstance(models.Model):
         STOPPED = "stopped", _("stopped")
         # A ``runjob`` process running one job by hand.
         RUNJOB = "runjob", _("runjob")
+        # A Celery worker running jobs sent to it (executor="celery").
+        WORKER = "worker", _("worker")
 
     id = models.CharField(_("id"), max_length=32, primary_key=True)
     hostname = models.CharField(_("host"), max_length=255)

@@ -70,8 +70,15 @@ OPTIONS = (
     "retry_backoff",
     "retry_on",
     "overlap",
+    "executor",
+    "queue",
+    "priority",
+    "expires",
 )
 ISOLATIONS = ("thread", "process")
+EXECUTORS = ("local", "celery")
+# Celery's message priorities: 0-9 on Redis, 0-255 on RabbitMQ.
+MAX_PRIORITY = 255
 # What a fire time does while the job's previous run still goes (see "When jobs go wrong"
 # in the README).
 OVERLAPS = ("skip", "queue", "replace", "allow")
@@ -108,6 +115,12 @@ class JobSpec:
     retry_backoff: Backoff = DEFAULT_BACKOFF
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     overlap: str | None = None
+    # Where a run's body runs (SCHEDULER's EXECUTOR by default), and how a run sent to
+    # Celery is routed: its queue, priority and expiry (seconds after it was sent).
+    executor: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    expires: float | None = None
 
     @property
     def func_ref(self) -> str:
@@ -188,6 +201,10 @@ class JobSpec:
         return "allow" if self.max_instances > 1 else "skip"
 
     @property
+    def effective_executor(self) -> str:
+        return self.executor or cast(str, conf.get("EXECUTOR"))
+
+    @property
     def retries_any_failure(self) -> bool:
         """Whether ``retry_on`` is left at its default (a crash is retried too)."""
         return self.retry_on == (Exception,)
@@ -208,6 +225,9 @@ class JobSpec:
             found["retry_on"] = [f"{c.__module__}.{c.__qualname__}" for c in self.retry_on]
         if self.overlap is not None:
             found["overlap"] = self.overlap
+        for key in ("executor", "queue", "priority", "expires"):
+            if getattr(self, key) is not None:
+                found[key] = getattr(self, key)
         return found
 
     @property
@@ -601,7 +621,36 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
             f"overlap={overlap!r} runs one at a time, but max_instances={max_instances}; "
             "use overlap='allow' for runs side by side.",
         )
+    executor = options.pop("executor", None)
+    if executor is not None and executor not in EXECUTORS:
+        raise _fail(job_id, f"executor={executor!r} must be 'local' or 'celery'.")
+    routing = {key: options.pop(key) for key in ("queue", "priority", "expires") if key in options}
+    if routing and executor == "local":
+        raise _fail(
+            job_id,
+            f"{', '.join(routing)} route runs sent to Celery; this job runs here "
+            "(executor='local').",
+        )
+    queue = routing.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 255):
+        raise _fail(job_id, f"queue={queue!r} must be a Celery queue name (a non-empty string).")
+    priority = routing.get("priority")
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise _fail(job_id, f"priority={priority!r} must be an integer from 0 to {MAX_PRIORITY}.")
+    expires = routing.get("expires")
+    if expires is not None and not (is_real(expires) and 0 < expires <= MAX_SECONDS):
+        raise _fail(
+            job_id, f"expires={expires!r} must be a positive number of seconds (at most 3653 days)."
+        )
     return {
+        "executor": executor,
+        "queue": queue,
+        "priority": priority,
+        "expires": None if expires is None else float(expires),
         "timeout": None if timeout is None else float(timeout),
         "isolation": isolation,
         "retries": retries,

@@ -67,10 +67,12 @@ def run_here(
     limit: int,
     watch: _Watch | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    stops: tuple[type[BaseException], ...] = (TimedOut,),
 ) -> Outcome:
     """Run ``call`` in this thread, its output captured (and its timeout watched): in a
-    worker thread, or in the child process of ``isolation``. A failure is retryable when
-    its exception is one of ``retry_on``; a timeout always is."""
+    worker thread, in the child process of ``isolation``, or in a Celery worker. One of
+    ``stops`` raised in it is its timeout (``TimedOut``; Celery's soft time limit). A
+    failure is retryable when its exception is one of ``retry_on``; a timeout always is."""
     status, exception, tb, retryable = Status.SUCCEEDED, "", "", False
     start = time.perf_counter()
     with capture(limit) as output:
@@ -78,7 +80,7 @@ def run_here(
             if watch is not None:
                 watch.begin(output)
             call()
-        except TimedOut as exc:
+        except stops as exc:
             status, tb, retryable = Status.TIMED_OUT, format_traceback(exc), True
             exception = "Timed out: stopped where it was (its timeout, or the scheduler stopping)."
         except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
@@ -276,26 +278,33 @@ class Runner:
                     return run  # recorded timed out by the watch already
             else:
                 outcome = run_here(call, limit, retry_on=retry_on)
-            if outcome.status != Status.SUCCEEDED:
-                logger.error(
-                    "Job %r %s: %s",
-                    run.job_id,
-                    "timed out" if outcome.status == Status.TIMED_OUT else outcome.status,
-                    storable(outcome.exception, 1000, "head"),
-                )
-            run.duration = outcome.duration
-            run.finished_at = run.started_at + timedelta(seconds=run.duration)
-            run.status = outcome.status
-            # Capped and made storable here, once: one value the database cannot hold
-            # would otherwise cost this run (and the runs written with it) their result.
-            run.exception = storable(outcome.exception, limit, "head")
-            run.traceback = storable(outcome.traceback, limit, "tail")
-            run.output = outcome.output
-            self.finish(run, spec, outcome.retryable)
+            self.record_outcome(run, spec, outcome)
         finally:
             with self._active_lock:
                 self._active.pop(run.pk, None)
         return run
+
+    def record_outcome(self, run: JobRun, spec: JobSpec | None, outcome: Outcome) -> None:
+        """Finish a run's row with what its body did (capped and made storable here), and
+        file its next attempt if its job retries the failure."""
+        limit = conf.get("MAX_OUTPUT")
+        if outcome.status != Status.SUCCEEDED:
+            logger.error(
+                "Job %r %s: %s",
+                run.job_id,
+                "timed out" if outcome.status == Status.TIMED_OUT else outcome.status,
+                storable(outcome.exception, 1000, "head"),
+            )
+        started = run.started_at or timezone.now()
+        run.duration = outcome.duration
+        run.finished_at = started + timedelta(seconds=run.duration)
+        run.status = outcome.status
+        # Capped and made storable here, once: one value the database cannot hold
+        # would otherwise cost this run (and the runs written with it) their result.
+        run.exception = storable(outcome.exception, limit, "head")
+        run.traceback = storable(outcome.traceback, limit, "tail")
+        run.output = outcome.output
+        self.finish(run, spec, outcome.retryable)
 
     def finish(self, run: JobRun, spec: JobSpec | None, retryable: bool | None) -> None:
         """Record a run's outcome; first, if the job's ``retries`` cover its failure, file
@@ -515,8 +524,10 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     ) -> None:
         super().__init__()
         self.runner = runner if runner is not None else Runner()
-        # Where the bodies run.
+        # Where the bodies run: here, and, for jobs with executor="celery", on a Celery
+        # worker fleet (made at start when such jobs are declared).
         self.runs = runs if runs is not None else ThreadRunExecutor(max_workers, self.runner)
+        self.fleet: RunExecutor | None = None
         # The claims the main loop made for the fire times it is about to submit.
         self.book = book if book is not None else ClaimBook(self.runner.claims)
         self.book.slots = self
@@ -574,9 +585,26 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     def unreserve(self, job_id: str) -> None:
         self._run_job_success(job_id, [])
 
+    def runs_for(self, job_id: str) -> RunExecutor:
+        """Where the runs of ``job_id`` are carried out."""
+        spec = registry.get(job_id)
+        if self.fleet is not None and spec is not None and spec.effective_executor == "celery":
+            return self.fleet
+        return self.runs
+
+    def hand_over(self, run_id: int, job_id: str) -> None:
+        """A run sent to a worker started there: from now on it holds its job's slot as a
+        run of another process (counted until it is no longer ``running``), and the
+        submission that held it ends."""
+        with self._lock:
+            if run_id not in self._foreign:
+                self._foreign[run_id] = job_id
+                self._instances[job_id] += 1
+
     def submit_manual(self, run: JobRun) -> Future[Any]:
         """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
-        future = self.runs.submit([RunOrder(run.job_id, run.scheduled_at, run, manual=True)])
+        runs = self.runs_for(run.job_id)
+        future = runs.submit([RunOrder(run.job_id, run.scheduled_at, run, manual=True)])
         future.add_done_callback(lambda _: self.unreserve(run.job_id))
         return future
 
@@ -778,7 +806,7 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         if runs:
             results.starts.add()
         try:
-            future = self.runs.submit(scheduled_orders(job, runs, unclaimed))
+            future = self.runs_for(job.id).submit(scheduled_orders(job, runs, unclaimed))
         except BaseException as exc:
             reason = f"Missed: the scheduler could not start the run ({describe_exception(exc)})."
             if runs:
@@ -793,6 +821,8 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         """Cancel the submissions no worker picked up yet (their callbacks record them
         missed, or queue manual runs again)."""
         self.runs.cancel_waiting()
+        if self.fleet is not None:
+            self.fleet.cancel_waiting()
 
     def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
@@ -802,12 +832,23 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)
         self.runs.start()
-        if any(spec.effective_isolation == "process" for spec in registry.values()):
+        specs = registry.values()
+        if any(
+            s.effective_isolation == "process" and s.effective_executor == "local" for s in specs
+        ):
             self.runner.isolation.start()
+        if self.fleet is None and any(s.effective_executor == "celery" for s in specs):
+            from scheduler.fleet import CeleryRunExecutor  # Celery is loaded only if used
+
+            self.fleet = CeleryRunExecutor(self.runner, self.hand_over)
+        if self.fleet is not None:
+            self.fleet.start()
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
         self.runs.shutdown(wait)
+        if self.fleet is not None:
+            self.fleet.shutdown(wait=False)  # runs sent go on on their workers
 
 
 def _replaced(at: datetime) -> str:

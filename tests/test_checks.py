@@ -73,6 +73,8 @@ def test_settings_problems_are_errors_with_an_id_per_kind():
         ({"TIMEOUT": -1}, "scheduler.E015"),
         ({"ISOLATION": "fork"}, "scheduler.E016"),
         ({"RETRIES": 1.5}, "scheduler.E017"),
+        ({"EXECUTOR": "rq"}, "scheduler.E018"),
+        ({"CELERY_APP": "myproject.celery.app"}, "scheduler.E019"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
@@ -115,6 +117,24 @@ def test_overlap_replace_of_a_run_in_a_thread_is_an_error(fresh_discovery):
     # A project that runs every job in a child process may leave isolation out.
     with override_settings(
         SCHEDULER={"JOB_MODULES": ["tests.declared.replace_in_thread"], "ISOLATION": "process"}
+    ):
+        assert check_jobs() == []
+
+
+def test_jobs_on_celery_without_an_app_to_send_them_is_an_error(fresh_discovery):
+    modules = ["tests.declared.celery_job"]
+    with override_settings(SCHEDULER={"JOB_MODULES": modules, "CELERY_APP": "tests.nope:app"}):
+        found = check_jobs()
+        assert [error.id for error in found] == ["scheduler.E023"]
+        assert "'declared.on_celery'" in found[0].msg and "No module named" in found[0].msg
+    with override_settings(
+        SCHEDULER={"JOB_MODULES": modules, "CELERY_APP": "tests.proc.celery_app:nothing"}
+    ):
+        found = check_jobs()
+        assert [error.id for error in found] == ["scheduler.E023"]
+        assert "names no Celery app" in found[0].msg
+    with override_settings(
+        SCHEDULER={"JOB_MODULES": modules, "CELERY_APP": "tests.proc.celery_app:app"}
     ):
         assert check_jobs() == []
 

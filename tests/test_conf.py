@@ -80,6 +80,11 @@ BAD = [
     ("RETRIES", "3", "an integer from 0 to 100"),
     ("RETRIES", True, "an integer from 0 to 100"),
     ("RETRIES", 1000, "an integer from 0 to 100"),
+    ("EXECUTOR", "rq", "'local' or 'celery'"),
+    ("EXECUTOR", None, "'local' or 'celery'"),
+    ("CELERY_APP", "myproject.celery", "as 'module:attribute'"),
+    ("CELERY_APP", ":app", "as 'module:attribute'"),
+    ("CELERY_APP", 5, "as 'module:attribute'"),
     # Durations that would overflow a timedelta or a thread's timeout at the first use.
     ("MISFIRE_GRACE_TIME", 10**12, "at most 315619200, or None for no limit"),
     ("POLL_INTERVAL", 1e300, "at most 315619200 (3653 days)"),

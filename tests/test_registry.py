@@ -482,6 +482,32 @@ ERRORS = [
         lambda i: cron("0 3 * * *", id=i, isolation="fork")(documented_job),
         "isolation='fork' must be 'thread' or 'process'.",
     ),
+    # executors and Celery routing
+    (
+        "executor.unknown",
+        lambda i: cron("0 3 * * *", id=i, executor="rq")(documented_job),
+        "executor='rq' must be 'local' or 'celery'",
+    ),
+    (
+        "queue.local",
+        lambda i: cron("0 3 * * *", id=i, executor="local", queue="q")(documented_job),
+        "queue route runs sent to Celery; this job runs here",
+    ),
+    (
+        "queue.empty",
+        lambda i: cron("0 3 * * *", id=i, executor="celery", queue="")(documented_job),
+        "queue='' must be a Celery queue name",
+    ),
+    (
+        "priority.text",
+        lambda i: cron("0 3 * * *", id=i, executor="celery", priority="high")(documented_job),
+        "priority='high' must be an integer from 0 to 255",
+    ),
+    (
+        "expires.zero",
+        lambda i: cron("0 3 * * *", id=i, executor="celery", expires=0)(documented_job),
+        "expires=0 must be a positive number of seconds",
+    ),
     # retries and overlap
     ("retries.text", lambda i: cron("0 3 * * *", id=i, retries="3")(documented_job), "'3'"),
     ("retries.bool", lambda i: cron("0 3 * * *", id=i, retries=True)(documented_job), "True"),
@@ -963,3 +989,26 @@ def test_backoff_jitter_stays_between_none_and_the_full_wait() -> None:
     assert all(0 <= wait <= 16 for wait in waits)
     # Spread over the range, not bunched: many jobs failing together come back apart.
     assert min(waits) < 2 and max(waits) > 14
+
+
+def test_celery_options_are_kept_and_shown_to_the_catalog(registry, settings) -> None:
+    cron("0 3 * * *", id="c.all", executor="celery", queue="reports", priority=7, expires=60)(
+        documented_job
+    )
+    cron("0 3 * * *", id="c.default")(documented_job)
+    spec, plain = registry["c.all"], registry["c.default"]
+    assert (spec.effective_executor, spec.queue, spec.priority, spec.expires) == (
+        "celery",
+        "reports",
+        7,
+        60.0,
+    )
+    assert spec.run_options == {
+        "executor": "celery",
+        "queue": "reports",
+        "priority": 7,
+        "expires": 60.0,
+    }
+    assert plain.effective_executor == "local"
+    settings.SCHEDULER = {"EXECUTOR": "celery"}
+    assert plain.effective_executor == "celery"

@@ -1,0 +1,345 @@
+"""Runs sent to a Celery worker fleet: the scheduler's side of ``executor="celery"``.
+
+The scheduler keeps what makes a run happen once: it claims each fire time in
+the history table (the fence between schedulers), keeps the job's
+``max_instances`` slots and its retries. Only the body goes to Celery: the
+claimed row is marked as waiting for a worker (``queued``, executor
+``celery``) and sent, its id as the task's argument (and in the Celery task
+id, ``scheduler-run-<id>``), by name to the task ``scheduler.run``
+(``scheduler.worker``). A worker takes the row with a conditional update
+(``queued`` to ``running``, so a message delivered twice runs once), runs
+the job registered under that id in its own code, and records the outcome in
+the same row through the same recorder as a run here.
+
+This executor's thread sends what the main loop and the control thread hand
+it (they never wait on the broker: while it is away, sending is tried again
+every second, within the job's ``misfire_grace_time``), and follows the rows
+of the runs in flight:
+
+* a run a worker has started holds its job's slot as a run of another
+  process from then on (``Executor.hand_over``), until its row is final;
+* a submission of several fire times (``coalesce=False``) sends the next one
+  only once the one before it ended: they never run side by side;
+* a run a worker did not take within its ``expires`` (Celery drops the
+  message) is recorded missed, and one still ``running`` well past its
+  ``timeout`` (Celery's hard time limit killed it and its worker did not say
+  so) timed out. A worker that dies stops heartbeating, and the active
+  scheduler marks its runs interrupted (``lease.recover_orphans``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+
+from scheduler import conf, db
+from scheduler.execution import RunExecutor, RunOrder
+from scheduler.isolation import KILL_AFTER
+from scheduler.models import JobRun
+
+if TYPE_CHECKING:
+    from scheduler.registry import JobSpec
+    from scheduler.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+Status = JobRun.Status
+# The name of the task the workers run (scheduler.worker.run).
+TASK = "scheduler.run"
+EXECUTOR = "celery"
+# Seconds between two looks at the rows of the runs in flight: how soon a run that
+# started on a worker hands its slot over, and a run that ended lets the next start.
+LOOK_EVERY = 0.2
+# Seconds between tries to send while the broker is away.
+SEND_AGAIN = 1.0
+# Seconds past a run's timeout and Celery's kill (KILL_AFTER) before a run still
+# ``running`` on a worker is recorded timed out without word from its worker.
+REPORT_GRACE = 30.0
+
+
+def task_id(run_id: int) -> str:
+    """The Celery task id of a run: its row's id, recognisable in Flower and the logs."""
+    return f"scheduler-run-{run_id}"
+
+
+def celery_app() -> Any:
+    """The Celery app that sends runs: ``SCHEDULER['CELERY_APP']``, or Celery's current app."""
+    path = conf.get("CELERY_APP")
+    if path is None:
+        from celery import current_app
+
+        return current_app
+    module, _, attribute = str(path).partition(":")
+    return getattr(import_module(module), attribute)
+
+
+def send_options(spec: JobSpec | None) -> dict[str, Any]:
+    """The routing and time limits of a run sent to Celery: the job's queue, priority and
+    expiry; its timeout as Celery's soft time limit (raised in the job as an exception,
+    recorded timed out), and KILL_AFTER later its hard one (the worker's child killed)."""
+    if spec is None:
+        return {}
+    options: dict[str, Any] = {}
+    if spec.queue is not None:
+        options["queue"] = spec.queue
+    if spec.priority is not None:
+        options["priority"] = spec.priority
+    if spec.expires is not None:
+        options["expires"] = spec.expires
+    timeout = spec.effective_timeout
+    if timeout is not None:
+        options["soft_time_limit"] = timeout
+        options["time_limit"] = timeout + KILL_AFTER
+    return options
+
+
+@dataclass
+class _Flight:
+    """One submission: its orders, carried out one after the other."""
+
+    orders: list[RunOrder]
+    future: Future[Any]
+    next: int = 0
+    run: JobRun | None = None  # the run of the order in flight
+    spec: JobSpec | None = None
+    sent: bool = False
+    tried_since: float = 0.0  # monotonic: when sending it was first tried
+    last_try: float = 0.0  # monotonic: the last try
+    said: bool = False  # the broker being away was logged
+
+
+@dataclass
+class _Watched:
+    """A run sent to a worker, followed until its row is final."""
+
+    job_id: str
+    timeout: float | None
+    expires: float | None
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+class CeleryRunExecutor(RunExecutor):
+    """Sends runs to Celery (see the module docstring). ``taken`` is told of each run a
+    worker started (``Executor.hand_over``)."""
+
+    def __init__(self, runner: Runner, taken: Callable[[int, str], None]) -> None:
+        self.runner = runner
+        self.taken = taken
+        self._app: Any = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._new: list[_Flight] = []
+        self._flights: list[_Flight] = []
+        self._watched: dict[int, _Watched] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._app = celery_app()
+        self._thread = threading.Thread(target=self._loop, name="scheduler-fleet", daemon=True)
+        self._thread.start()
+
+    def submit(self, orders: Sequence[RunOrder]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("cannot send runs after shutdown")
+            self._new.append(_Flight(list(orders), future))
+        self._wake.set()
+        return future
+
+    def free(self) -> int:
+        # The fleet's size is the broker's business: sending is never the bottleneck.
+        return 10_000
+
+    def cancel_waiting(self) -> None:
+        with self._lock:
+            new, self._new = self._new, []
+        for flight in new:
+            flight.future.cancel()  # none of its orders was looked at: recorded by the caller
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._stop.set()
+        self._wake.set()
+        if wait and self._thread is not None:
+            self._thread.join()
+
+    # -- the executor's thread --------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._take_new()
+                self._send_waiting()
+                if self._flights or self._watched:
+                    self._look()
+            except Exception as exc:
+                if not db.is_transient(exc):
+                    logger.exception("Error while sending runs to Celery")
+                db.close_broken()
+            finally:
+                db.close_old_connections()
+            self._wake.wait(LOOK_EVERY)
+            self._wake.clear()
+
+    def _take_new(self) -> None:
+        with self._lock:
+            new, self._new = self._new, []
+        for flight in new:
+            if not flight.future.set_running_or_notify_cancel():
+                continue
+            if any(order.run is not None and not order.manual for order in flight.orders):
+                self.runner.results.starts.started()  # see ResultWriter.starts
+            self._flights.append(flight)
+            self._advance(flight)
+
+    def _advance(self, flight: _Flight) -> None:
+        """Admit the flight's next order and mark it as waiting for a worker; when none is
+        left, the submission is done."""
+        while flight.next < len(flight.orders):
+            order = flight.orders[flight.next]
+            flight.next += 1
+            admitted = self.runner.admit(order)
+            if admitted is None:
+                continue  # recorded why not (missed, failed, or queued again)
+            run, spec = admitted
+            if self._for_a_worker(run):
+                flight.run, flight.spec, flight.sent = run, spec, False
+                flight.tried_since, flight.said = time.monotonic(), False
+                self._send(flight)
+                return
+        flight.run = None
+        self._flights.remove(flight)
+        flight.future.set_result(None)
+
+    def _for_a_worker(self, run: JobRun) -> bool:
+        """Mark a claimed run as waiting for a worker, before it is sent (a worker takes
+        only such a row). False if it is not ours any more (marked interrupted meanwhile)."""
+        pk = run.pk
+        marked = db.retrying(
+            lambda: JobRun.objects.filter(pk=pk, status=Status.RUNNING).update(
+                status=Status.QUEUED,
+                executor=EXECUTOR,
+                started_at=None,
+                hostname="",
+                pid=None,
+                instance="",
+            ),
+            f"send the run of {run.job_id!r} to Celery",
+        )
+        # The worker finishes it now: not this process's to settle any more.
+        self.runner.results.closed([pk])
+        run.status, run.executor, run.started_at = Status.QUEUED, EXECUTOR, None
+        return bool(marked)
+
+    def _send_waiting(self) -> None:
+        for flight in list(self._flights):
+            if flight.run is not None and not flight.sent:
+                self._send(flight)
+
+    def _send(self, flight: _Flight) -> None:
+        run, spec = flight.run, flight.spec
+        assert run is not None
+        now = time.monotonic()
+        if flight.said and now - flight.last_try < SEND_AGAIN:
+            return
+        flight.last_try = now
+        waited = now - flight.tried_since
+        try:
+            self._app.send_task(
+                TASK, args=[run.pk, run.job_id], task_id=task_id(run.pk), **send_options(spec)
+            )
+        except Exception as exc:  # the broker is away, or refuses: try again, within grace
+            grace = spec.effective_grace_time if spec is not None else None
+            if grace is not None and waited > grace:
+                self._settle(
+                    run.pk,
+                    Status.MISSED,
+                    f"Missed: it could not be sent to Celery for {waited:.0f} s, beyond "
+                    f"misfire_grace_time ({grace} s): {exc}",
+                    Status.QUEUED,
+                )
+                self._advance(flight)
+                return
+            if not flight.said:
+                logger.warning(
+                    "Could not send the run of %r to Celery (will try again): %s", run.job_id, exc
+                )
+            flight.said = True
+            return
+        if flight.said:
+            logger.info("Sent the run of %r to Celery after %.1f s.", run.job_id, waited)
+        flight.sent = True
+        timeout = spec.effective_timeout if spec is not None else None
+        self._watched[run.pk] = _Watched(
+            run.job_id, timeout, spec.expires if spec is not None else None
+        )
+
+    def _look(self) -> None:
+        """Follow the rows of the runs in flight (see the module docstring)."""
+        ids = list(self._watched)
+        rows = {
+            pk: (status, started)
+            for pk, status, started in JobRun.objects.filter(pk__in=ids).values_list(
+                "id", "status", "started_at"
+            )
+        }
+        flying = {flight.run.pk: flight for flight in self._flights if flight.run and flight.sent}
+        now = timezone.now()
+        for pk in ids:
+            watched = self._watched[pk]
+            status, started = rows.get(pk, (None, None))
+            if status == Status.QUEUED:
+                waited = time.monotonic() - watched.sent_at
+                if watched.expires is not None and waited > watched.expires + REPORT_GRACE:
+                    self._settle(
+                        pk,
+                        Status.MISSED,
+                        f"Missed: no worker took it within its expires ({watched.expires:g} s); "
+                        "Celery dropped it.",
+                        Status.QUEUED,
+                    )
+                continue
+            if status == Status.RUNNING:
+                self.taken(pk, watched.job_id)
+                flight = flying.get(pk)
+                if flight is not None and flight.next >= len(flight.orders):
+                    # Its last order started: the slot is the worker's run's from now on.
+                    flight.run = None
+                    self._flights.remove(flight)
+                    flight.future.set_result(None)
+                limit = watched.timeout
+                if limit is not None and started is not None:
+                    overdue = now - started - timedelta(seconds=limit + KILL_AFTER + REPORT_GRACE)
+                    if overdue.total_seconds() > 0:
+                        self._settle(
+                            pk,
+                            Status.TIMED_OUT,
+                            f"Timed out: still running {limit:g} s after it started (timeout), "
+                            "and its worker did not report; Celery's hard time limit stopped "
+                            "it, or its worker was lost.",
+                        )
+                continue
+            # Final (or gone): the flight goes on with its next order.
+            del self._watched[pk]
+            flight = flying.get(pk)
+            if flight is not None:
+                self._advance(flight)
+
+    def _settle(self, pk: int, status: str, reason: str, was: str = Status.RUNNING) -> None:
+        settled = JobRun.objects.filter(pk=pk, status=was).update(
+            status=status, finished_at=timezone.now(), exception=reason
+        )
+        if settled:
+            logger.error("Run #%s: %s", pk, reason)

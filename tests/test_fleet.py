@@ -1,0 +1,261 @@
+"""Runs on a Celery worker fleet (executor="celery", scheduler/fleet.py and scheduler/worker.py)
+with a real Redis broker, real ``celery worker`` processes and real ``runapscheduler``
+processes: the scheduler claims each fire time, a worker runs it and records it in the
+same row."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.proc.harness import STARTED_LINE, SchedulerEnv, wait_for
+from tests.proc.redis import RedisServer, RedisUnavailable, start_worker
+from tests.test_robustness import finished, request_runs, run_row
+
+pytestmark = pytest.mark.integration
+
+JOBS = "tests.proc.fleet_jobs"
+APP = '"tests.proc.celery_app:app"'
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tmp_path)
+        server.start()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def scheduler(env: SchedulerEnv, broker: RedisServer, modules: str = JOBS, **overrides: Any):
+    options = {"POLL_INTERVAL": 0.2, **overrides}
+    return env.start(modules, PROC_BROKER=broker.url, CELERY_APP=APP, **options)
+
+
+def starts(env: SchedulerEnv, job_id: str) -> Counter[str]:
+    """Start marks by fire time: a run that ran twice counts 2."""
+    return Counter(line.split()[2] for line in env.marks() if line.startswith(f"start {job_id} "))
+
+
+def test_runs_happen_on_the_workers_and_come_back_to_their_rows(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    env = scheduler_env
+    w1 = start_worker(env, broker.url, "w1", JOBS)
+    w2 = start_worker(env, broker.url, "w2", JOBS)
+    proc = scheduler(env, broker)
+    wait_for(lambda: len(env.runs("fleet.tick", status="succeeded")) >= 6, 30, "six ticks")
+    assert proc.stop() == 0
+    time.sleep(1)  # the last runs sent finish on their workers
+
+    ticks = [row for row in env.runs("fleet.tick") if row["status"] != "queued"]
+    assert ticks and all(row["status"] == "succeeded" for row in ticks), ticks
+    hosts = {row["hostname"].split("@")[0] for row in ticks}
+    assert hosts <= {"w1", "w2"} and hosts
+    for row in ticks:
+        assert row["executor"] == "celery"
+        assert row["output"] == f"tick {row['scheduled_at'].isoformat()}\n"
+        assert 0 < row["duration"] < 1
+        assert row["pid"] not in (proc.pid, w1.pid, w2.pid)  # a pool process of a worker
+        # It started on its worker within a fraction of a second of its fire time.
+        assert (row["started_at"] - row["scheduled_at"]).total_seconds() < 0.5
+    work = env.runs("fleet.work", status="succeeded")
+    assert work and all(0.3 <= row["duration"] < 1.3 for row in work)
+    # Each ran once.
+    assert set(starts(env, "fleet.tick").values()) == {1}
+
+
+def test_two_schedulers_and_two_workers_run_each_fire_time_once(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    """Fifteen seconds; the active scheduler is stopped halfway and the other takes over."""
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", JOBS)
+    start_worker(env, broker.url, "w2", JOBS)
+    first = scheduler(env, broker)
+    second = scheduler(env, broker, wait=STARTED_LINE)
+    began = datetime.now(UTC)
+    time.sleep(7)
+    assert first.stop() == 0
+    second.wait_active(20)
+    time.sleep(8)
+    ended = datetime.now(UTC)
+    assert second.stop() == 0
+    time.sleep(1)
+
+    window = [
+        began.replace(microsecond=0) + timedelta(seconds=n)
+        for n in range(2, int((ended - began).total_seconds()) - 1)
+    ]
+    rows = Counter(row["scheduled_at"] for row in env.runs("fleet.tick"))
+    marks = starts(env, "fleet.tick")
+    for at in window:
+        assert rows[at] == 1, f"{at}: {rows[at]} rows"
+        assert marks[at.isoformat()] <= 1, f"{at} ran {marks[at.isoformat()]} times"
+    assert max(marks.values()) == 1
+    ran = {row["scheduled_at"] for row in env.runs("fleet.tick", status="succeeded")}
+    assert len(ran & set(window)) >= len(window) - 3  # the take-over may miss a moment
+    for row in env.runs("fleet.tick"):
+        assert row["status"] in ("succeeded", "missed"), row
+
+
+def test_a_worker_killed_mid_run_leaves_its_run_interrupted(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    """kill -9 of the worker and its pool: its heartbeat stops, and the active scheduler
+    marks the run interrupted once a lease length has passed."""
+    env = scheduler_env
+    fast = {"LEASE_SECONDS": 4, "HEARTBEAT_INTERVAL": 1}
+    worker = start_worker(env, broker.url, "w1", JOBS, **fast)
+    proc = scheduler(env, broker, **fast)
+    (run_id,) = request_runs(env, ["fleet.long"])
+    wait_for(lambda: run_row(env, run_id)["status"] == "running", 15, "the run to start")
+    assert run_row(env, run_id)["hostname"].startswith("w1@")
+    killed = time.monotonic()
+    worker.kill_all()
+    row = finished(env, [run_id], timeout=20)[run_id]
+    took = time.monotonic() - killed
+    assert proc.stop() == 0
+    assert row["status"] == "interrupted"
+    assert "stopped sending heartbeats" in row["exception"]
+    assert took < 4 + 2 + 5  # a lease, a heartbeat, and the sweep's turn
+
+
+def test_celery_time_limits_stop_a_run_at_its_timeout(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    """timeout=1: the soft limit stops a sleeping job (its traceback says where); a job that
+    swallows it is killed by the hard limit 5 s later; the worker goes on."""
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", JOBS)
+    proc = scheduler(env, broker)
+    soft, hard = request_runs(env, ["fleet.sleeps", "fleet.deaf"])
+    rows = finished(env, [soft, hard], timeout=30)
+    assert rows[soft]["status"] == "timed_out"
+    assert "time.sleep(3600)" in rows[soft]["traceback"]
+    assert rows[soft]["output"] == "going to sleep\n"
+    # Celery counts the limit from the task's start, a few ms before the job's.
+    assert 0.8 <= rows[soft]["duration"] < 3
+    assert rows[hard]["status"] == "timed_out"
+    assert "hard time limit" in rows[hard]["exception"]
+    # A timeout is retried, the hard one too: the second attempt returns at once.
+    wait_for(lambda: env.runs("fleet.deaf", status="succeeded"), 20, "the second attempt")
+    (retry,) = env.runs("fleet.deaf", status="succeeded")
+    assert (retry["attempt"], retry["retry_of"]) == (2, hard)
+    # The worker replaced the killed pool process and takes runs again.
+    (again,) = request_runs(env, ["fleet.flaky"])
+    wait_for(lambda: len(env.runs("fleet.flaky", status="succeeded")) == 1, 20, "the next run")
+    assert proc.stop() == 0
+    assert run_row(env, again)["hostname"].startswith("w1@")
+
+
+def test_a_failed_run_on_a_worker_is_retried_on_the_fleet(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", JOBS)
+    start_worker(env, broker.url, "w2", JOBS)
+    proc = scheduler(env, broker)
+    (first_id,) = request_runs(env, ["fleet.flaky"])
+    wait_for(lambda: len(env.runs("fleet.flaky")) == 2, 20, "the second attempt")
+    rows = finished(env, [row["id"] for row in env.runs("fleet.flaky")], timeout=20)
+    assert proc.stop() == 0
+    first, second = sorted(rows.values(), key=lambda row: row["attempt"])
+    assert (first["status"], second["status"]) == ("failed", "succeeded")
+    assert first["exception"].startswith("ConnectionError: the partner API blinked")
+    assert (second["trigger"], second["retry_of"], second["executor"]) == (
+        "retry",
+        first_id,
+        "celery",
+    )
+    assert second["hostname"].split("@")[0] in ("w1", "w2")
+
+
+def test_a_job_the_workers_code_lacks_is_recorded_failed_never_imported(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", JOBS)  # without tests.proc.fleet_local
+    proc = scheduler(env, broker, modules=f"{JOBS},tests.proc.fleet_local")
+    (run_id,) = request_runs(env, ["fleet.only_here"])
+    row = finished(env, [run_id])[run_id]
+    assert proc.stop() == 0
+    assert row["status"] == "failed"
+    assert row["exception"] == "Job 'fleet.only_here' is not registered in this worker's code."
+    assert row["hostname"].startswith("w1@")
+
+
+def test_a_run_cancelled_while_it_waits_for_a_worker_never_runs(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    env = scheduler_env
+    proc = scheduler(env, broker)  # no worker yet: the run waits in the broker
+    (run_id,) = request_runs(env, ["fleet.flaky"])
+    wait_for(lambda: run_row(env, run_id)["executor"] == "celery", 10, "the run to be sent")
+    assert run_row(env, run_id)["status"] == "queued"
+    # What the admin's cancel does.
+    assert env.execute(
+        "UPDATE scheduler_jobrun SET status = 'skipped' WHERE id = ? AND status = 'queued'",
+        (run_id,),
+    )
+    worker = start_worker(env, broker.url, "w1", JOBS)
+    wait_for(lambda: "not waiting for a worker: not run" in worker.log(), 20, "the message")
+    assert proc.stop() == 0
+    assert run_row(env, run_id)["status"] == "skipped"
+    assert not starts(env, "fleet.flaky")
+
+
+def test_max_instances_counts_the_runs_on_the_whole_fleet(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    """A job of 2.5 s every second, max_instances=1, two workers: its runs never overlap,
+    whichever worker takes them; the fire times meanwhile are skipped."""
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", "tests.proc.fleet_slow")
+    start_worker(env, broker.url, "w2", "tests.proc.fleet_slow")
+    proc = scheduler(env, broker, modules="tests.proc.fleet_slow")
+    time.sleep(10)
+    assert proc.stop(timeout=20) == 0
+    time.sleep(3)  # the last run ends on its worker
+    spans = []
+    for line in env.marks():
+        event, _, at, stamp, _pid = line.split()
+        if event == "start":
+            spans.append([float(stamp), None, at])
+        else:
+            for span in spans:
+                if span[2] == at:
+                    span[1] = float(stamp)
+    spans.sort()
+    assert len(spans) >= 3
+    for before, after in zip(spans, spans[1:], strict=False):
+        assert before[1] is not None and before[1] <= after[0], (before, after)
+    statuses = Counter(row["status"] for row in env.runs("fleet.slow"))
+    assert statuses["skipped"] >= 3 and statuses["succeeded"] >= 3
+
+
+def test_a_jobs_routing_and_timeout_become_celery_send_options() -> None:
+    from scheduler.fleet import send_options
+    from tests.helpers import spec
+
+    assert send_options(spec("t.plain", executor="celery")) == {}
+    assert send_options(
+        spec("t.all", executor="celery", queue="reports", priority=3, expires=30.0, timeout=10.0)
+    ) == {
+        "queue": "reports",
+        "priority": 3,
+        "expires": 30.0,
+        # The soft limit raises in the job; the hard one kills its process 5 s later.
+        "soft_time_limit": 10.0,
+        "time_limit": 15.0,
+    }
