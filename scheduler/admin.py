@@ -342,6 +342,25 @@ class JobFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ExecutorFilter(admin.SimpleListFilter):
+    """Where runs ran: the two choices are known (a DISTINCT over the runs would be slow)."""
+
+    title = _("ran on")
+    parameter_name = "executor"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, StrOrPromise]]:
+        return [("local", _("the scheduler")), ("celery", _("a Celery worker"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
+        if self.value() == "local":
+            return queryset.filter(executor="")
+        if self.value() == "celery":
+            return queryset.filter(executor="celery")
+        return queryset
+
+
 @admin.register(JobRun)
 class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
     list_display = [
@@ -356,7 +375,7 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
         "hostname",
     ]
     list_display_links = ["id", "status_badge"]
-    list_filter = ["status", JobFilter, "trigger"]
+    list_filter = ["status", JobFilter, "trigger", ExecutorFilter]
     date_hierarchy = "scheduled_at"
     search_fields = ["=job_id", "exception"]
     paginator = BoundedCountPaginator
@@ -382,6 +401,7 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
         "finished",
         "duration_text",
         "lateness_text",
+        "where",
         "hostname",
         "pid",
         "exception_text",
@@ -423,6 +443,18 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
             self._run_url(run.retry_of),
             run.retry_of,
         )
+
+    @admin.display(description=_("ran on"))
+    def where(self, run: JobRun) -> str:
+        if run.executor == "celery":
+            waiting = run.status == JobRun.Status.QUEUED
+            return format_html(
+                "{} ({} <code>scheduler-run-{}</code>)",
+                _("waiting for a Celery worker") if waiting else _("a Celery worker"),
+                _("task id"),
+                run.pk,
+            )
+        return str(_("the scheduler")) if run.hostname else "—"
 
     @admin.display(description=_("retry of"))
     def retry_of_link(self, run: JobRun) -> str:

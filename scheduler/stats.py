@@ -11,7 +11,7 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from django.db import connections
-from django.db.models import Avg, Count, Max, OuterRef, Subquery, Value
+from django.db.models import Avg, Case, Count, Max, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_apscheduler.models import DjangoJob
@@ -44,7 +44,8 @@ def last_day_by_status(now: datetime) -> dict[str, int]:
 
 def queued_by_trigger() -> dict[str, int]:
     """How many runs wait in the queue, by trigger: fire times waiting their turn
-    (``schedule``), run-now requests (``manual``) and pending retries (``retry``)."""
+    (``schedule``), run-now requests (``manual``) and pending retries (``retry``); and,
+    whatever their trigger, runs sent to Celery that no worker took yet (``worker``)."""
     counts = dict(
         _runs()
         .filter(status=Status.QUEUED)
@@ -52,11 +53,17 @@ def queued_by_trigger() -> dict[str, int]:
         # Grouped by an expression no index holds (as in slowest_jobs): SQLite would
         # otherwise walk all of run_trigger_recent, every run ever, to group by trigger,
         # rather than the queued rows' range of run_status_recent (a handful).
-        .values(kind=Coalesce("trigger", Value("")))
+        .values(
+            kind=Case(
+                When(~Q(executor=""), then=Value("worker")),
+                default=Coalesce("trigger", Value("")),
+            )
+        )
         .annotate(n=Count("id"))
         .values_list("kind", "n")
     )
-    return {trigger: counts.get(trigger, 0) for trigger in JobRun.Trigger.values}
+    kinds = [*JobRun.Trigger.values, "worker"]
+    return {kind: counts.get(kind, 0) for kind in kinds}
 
 
 def failing_jobs() -> list[Job]:

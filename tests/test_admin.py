@@ -2021,15 +2021,38 @@ def test_dashboard_counts_the_queue_by_trigger(admin_client, catalog):
     make_run(status="queued", trigger="manual", scheduled_at=now)
     make_run(status="skipped", trigger="retry", attempt=2, retry_of=9, scheduled_at=now)
     make_run(status="running", trigger="retry", attempt=2, retry_of=10, scheduled_at=now)
+    # Sent to Celery, not taken by a worker yet: counted apart, whatever its trigger.
+    make_run(status="queued", trigger="schedule", executor="celery", scheduled_at=now)
 
     response = admin_client.get(DASHBOARD_URL)
 
-    assert response.context["queued"] == {"schedule": 0, "manual": 1, "retry": 2}
+    assert response.context["queued"] == {"schedule": 0, "manual": 1, "retry": 2, "worker": 1}
     card = re.search(r'<ul class="scheduler-queued">(.*?)</ul>', text(response), re.S).group(1)
     assert words(card) == (
-        "2 pending retries 1 run-now request 0 fire times waiting for a run to end"
+        "2 pending retries 1 run-now request 0 fire times waiting for a run to end "
+        "1 run waiting for a Celery worker"
     )
     assert f"{RUNS_URL}?status__exact=queued&amp;trigger__exact=retry" in card
+    waiting = admin_client.get(f"{RUNS_URL}?status__exact=queued&executor=celery")
+    assert [run.executor for run in waiting.context["cl"].result_list] == ["celery"]
+
+
+def test_run_page_says_where_a_run_ran(admin_client, catalog):
+    here = make_run(hostname="web-1", scheduled_at=timezone.now())
+    sent = make_run(
+        status="succeeded", executor="celery", hostname="w1@box", scheduled_at=timezone.now()
+    )
+    waiting = make_run(status="queued", executor="celery", scheduled_at=timezone.now())
+
+    def where(run: JobRun) -> str:
+        page = text(admin_client.get(f"{RUNS_URL}{run.pk}/change/"))
+        found = re.search(r"Ran on:?\s*</label>\s*<div class=\"readonly\">(.*?)</div>", page, re.S)
+        assert found, page[:2000]
+        return words(found.group(1))
+
+    assert where(here) == "the scheduler"
+    assert where(sent) == f"a Celery worker (task id scheduler-run-{sent.pk})"
+    assert where(waiting) == f"waiting for a Celery worker (task id scheduler-run-{waiting.pk})"
 
 
 def test_a_timed_out_run_counts_as_a_failure(admin_client, catalog):
