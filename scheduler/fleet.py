@@ -245,15 +245,16 @@ class CeleryRunExecutor(RunExecutor):
 
     def _send_waiting(self) -> None:
         for flight in list(self._flights):
-            if flight.run is not None and not flight.sent:
-                self._send(flight)
+            if flight.run is not None and not flight.sent and not self._send(flight):
+                return  # the broker is away: the others wait for the next try too
 
-    def _send(self, flight: _Flight) -> None:
+    def _send(self, flight: _Flight) -> bool:
+        """Send the flight's run; False if the broker did not take it (tried again later)."""
         run, spec = flight.run, flight.spec
         assert run is not None
         now = time.monotonic()
         if flight.said and now - flight.last_try < SEND_AGAIN:
-            return
+            return False
         flight.last_try = now
         waited = now - flight.tried_since
         try:
@@ -271,13 +272,13 @@ class CeleryRunExecutor(RunExecutor):
                     Status.QUEUED,
                 )
                 self._advance(flight)
-                return
+                return True
             if not flight.said:
                 logger.warning(
                     "Could not send the run of %r to Celery (will try again): %s", run.job_id, exc
                 )
             flight.said = True
-            return
+            return False
         if flight.said:
             logger.info("Sent the run of %r to Celery after %.1f s.", run.job_id, waited)
         flight.sent = True
@@ -285,6 +286,7 @@ class CeleryRunExecutor(RunExecutor):
         self._watched[run.pk] = _Watched(
             run.job_id, timeout, spec.expires if spec is not None else None
         )
+        return True
 
     def _look(self) -> None:
         """Follow the rows of the runs in flight (see the module docstring)."""

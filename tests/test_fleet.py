@@ -259,3 +259,51 @@ def test_a_jobs_routing_and_timeout_become_celery_send_options() -> None:
         "soft_time_limit": 10.0,
         "time_limit": 15.0,
     }
+
+
+def test_a_broker_outage_loses_and_doubles_nothing(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    """Redis is down for 6 s: the first fire time meanwhile is sent once it is back (late,
+    within its grace time) and runs once; while it waits to be sent it holds the job's one
+    slot, so the fire times after it are recorded skipped (max_instances). Every fire time
+    has its row; none runs twice."""
+    env = scheduler_env
+    worker = start_worker(env, broker.url, "w1", JOBS)
+    proc = scheduler(env, broker)
+    wait_for(lambda: len(env.runs("fleet.tick", status="succeeded")) >= 2, 20, "two ticks")
+    down = datetime.now(UTC)
+    broker.stop()
+    time.sleep(6)
+    broker.start()
+    back = datetime.now(UTC)
+    wait_for(
+        lambda: any(
+            row["scheduled_at"] > back + timedelta(seconds=2)
+            for row in env.runs("fleet.tick", status="succeeded")
+        ),
+        40,
+        "ticks after the outage",
+    )
+    assert proc.stop() == 0
+    time.sleep(2)
+    rows = {row["scheduled_at"]: row for row in env.runs("fleet.tick")}
+    during = sorted(at for at in rows if down < at < back)
+    assert len(during) >= 4
+    first, *rest = during
+    assert rows[first]["status"] == "succeeded", rows[first]
+    # Sent once the broker was back: late, not lost.
+    assert rows[first]["started_at"] >= back - timedelta(seconds=1)
+    for at in rest:
+        assert rows[at]["status"] in ("skipped", "succeeded"), rows[at]
+        if rows[at]["status"] == "skipped":
+            assert "max_instances" in rows[at]["exception"]
+    # Every fire time from before the outage to the end has its one row.
+    seconds = int((max(rows) - min(rows)).total_seconds()) + 1
+    assert sorted(rows) == [min(rows) + timedelta(seconds=n) for n in range(seconds)]
+    marks = starts(env, "fleet.tick")
+    assert max(marks.values()) == 1
+    ran = {at.isoformat() for at, row in rows.items() if row["status"] == "succeeded"}
+    assert set(marks) == ran
+    assert "Could not send the run of 'fleet.tick' to Celery" in proc.log()
+    assert worker.alive()
