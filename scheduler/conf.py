@@ -54,11 +54,13 @@ DEFAULTS: dict[str, Any] = {
     "ISOLATION": "thread",
     "RETRIES": 0,
     # Where the runs of jobs without executor= happen: "local" (this scheduler's threads or
-    # child processes) or "celery" (sent to a Celery worker fleet).
+    # child processes), "celery" (a Celery worker fleet) or "tasks" (Django's tasks).
     "EXECUTOR": "local",
     # The Celery app that sends runs ("module:attribute"); None: Celery's current app (the
     # one your project's celery.py makes, imported in its __init__.py as Celery advises).
     "CELERY_APP": None,
+    # The django.tasks backend (an alias of TASKS) runs of executor="tasks" are enqueued on.
+    "TASK_BACKEND": "default",
 }
 
 # The system check id of each kind of problem (``scheduler.E0NN``), stable across
@@ -83,6 +85,7 @@ CHECK_IDS: dict[str, str] = {
     "RETRIES": "E017",
     "EXECUTOR": "E018",
     "CELERY_APP": "E019",
+    "TASK_BACKEND": "E024",
 }
 
 
@@ -169,7 +172,11 @@ _SIMPLE: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: _is_int(v) and 0 <= v <= _MAX_RETRIES,
         f"an integer from 0 to {_MAX_RETRIES}",
     ),
-    "EXECUTOR": (lambda v: v in ("local", "celery"), "'local' or 'celery'"),
+    "EXECUTOR": (lambda v: v in ("local", "celery", "tasks"), "'local', 'celery' or 'tasks'"),
+    "TASK_BACKEND": (
+        lambda v: isinstance(v, str) and bool(v),
+        "the alias of a backend of the TASKS setting",
+    ),
     "CELERY_APP": (
         lambda v: v is None or (isinstance(v, str) and v.count(":") == 1 and all(v.split(":"))),
         "None or the Celery app as 'module:attribute' (such as 'myproject.celery:app')",

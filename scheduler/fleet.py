@@ -1,15 +1,17 @@
-"""Runs sent to a Celery worker fleet: the scheduler's side of ``executor="celery"``.
+"""Runs sent to a worker fleet: the scheduler's side of ``executor="celery"`` and
+``executor="tasks"`` (Django's task framework).
 
 The scheduler keeps what makes a run happen once: it claims each fire time in
 the history table (the fence between schedulers), keeps the job's
-``max_instances`` slots and its retries. Only the body goes to Celery: the
-claimed row is marked as waiting for a worker (``queued``, executor
-``celery``) and sent, its id as the task's argument (and in the Celery task
-id, ``scheduler-run-<id>``), by name to the task ``scheduler.run``
-(``scheduler.worker``). A worker takes the row with a conditional update
-(``queued`` to ``running``, so a message delivered twice runs once), runs
-the job registered under that id in its own code, and records the outcome in
-the same row through the same recorder as a run here.
+``max_instances`` slots and its retries. Only the body goes to the fleet: the
+claimed row is marked as waiting for a worker (``queued``, its executor set)
+and sent with its id: to Celery by name, to the task ``scheduler.run``
+(``scheduler.worker``; Celery task id ``scheduler-run-<id>``), or enqueued on
+a ``django.tasks`` backend as ``scheduler.taskworker.run_task``. A worker
+takes the row with a conditional update (``queued`` to ``running``, so a
+message delivered twice runs once), runs the job registered under that id in
+its own code, and records the outcome in the same row through the same
+recorder as a run here (``scheduler.remote``).
 
 This executor's thread sends what the main loop and the control thread hand
 it (they never wait on the broker: while it is away, sending is tried again
@@ -37,7 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.utils import timezone
 
@@ -45,6 +47,7 @@ from scheduler import conf, db
 from scheduler.execution import RunExecutor, RunOrder
 from scheduler.isolation import KILL_AFTER
 from scheduler.models import JobRun
+from scheduler.text import describe_exception
 
 if TYPE_CHECKING:
     from scheduler.registry import JobSpec
@@ -53,9 +56,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Status = JobRun.Status
-# The name of the task the workers run (scheduler.worker.run).
-TASK = "scheduler.run"
-EXECUTOR = "celery"
+# The executors, as runs record them.
+CELERY, TASKS = "celery", "tasks"
+# The name of the Celery task the workers run (scheduler.worker.run).
+CELERY_TASK = "scheduler.run"
 # Seconds between two looks at the rows of the runs in flight: how soon a run that
 # started on a worker hands its slot over, and a run that ended lets the next start.
 LOOK_EVERY = 0.2
@@ -102,6 +106,58 @@ def send_options(spec: JobSpec | None) -> dict[str, Any]:
     return options
 
 
+class Sender(Protocol):
+    """How runs reach one kind of fleet."""
+
+    name: str  # the executor, as the rows record it
+    # Errors of a send that trying again will not cure (the run is recorded failed).
+    refused: tuple[type[BaseException], ...]
+
+    def send(self, run: JobRun, spec: JobSpec | None) -> None:
+        """Hand the run to the fleet (raises if it could not)."""
+
+
+class CelerySender:
+    def __init__(self) -> None:
+        self.name = CELERY
+        self.refused: tuple[type[BaseException], ...] = (TypeError, ValueError)
+        self.app = celery_app()
+
+    def send(self, run: JobRun, spec: JobSpec | None) -> None:
+        self.app.send_task(
+            CELERY_TASK, args=[run.pk, run.job_id], task_id=task_id(run.pk), **send_options(spec)
+        )
+
+
+class TasksSender:
+    """Enqueues on the ``django.tasks`` backend ``SCHEDULER['TASK_BACKEND']``: its worker
+    (``db_worker`` of django-tasks-db, say) runs ``scheduler.taskworker.run_task``."""
+
+    def __init__(self) -> None:
+        from scheduler.taskworker import InvalidTask, run_task
+
+        self.name = TASKS
+        self.task = run_task.using(backend=conf.get("TASK_BACKEND"))
+        self.refused: tuple[type[BaseException], ...] = (TypeError, ValueError, InvalidTask)
+
+    def send(self, run: JobRun, spec: JobSpec | None) -> None:
+        task = self.task
+        if spec is not None and (spec.queue is not None or spec.priority is not None):
+            options: dict[str, Any] = {}
+            if spec.queue is not None:
+                options["queue_name"] = spec.queue
+            if spec.priority is not None:
+                options["priority"] = spec.priority
+            task = task.using(**options)
+        task.enqueue(run.pk, run.job_id)
+
+
+def make_sender(executor: str) -> Sender:
+    if executor == CELERY:
+        return CelerySender()
+    return TasksSender()
+
+
 @dataclass
 class _Flight:
     """One submission: its orders, carried out one after the other."""
@@ -127,14 +183,15 @@ class _Watched:
     sent_at: float = field(default_factory=time.monotonic)
 
 
-class CeleryRunExecutor(RunExecutor):
-    """Sends runs to Celery (see the module docstring). ``taken`` is told of each run a
-    worker started (``Executor.hand_over``)."""
+class FleetRunExecutor(RunExecutor):
+    """Sends runs to a fleet through ``sender`` (see the module docstring). ``taken`` is
+    told of each run a worker started (``Executor.hand_over``)."""
 
-    def __init__(self, runner: Runner, taken: Callable[[int, str], None]) -> None:
+    def __init__(self, runner: Runner, taken: Callable[[int, str], None], executor: str) -> None:
         self.runner = runner
         self.taken = taken
-        self._app: Any = None
+        self.executor = executor
+        self._sender: Sender | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -146,7 +203,7 @@ class CeleryRunExecutor(RunExecutor):
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._app = celery_app()
+        self._sender = make_sender(self.executor)
         self._thread = threading.Thread(target=self._loop, name="scheduler-fleet", daemon=True)
         self._thread.start()
 
@@ -186,7 +243,7 @@ class CeleryRunExecutor(RunExecutor):
                     self._look()
             except Exception as exc:
                 if not db.is_transient(exc):
-                    logger.exception("Error while sending runs to Celery")
+                    logger.exception("Error while sending runs to %s", self.executor)
                 db.close_broken()
             finally:
                 db.close_old_connections()
@@ -230,17 +287,17 @@ class CeleryRunExecutor(RunExecutor):
         marked = db.retrying(
             lambda: JobRun.objects.filter(pk=pk, status=Status.RUNNING).update(
                 status=Status.QUEUED,
-                executor=EXECUTOR,
+                executor=self.executor,
                 started_at=None,
                 hostname="",
                 pid=None,
                 instance="",
             ),
-            f"send the run of {run.job_id!r} to Celery",
+            f"send the run of {run.job_id!r} to {self.executor}",
         )
         # The worker finishes it now: not this process's to settle any more.
         self.runner.results.closed([pk])
-        run.status, run.executor, run.started_at = Status.QUEUED, EXECUTOR, None
+        run.status, run.executor, run.started_at = Status.QUEUED, self.executor, None
         return bool(marked)
 
     def _send_waiting(self) -> None:
@@ -257,17 +314,26 @@ class CeleryRunExecutor(RunExecutor):
             return False
         flight.last_try = now
         waited = now - flight.tried_since
+        sender = self._sender
+        assert sender is not None, "started"
         try:
-            self._app.send_task(
-                TASK, args=[run.pk, run.job_id], task_id=task_id(run.pk), **send_options(spec)
+            sender.send(run, spec)
+        except sender.refused as exc:
+            self._settle(
+                run.pk,
+                Status.FAILED,
+                f"The run could not be sent to {self.executor}: {describe_exception(exc)}",
+                Status.QUEUED,
             )
-        except Exception as exc:  # the broker is away, or refuses: try again, within grace
+            self._advance(flight)
+            return True
+        except Exception as exc:  # the broker is away: try again, within grace
             grace = spec.effective_grace_time if spec is not None else None
             if grace is not None and waited > grace:
                 self._settle(
                     run.pk,
                     Status.MISSED,
-                    f"Missed: it could not be sent to Celery for {waited:.0f} s, beyond "
+                    f"Missed: it could not be sent to {self.executor} for {waited:.0f} s, beyond "
                     f"misfire_grace_time ({grace} s): {exc}",
                     Status.QUEUED,
                 )
@@ -275,12 +341,15 @@ class CeleryRunExecutor(RunExecutor):
                 return True
             if not flight.said:
                 logger.warning(
-                    "Could not send the run of %r to Celery (will try again): %s", run.job_id, exc
+                    "Could not send the run of %r to %s (will try again): %s",
+                    run.job_id,
+                    self.executor,
+                    exc,
                 )
             flight.said = True
             return False
         if flight.said:
-            logger.info("Sent the run of %r to Celery after %.1f s.", run.job_id, waited)
+            logger.info("Sent the run of %r to %s after %.1f s.", run.job_id, self.executor, waited)
         flight.sent = True
         timeout = spec.effective_timeout if spec is not None else None
         self._watched[run.pk] = _Watched(
@@ -308,8 +377,7 @@ class CeleryRunExecutor(RunExecutor):
                     self._settle(
                         pk,
                         Status.MISSED,
-                        f"Missed: no worker took it within its expires ({watched.expires:g} s); "
-                        "Celery dropped it.",
+                        f"Missed: no worker took it within its expires ({watched.expires:g} s).",
                         Status.QUEUED,
                     )
                 continue
@@ -329,8 +397,8 @@ class CeleryRunExecutor(RunExecutor):
                             pk,
                             Status.TIMED_OUT,
                             f"Timed out: still running {limit:g} s after it started (timeout), "
-                            "and its worker did not report; Celery's hard time limit stopped "
-                            "it, or its worker was lost.",
+                            "and its worker did not report (a hard time limit stopped it, or "
+                            "its worker was lost).",
                         )
                 continue
             # Final (or gone): the flight goes on with its next order.

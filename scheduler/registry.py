@@ -76,9 +76,10 @@ OPTIONS = (
     "expires",
 )
 ISOLATIONS = ("thread", "process")
-EXECUTORS = ("local", "celery")
-# Celery's message priorities: 0-9 on Redis, 0-255 on RabbitMQ.
-MAX_PRIORITY = 255
+EXECUTORS = ("local", "celery", "tasks")
+# Priorities: Celery's are 0-9 on Redis, 0-255 on RabbitMQ; Django's task framework's
+# -100 to 100. The fleet's own checks refuse what it does not take (recorded failed).
+MIN_PRIORITY, MAX_PRIORITY = -100, 255
 # What a fire time does while the job's previous run still goes (see "When jobs go wrong"
 # in the README).
 OVERLAPS = ("skip", "queue", "replace", "allow")
@@ -623,24 +624,27 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
         )
     executor = options.pop("executor", None)
     if executor is not None and executor not in EXECUTORS:
-        raise _fail(job_id, f"executor={executor!r} must be 'local' or 'celery'.")
+        raise _fail(job_id, f"executor={executor!r} must be 'local', 'celery' or 'tasks'.")
     routing = {key: options.pop(key) for key in ("queue", "priority", "expires") if key in options}
     if routing and executor == "local":
         raise _fail(
             job_id,
-            f"{', '.join(routing)} route runs sent to Celery; this job runs here "
+            f"{', '.join(routing)} route runs sent to a worker fleet; this job runs here "
             "(executor='local').",
         )
     queue = routing.get("queue")
     if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 255):
-        raise _fail(job_id, f"queue={queue!r} must be a Celery queue name (a non-empty string).")
+        raise _fail(job_id, f"queue={queue!r} must be a queue name (a non-empty string).")
     priority = routing.get("priority")
     if priority is not None and (
         isinstance(priority, bool)
         or not isinstance(priority, int)
-        or not 0 <= priority <= MAX_PRIORITY
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
     ):
-        raise _fail(job_id, f"priority={priority!r} must be an integer from 0 to {MAX_PRIORITY}.")
+        raise _fail(
+            job_id,
+            f"priority={priority!r} must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}.",
+        )
     expires = routing.get("expires")
     if expires is not None and not (is_real(expires) and 0 < expires <= MAX_SECONDS):
         raise _fail(

@@ -524,10 +524,10 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     ) -> None:
         super().__init__()
         self.runner = runner if runner is not None else Runner()
-        # Where the bodies run: here, and, for jobs with executor="celery", on a Celery
-        # worker fleet (made at start when such jobs are declared).
+        # Where the bodies run: here, and, for jobs with executor="celery" or "tasks", on
+        # a worker fleet (made at start for the executors the declared jobs use).
         self.runs = runs if runs is not None else ThreadRunExecutor(max_workers, self.runner)
-        self.fleet: RunExecutor | None = None
+        self.fleets: dict[str, RunExecutor] = {}
         # The claims the main loop made for the fire times it is about to submit.
         self.book = book if book is not None else ClaimBook(self.runner.claims)
         self.book.slots = self
@@ -588,8 +588,8 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
     def runs_for(self, job_id: str) -> RunExecutor:
         """Where the runs of ``job_id`` are carried out."""
         spec = registry.get(job_id)
-        if self.fleet is not None and spec is not None and spec.effective_executor == "celery":
-            return self.fleet
+        if spec is not None and spec.effective_executor in self.fleets:
+            return self.fleets[spec.effective_executor]
         return self.runs
 
     def hand_over(self, run_id: int, job_id: str) -> None:
@@ -821,8 +821,8 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         """Cancel the submissions no worker picked up yet (their callbacks record them
         missed, or queue manual runs again)."""
         self.runs.cancel_waiting()
-        if self.fleet is not None:
-            self.fleet.cancel_waiting()
+        for fleet in self.fleets.values():
+            fleet.cancel_waiting()
 
     def close(self, reason: str, timeout: float | None = None) -> None:
         """Claim nothing more, and close the claims not submitted yet."""
@@ -837,18 +837,20 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
             s.effective_isolation == "process" and s.effective_executor == "local" for s in specs
         ):
             self.runner.isolation.start()
-        if self.fleet is None and any(s.effective_executor == "celery" for s in specs):
-            from scheduler.fleet import CeleryRunExecutor  # Celery is loaded only if used
+        wanted = {s.effective_executor for s in specs} - {"local"} - self.fleets.keys()
+        if wanted:
+            from scheduler.fleet import FleetRunExecutor  # loaded only when a job is sent
 
-            self.fleet = CeleryRunExecutor(self.runner, self.hand_over)
-        if self.fleet is not None:
-            self.fleet.start()
+            for executor in sorted(wanted):
+                self.fleets[executor] = FleetRunExecutor(self.runner, self.hand_over, executor)
+        for fleet in self.fleets.values():
+            fleet.start()
 
     def shutdown(self, wait: bool = True) -> None:
         self.close(STOPPED)
         self.runs.shutdown(wait)
-        if self.fleet is not None:
-            self.fleet.shutdown(wait=False)  # runs sent go on on their workers
+        for fleet in self.fleets.values():
+            fleet.shutdown(wait=False)  # runs sent go on on their workers
 
 
 def _replaced(at: datetime) -> str:

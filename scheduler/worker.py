@@ -27,7 +27,6 @@ Celery app discovers this module loads Celery's task only.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -86,92 +85,35 @@ class RunTask(Task):  # type: ignore[misc]  # Celery is untyped
         from billiard.exceptions import WorkerLostError
         from celery.exceptions import TimeLimitExceeded
 
+        from scheduler.remote import settle_lost
+
         run_id = args[0] if args else None
         if run_id is None:
             return
         if isinstance(exc, TimeLimitExceeded):
-            _settle(
+            settle_lost(
                 run_id,
+                _instance(),
                 "timed_out",
                 f"Timed out: Celery's hard time limit ({exc}) stopped its worker process.",
             )
         elif isinstance(exc, WorkerLostError):
-            _settle(run_id, "interrupted", f"Interrupted: its worker process was lost ({exc}).")
-
-
-def _settle(run_id: int, status: str, reason: str) -> None:
-    """Finish a run its pool process could not finish (it was killed), through the runner:
-    a timeout its job retries files the next attempt, as any timeout does."""
-    from django.utils import timezone
-
-    from scheduler import lease
-    from scheduler.models import JobRun
-    from scheduler.registry import autodiscover
-    from scheduler.runner import Runner
-
-    row = JobRun.objects.filter(pk=run_id, status=JobRun.Status.RUNNING).first()
-    if row is None:
-        return
-    row.status, row.exception = status, reason
-    row.finished_at = timezone.now()
-    if row.started_at is not None:
-        row.duration = (row.finished_at - row.started_at).total_seconds()
-    runner = Runner(lease.Alone(_instance()))
-    runner.results.opened([row])
-    runner.finish(row, autodiscover().get(row.job_id), status == JobRun.Status.TIMED_OUT)
+            lost = f"Interrupted: its worker process was lost ({exc})."
+            settle_lost(run_id, _instance(), "interrupted", lost)
 
 
 def _run(self: Task, run_id: int, job_id: str) -> str:
-    """Run the run ``run_id`` of the job registered as ``job_id``; its outcome goes to the
-    row. Returns the final status (or why it did not run) for Celery's logs."""
+    """Run the run ``run_id`` of the job registered as ``job_id`` (scheduler.remote); its
+    outcome goes to the row. Returns the final status (or why it did not run)."""
     from celery.exceptions import SoftTimeLimitExceeded
-    from django.db import close_old_connections
-    from django.utils import timezone
 
-    from scheduler import conf, lease
-    from scheduler.fleet import EXECUTOR
-    from scheduler.isolation import Outcome
-    from scheduler.models import JobRun
-    from scheduler.registry import autodiscover
-    from scheduler.runner import Runner, make_call, run_here
+    from scheduler import conf
+    from scheduler.fleet import CELERY
+    from scheduler.remote import carry_out
 
-    close_old_connections()
-    try:
-        specs = autodiscover()
-        host = str(getattr(self.request, "hostname", "") or conf.HOSTNAME)[:255]
-        runs = JobRun.objects
-        taken = runs.filter(pk=run_id, status=JobRun.Status.QUEUED, executor=EXECUTOR).update(
-            status=JobRun.Status.RUNNING,
-            started_at=timezone.now(),
-            hostname=host,
-            pid=os.getpid(),
-            instance=_instance(),
-        )
-        if not taken:
-            # Run already (a message delivered twice), cancelled, or settled meanwhile.
-            logger.info("Run #%s of %r is not waiting for a worker: not run.", run_id, job_id)
-            return "not run"
-        row = runs.get(pk=run_id)
-        runner = Runner(lease.Alone(_instance()))
-        runner.results.opened([row])
-        spec = specs.get(job_id)
-        if spec is None:
-            outcome = Outcome(
-                JobRun.Status.FAILED,
-                f"Job {job_id!r} is not registered in this worker's code.",
-                "",
-                "",
-                0.0,
-            )
-        else:
-            limit = conf.get("MAX_OUTPUT")
-            call = make_call(spec, None, row.scheduled_at)
-            outcome = run_here(call, limit, retry_on=spec.retry_on, stops=(SoftTimeLimitExceeded,))
-        runner.record_outcome(row, spec, outcome)
-        return str(row.status)
-    finally:
-        close_old_connections()
+    host = str(getattr(self.request, "hostname", "") or conf.HOSTNAME)
+    return carry_out(run_id, job_id, CELERY, host, _instance(), stops=(SoftTimeLimitExceeded,))
 
 
-# The task the scheduler sends runs to, by name (scheduler.fleet.TASK).
+# The task the scheduler sends runs to, by name (scheduler.fleet.CELERY_TASK).
 run: Any = shared_task(bind=True, base=RunTask, name="scheduler.run", ignore_result=True)(_run)

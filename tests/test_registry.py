@@ -486,22 +486,22 @@ ERRORS = [
     (
         "executor.unknown",
         lambda i: cron("0 3 * * *", id=i, executor="rq")(documented_job),
-        "executor='rq' must be 'local' or 'celery'",
+        "executor='rq' must be 'local', 'celery' or 'tasks'",
     ),
     (
         "queue.local",
         lambda i: cron("0 3 * * *", id=i, executor="local", queue="q")(documented_job),
-        "queue route runs sent to Celery; this job runs here",
+        "queue route runs sent to a worker fleet; this job runs here",
     ),
     (
         "queue.empty",
         lambda i: cron("0 3 * * *", id=i, executor="celery", queue="")(documented_job),
-        "queue='' must be a Celery queue name",
+        "queue='' must be a queue name",
     ),
     (
         "priority.text",
         lambda i: cron("0 3 * * *", id=i, executor="celery", priority="high")(documented_job),
-        "priority='high' must be an integer from 0 to 255",
+        "priority='high' must be an integer from -100 to 255",
     ),
     (
         "expires.zero",

@@ -157,3 +157,34 @@ def _ready(worker: WorkerProcess) -> bool:
             f"celery worker exited with {worker.popen.returncode}:\n{worker.log()}"
         )
     return READY_LINE in worker.log()
+
+
+def start_db_worker(env: SchedulerEnv, name: str, modules: str, **overrides: Any) -> WorkerProcess:
+    """django-tasks-db's ``db_worker`` on the test database: the worker of executor="tasks"."""
+    env._logs += 1
+    log_path = env.dir / f"db_worker-{name}.log"
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "db_worker",
+                "--interval",
+                "0.1",
+                "--no-startup-delay",
+                "--worker-id",
+                name,
+            ],
+            cwd=ROOT,
+            env=env.env(modules, **overrides),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(popen, log_path)
+    env.processes.append(worker)
+    time.sleep(1)  # it logs nothing when it is up; it polls the table from then on
+    if popen.poll() is not None:
+        raise AssertionError(f"db_worker exited with {popen.returncode}:\n{worker.log()}")
+    return worker

@@ -8,6 +8,7 @@ SCHEDULER_<KEY>         any other key of scheduler/conf.py, as JSON
                         (SCHEDULER_SHUTDOWN_GRACE=1, SCHEDULER_POLL_INTERVAL=0.2, ...)
 """
 
+import importlib.util
 import json
 import os
 
@@ -33,3 +34,10 @@ for _key in DEFAULTS:
     _value = os.environ.get(f"SCHEDULER_{_key}")
     if _value and _key != "JOB_MODULES":
         SCHEDULER[_key] = json.loads(_value)
+
+# Django's task framework (executor="tasks"): django-tasks-db's database backend, run by
+# its ``db_worker``; on Django 5.2 through the django-tasks backport.
+if importlib.util.find_spec("django_tasks_db") is not None:
+    _backport = ["django_tasks"] if importlib.util.find_spec("django.tasks") is None else []
+    INSTALLED_APPS = [*INSTALLED_APPS, *_backport, "django_tasks_db"]  # noqa: F405
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
