@@ -11,8 +11,10 @@ The ids, listed in the README's Settings section:
 * ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported;
 * ``scheduler.E022``: a job with ``overlap="replace"`` that does not run in a child
   process (a thread cannot be stopped, so it could not be replaced);
-* ``scheduler.E023``: jobs with ``executor="celery"`` but no Celery app to send them
-  with (Celery not installed, or ``CELERY_APP`` cannot be imported).
+* ``scheduler.E023``: jobs sent to a fleet with nothing to send them with: no Celery
+  app (Celery not installed, or ``CELERY_APP`` cannot be imported) for
+  ``executor="celery"``, no task framework or no ``TASK_BACKEND`` in ``TASKS`` for
+  ``executor="tasks"``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,42 @@ def check_jobs(
                 id=JOB_MODULE,
             )
         ]
-    return _replace_problems() + _celery_problems()
+    return _replace_problems() + _celery_problems() + _tasks_problems()
+
+
+def _tasks_problems() -> list[checks.CheckMessage]:
+    sent = sorted(s.id for s in registry.registry.values() if s.effective_executor == "tasks")
+    if not sent:
+        return []
+    jobs = ", ".join(repr(job_id) for job_id in sent[:3]) + (", ..." if len(sent) > 3 else "")
+    alias = conf.get("TASK_BACKEND")
+    try:
+        import_module("django.tasks")
+    except ImportError:
+        try:
+            import_module("django_tasks")
+        except ImportError:
+            return [
+                checks.Error(
+                    f"Jobs {jobs} run through Django's task framework (executor='tasks'), "
+                    "which this Django does not have.",
+                    hint="Use Django 6, or pip install django-tasks (the backport) on 5.2.",
+                    id=NO_CELERY,
+                )
+            ]
+    from django.conf import settings
+
+    if alias not in (getattr(settings, "TASKS", None) or {}):
+        return [
+            checks.Error(
+                f"Jobs {jobs} are enqueued on the task backend {alias!r} "
+                "(SCHEDULER['TASK_BACKEND']), which the TASKS setting does not define.",
+                hint="Add it to TASKS, such as {'default': {'BACKEND': "
+                "'django_tasks_db.DatabaseBackend'}}.",
+                id=NO_CELERY,
+            )
+        ]
+    return []
 
 
 def _celery_problems() -> list[checks.CheckMessage]:

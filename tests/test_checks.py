@@ -139,6 +139,19 @@ def test_jobs_on_celery_without_an_app_to_send_them_is_an_error(fresh_discovery)
         assert check_jobs() == []
 
 
+def test_jobs_on_the_task_framework_without_a_backend_is_an_error(fresh_discovery):
+    modules = ["tests.declared.tasks_job"]
+    with override_settings(SCHEDULER={"JOB_MODULES": modules, "TASK_BACKEND": "fleet"}):
+        found = check_jobs()
+        assert [error.id for error in found] == ["scheduler.E023"]
+        assert "'declared.on_tasks'" in found[0].msg and "'fleet'" in found[0].msg
+    with override_settings(
+        SCHEDULER={"JOB_MODULES": modules},
+        TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}},
+    ):
+        assert check_jobs() == []
+
+
 # Real processes ------------------------------------------------------------------------
 
 
