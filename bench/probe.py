@@ -399,9 +399,9 @@ def isolation(args: argparse.Namespace) -> dict[str, Any]:
     """Milliseconds from asking for a run of a no-op job to its outcome, in a thread and in
     a child process (``isolation="process"``), ``--runs`` each after 5 warm-ups; and the
     fork server's resident memory, which every child starts as."""
+    from scheduler.body import make_call, run_here
     from scheduler.isolation import Isolation
     from scheduler.registry import autodiscover
-    from scheduler.runner import make_call, run_here
 
     specs = autodiscover()
     spec = specs["bench.isolation.noop"]

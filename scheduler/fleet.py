@@ -47,6 +47,7 @@ from scheduler import conf, db
 from scheduler.execution import RunExecutor, RunOrder
 from scheduler.isolation import KILL_AFTER
 from scheduler.models import JobRun
+from scheduler.remote import CELERY, TASKS
 from scheduler.text import describe_exception
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Status = JobRun.Status
-# The executors, as runs record them.
-CELERY, TASKS = "celery", "tasks"
 # The name of the Celery task the workers run (scheduler.worker.run).
 CELERY_TASK = "scheduler.run"
 # Seconds between two looks at the rows of the runs in flight: how soon a run that

@@ -30,35 +30,19 @@ import multiprocessing
 import signal
 import threading
 import time
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, replace
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from scheduler.body import Outcome, TimedOut, make_call, run_here
 
 # Seconds a child has to stop after SIGTERM (its timeout, or a stop) before SIGKILL.
 KILL_AFTER = 5.0
 PRELOAD = "scheduler.forkserver"
 
 FAILED, TIMED_OUT, INTERRUPTED = "failed", "timed_out", "interrupted"
-
-
-class TimedOut(BaseException):
-    """Raised in a child's job when it is told to stop (its timeout, or a stop signal)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a child sends back: plain values, the same as a run in a thread produces."""
-
-    status: str
-    exception: str
-    traceback: str
-    output: str
-    duration: float
-    # Whether a failure may be retried (scheduler.retries.retry_wanted): True or False for
-    # an exception (its job's retry_on) or a timeout (True); None for a death without one.
-    retryable: bool | None = False
 
 
 class Isolation:
@@ -221,7 +205,6 @@ def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Conne
     """The child's body: run the job registered as ``job_id`` and send back its outcome
     (capped and made storable by the parent, as a run in a thread is)."""
     from scheduler.registry import registry
-    from scheduler.runner import make_call, run_here
 
     signal.signal(signal.SIGTERM, _stop_now)
     spec = registry.get(job_id)

@@ -21,14 +21,16 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from scheduler import conf, lease
-from scheduler.isolation import Outcome, TimedOut
+from scheduler.body import Outcome, TimedOut, make_call, run_here
 from scheduler.models import JobRun
 from scheduler.registry import autodiscover
-from scheduler.runner import Runner, make_call, run_here
+from scheduler.runner import Runner
 
 logger = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
+# The fleets runs are sent to, as their rows record them (``JobRun.executor``).
+CELERY, TASKS = "celery", "tasks"
 
 
 def carry_out(

@@ -8,12 +8,10 @@ row ends in a final status. Fire times that are not run are recorded too:
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -26,7 +24,7 @@ from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from scheduler import conf, db
-from scheduler.capture import capture
+from scheduler.body import Outcome, TimedOut, make_call, run_here
 from scheduler.claims import (
     WITHDRAW_TIMEOUT,
     ClaimBook,
@@ -36,10 +34,10 @@ from scheduler.claims import (
     too_late,
 )
 from scheduler.execution import RunExecutor, RunOrder, ThreadRunExecutor
-from scheduler.isolation import Isolation, Outcome, TimedOut
+from scheduler.isolation import Isolation
 from scheduler.lease import Alone, Standing
 from scheduler.models import JobRun
-from scheduler.registry import JobSpec, is_async, registry
+from scheduler.registry import JobSpec, registry
 from scheduler.results import ResultWriter
 from scheduler.retries import retry_wanted
 from scheduler.text import describe_exception, storable
@@ -47,47 +45,6 @@ from scheduler.text import describe_exception, storable
 logger = logging.getLogger(__name__)
 
 Status = JobRun.Status
-
-
-def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
-    """The call that runs a job once, passing ``scheduled_at`` where the function asks for it."""
-    if spec is not None:
-        func, args, kwargs = spec.func, spec.args, spec.call_kwargs(scheduled_at)
-    else:  # a job added to APScheduler directly, without a declaration in code
-        assert job is not None, "a job or its declaration is needed"
-        func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
-    if is_async(func):
-        # Each run gets its own event loop in its worker thread.
-        return lambda: asyncio.run(func(*args, **kwargs))
-    return lambda: func(*args, **kwargs)
-
-
-def run_here(
-    call: Callable[[], Any],
-    limit: int,
-    watch: _Watch | None = None,
-    retry_on: tuple[type[BaseException], ...] = (Exception,),
-    stops: tuple[type[BaseException], ...] = (TimedOut,),
-) -> Outcome:
-    """Run ``call`` in this thread, its output captured (and its timeout watched): in a
-    worker thread, in the child process of ``isolation``, or in a Celery worker. One of
-    ``stops`` raised in it is its timeout (``TimedOut``; Celery's soft time limit). A
-    failure is retryable when its exception is one of ``retry_on``; a timeout always is."""
-    status, exception, tb, retryable = Status.SUCCEEDED, "", "", False
-    start = time.perf_counter()
-    with capture(limit) as output:
-        try:
-            if watch is not None:
-                watch.begin(output)
-            call()
-        except stops as exc:
-            status, tb, retryable = Status.TIMED_OUT, format_traceback(exc), True
-            exception = "Timed out: stopped where it was (its timeout, or the scheduler stopping)."
-        except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
-            status, exception, tb = Status.FAILED, describe_exception(exc), format_traceback(exc)
-            retryable = isinstance(exc, retry_on)
-    duration = time.perf_counter() - start
-    return Outcome(status, exception, tb, output.getvalue(), duration, retryable)
 
 
 class _Watch:
@@ -147,13 +104,6 @@ class _Watch:
             self.runner.finish(run, self.spec, True)
         finally:
             connections.close_all()  # this timer thread's, which ends here
-
-
-def format_traceback(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception(exc))
-    except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
-        return f"(the traceback could not be formatted: {describe_exception(error)})"
 
 
 # How long a worker that claims its own fire time waits for a database that is away
@@ -525,7 +475,7 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         super().__init__()
         self.runner = runner if runner is not None else Runner()
         # Where the bodies run: here, and, for jobs with executor="celery" or "tasks", on
-        # a worker fleet (made at start for the executors the declared jobs use).
+        # a worker fleet (``add_fleet``: the service adds those the declared jobs use).
         self.runs = runs if runs is not None else ThreadRunExecutor(max_workers, self.runner)
         self.fleets: dict[str, RunExecutor] = {}
         # The claims the main loop made for the fire times it is about to submit.
@@ -591,6 +541,10 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         if spec is not None and spec.effective_executor in self.fleets:
             return self.fleets[spec.effective_executor]
         return self.runs
+
+    def add_fleet(self, executor: str, runs: RunExecutor) -> None:
+        """Carry out the runs of the jobs with ``executor=executor`` through ``runs``."""
+        self.fleets[executor] = runs
 
     def hand_over(self, run_id: int, job_id: str) -> None:
         """A run sent to a worker started there: from now on it holds its job's slot as a
@@ -837,12 +791,6 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
             s.effective_isolation == "process" and s.effective_executor == "local" for s in specs
         ):
             self.runner.isolation.start()
-        wanted = {s.effective_executor for s in specs} - {"local"} - self.fleets.keys()
-        if wanted:
-            from scheduler.fleet import FleetRunExecutor  # loaded only when a job is sent
-
-            for executor in sorted(wanted):
-                self.fleets[executor] = FleetRunExecutor(self.runner, self.hand_over, executor)
         for fleet in self.fleets.values():
             fleet.start()
 

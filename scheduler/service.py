@@ -21,7 +21,7 @@ from scheduler.claims import ClaimBook
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
 from scheduler.models import JobRun
-from scheduler.registry import JobSpec, autodiscover
+from scheduler.registry import JobSpec, autodiscover, registry
 from scheduler.results import ResultWriter
 from scheduler.runner import LOST_LEASE, STOPPED, Executor, Runner
 from scheduler.sync import sync
@@ -52,6 +52,12 @@ def make_parts(standing: lease.Standing | None = None) -> Parts:
     run = Runner(standing, results)
     book = ClaimBook(run.claims)
     store, executor = JobStore(book=book), Executor(conf.get("THREADS"), run, book)
+    sent = {spec.effective_executor for spec in registry.values()} - {"local"}
+    if sent:
+        from scheduler.fleet import FleetRunExecutor  # loaded only when a job is sent
+
+        for name in sorted(sent):
+            executor.add_fleet(name, FleetRunExecutor(run, executor.hand_over, name))
     scheduler = BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": executor},

@@ -61,7 +61,6 @@ def run_task(run_id: int, job_id: str) -> str:
     """Run the run ``run_id`` of the job registered as ``job_id``; its outcome goes to the
     row. Returns the final status (or why it did not run)."""
     from scheduler import conf
-    from scheduler.fleet import TASKS
-    from scheduler.remote import carry_out
+    from scheduler.remote import TASKS, carry_out
 
     return carry_out(run_id, job_id, TASKS, conf.HOSTNAME, _instance())

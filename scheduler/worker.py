@@ -108,8 +108,7 @@ def _run(self: Task, run_id: int, job_id: str) -> str:
     from celery.exceptions import SoftTimeLimitExceeded
 
     from scheduler import conf
-    from scheduler.fleet import CELERY
-    from scheduler.remote import carry_out
+    from scheduler.remote import CELERY, carry_out
 
     host = str(getattr(self.request, "hostname", "") or conf.HOSTNAME)
     return carry_out(run_id, job_id, CELERY, host, _instance(), stops=(SoftTimeLimitExceeded,))

@@ -2,7 +2,7 @@
 
 In a separate process (``python -m bench.probe isolation``), this project only (plain
 APScheduler and django-apscheduler have no per-run process): the time from asking for
-a run of a no-op job to its outcome, in a worker thread's way (``runner.run_here``)
+a run of a no-op job to its outcome, in a worker thread's way (``body.run_here``)
 and in a child forked from the fork server (``isolation.Isolation.run``), ``--history-runs``
 runs each after 5 warm-ups; and the fork server's resident memory, which each child
 shares copy-on-write at its start.

@@ -9,11 +9,12 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from scheduler import conf, db, health, lease
+from scheduler.body import make_call
 from scheduler.management.base import SchedulerCommand
 from scheduler.models import JobRun
 from scheduler.registry import JobSpec, autodiscover
 from scheduler.requests import notify
-from scheduler.runner import Runner, make_call
+from scheduler.runner import Runner
 
 Status = JobRun.Status
 

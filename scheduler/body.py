@@ -1,0 +1,99 @@
+"""A job's body, run once in the current thread: the call, its captured output, its outcome.
+
+The one place where a job's function is called, whichever process or thread
+that is: a worker thread of the scheduler (``runner``), the child process of a
+run in isolation (``isolation``), a worker of a fleet (``remote``). Its
+outcome is plain values (``Outcome``), which the runner records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from scheduler.capture import capture
+from scheduler.registry import JobSpec, is_async
+from scheduler.text import describe_exception
+
+if TYPE_CHECKING:
+    from apscheduler.job import Job
+
+SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
+
+
+class TimedOut(BaseException):
+    """Raised in a job when it is told to stop: its timeout (in a thread, or SIGTERM in a
+    child process), or the scheduler stopping."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a child sends back: plain values, the same as a run in a thread produces."""
+
+    status: str
+    exception: str
+    traceback: str
+    output: str
+    duration: float
+    # Whether a failure may be retried (scheduler.retries.retry_wanted): True or False for
+    # an exception (its job's retry_on) or a timeout (True); None for a death without one.
+    retryable: bool | None = False
+
+
+class Watch(Protocol):
+    """Watches a run's timeout from outside its thread (``runner._Watch``)."""
+
+    def begin(self, output: Any) -> None: ...
+
+
+def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
+    """The call that runs a job once, passing ``scheduled_at`` where the function asks for it."""
+    if spec is not None:
+        func, args, kwargs = spec.func, spec.args, spec.call_kwargs(scheduled_at)
+    else:  # a job added to APScheduler directly, without a declaration in code
+        assert job is not None, "a job or its declaration is needed"
+        func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
+    if is_async(func):
+        # Each run gets its own event loop in its worker thread.
+        return lambda: asyncio.run(func(*args, **kwargs))
+    return lambda: func(*args, **kwargs)
+
+
+def run_here(
+    call: Callable[[], Any],
+    limit: int,
+    watch: Watch | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    stops: tuple[type[BaseException], ...] = (TimedOut,),
+) -> Outcome:
+    """Run ``call`` in this thread, its output captured (and its timeout watched): in a
+    worker thread, in the child process of ``isolation``, or in a Celery worker. One of
+    ``stops`` raised in it is its timeout (``TimedOut``; Celery's soft time limit). A
+    failure is retryable when its exception is one of ``retry_on``; a timeout always is."""
+    status, exception, tb, retryable = SUCCEEDED, "", "", False
+    start = time.perf_counter()
+    with capture(limit) as output:
+        try:
+            if watch is not None:
+                watch.begin(output)
+            call()
+        except stops as exc:
+            status, tb, retryable = TIMED_OUT, format_traceback(exc), True
+            exception = "Timed out: stopped where it was (its timeout, or the scheduler stopping)."
+        except BaseException as exc:  # noqa: BLE001 - a job's SystemExit fails it too
+            status, exception, tb = FAILED, describe_exception(exc), format_traceback(exc)
+            retryable = isinstance(exc, retry_on)
+    duration = time.perf_counter() - start
+    return Outcome(status, exception, tb, output.getvalue(), duration, retryable)
+
+
+def format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception as error:  # noqa: BLE001 - a job's exception can break its own formatting
+        return f"(the traceback could not be formatted: {describe_exception(error)})"
