@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.proc.harness import STARTED_LINE, SchedulerEnv, wait_for
-from tests.proc.redis import RedisServer, RedisUnavailable, start_worker
+from tests.proc.workers import RedisServer, RedisUnavailable, start_worker
 from tests.test_robustness import finished, request_runs, run_row
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from tests.proc.harness import SchedulerEnv, wait_for
-from tests.proc.redis import start_db_worker
+from tests.proc.workers import start_db_worker
 from tests.test_robustness import finished, request_runs, run_row
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""A throwaway Redis server (the Celery broker of the fleet tests), and Celery workers.
+"""The worker fleets of the fleet tests: a throwaway Redis server (the Celery broker),
+Celery workers, and django-tasks-db's ``db_worker``.
 
 ``RedisServer`` runs Debian's ``redis-server`` on a free loopback port, with no
 persistence, until ``stop``; ``stop``/``start`` again make a broker outage.
@@ -105,39 +106,15 @@ class WorkerProcess(SchedulerProcess):
             self.kill_all()
 
 
-def start_worker(
-    env: SchedulerEnv,
-    broker: str,
-    name: str,
-    modules: str,
-    concurrency: int = 2,
-    **overrides: Any,
+def _spawn(
+    env: SchedulerEnv, log_name: str, argv: list[str], environment: dict[str, str]
 ) -> WorkerProcess:
-    """A real Celery worker named ``name`` on the tests' app, ready to take runs."""
+    """A worker subprocess in a session of its own, its output in ``log_name``."""
     env._logs += 1
-    log_path = env.dir / f"worker-{name}.log"
-    environment = env.env(modules, PROC_BROKER=broker, **overrides)
+    log_path = env.dir / log_name
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.proc.celery_app",
-                "worker",
-                "-n",
-                f"{name}@%h",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            argv,
             cwd=ROOT,
             env=environment,
             stdin=subprocess.DEVNULL,
@@ -147,6 +124,23 @@ def start_worker(
         )
     worker = WorkerProcess(popen, log_path)
     env.processes.append(worker)
+    return worker
+
+
+def start_worker(
+    env: SchedulerEnv,
+    broker: str,
+    name: str,
+    modules: str,
+    concurrency: int = 2,
+    **overrides: Any,
+) -> WorkerProcess:
+    """A real Celery worker named ``name`` on the tests' app, ready to take runs."""
+    argv = [sys.executable, "-m", "celery", "-A", "tests.proc.celery_app", "worker"]
+    argv += ["-n", f"{name}@%h", "--pool", "prefork", "--concurrency", str(concurrency)]
+    argv += ["--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    environment = env.env(modules, PROC_BROKER=broker, **overrides)
+    worker = _spawn(env, f"worker-{name}.log", argv, environment)
     wait_for(lambda: _ready(worker), 60, f"worker {name} ready")
     return worker
 
@@ -161,30 +155,10 @@ def _ready(worker: WorkerProcess) -> bool:
 
 def start_db_worker(env: SchedulerEnv, name: str, modules: str, **overrides: Any) -> WorkerProcess:
     """django-tasks-db's ``db_worker`` on the test database: the worker of executor="tasks"."""
-    env._logs += 1
-    log_path = env.dir / f"db_worker-{name}.log"
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "db_worker",
-                "--interval",
-                "0.1",
-                "--no-startup-delay",
-                "--worker-id",
-                name,
-            ],
-            cwd=ROOT,
-            env=env.env(modules, **overrides),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    worker = WorkerProcess(popen, log_path)
-    env.processes.append(worker)
+    argv = [sys.executable, "manage.py", "db_worker", "--interval", "0.1"]
+    argv += ["--no-startup-delay", "--worker-id", name]
+    worker = _spawn(env, f"db_worker-{name}.log", argv, env.env(modules, **overrides))
     time.sleep(1)  # it logs nothing when it is up; it polls the table from then on
-    if popen.poll() is not None:
-        raise AssertionError(f"db_worker exited with {popen.returncode}:\n{worker.log()}")
+    if worker.popen.poll() is not None:
+        raise AssertionError(f"db_worker exited with {worker.popen.returncode}:\n{worker.log()}")
     return worker
