@@ -258,7 +258,20 @@ class FleetRunExecutor(RunExecutor):
             if any(order.run is not None and not order.manual for order in flight.orders):
                 self.runner.results.starts.started()  # see ResultWriter.starts
             self._flights.append(flight)
+            self._advance_or_fail(flight)
+
+    def _advance_or_fail(self, flight: _Flight) -> None:
+        """``_advance``; if that fails (the database stayed away past DB_RETRY_TIMEOUT), the
+        submission fails, and the executor's callback records its claimed runs, as for
+        any executor that failed (see scheduler.execution); the other flights go on."""
+        try:
             self._advance(flight)
+        except Exception as exc:
+            if flight in self._flights:
+                self._flights.remove(flight)
+            if not flight.future.done():
+                flight.future.set_exception(exc)
+            logger.error("Could not send the runs of %r: %s", flight.orders[0].job_id, exc)
 
     def _advance(self, flight: _Flight) -> None:
         """Admit the flight's next order and mark it as waiting for a worker; when none is
@@ -324,7 +337,7 @@ class FleetRunExecutor(RunExecutor):
                 f"The run could not be sent to {self.executor}: {describe_exception(exc)}",
                 Status.QUEUED,
             )
-            self._advance(flight)
+            self._advance_or_fail(flight)
             return True
         except Exception as exc:  # the broker is away: try again, within grace
             grace = spec.effective_grace_time if spec is not None else None
@@ -336,7 +349,7 @@ class FleetRunExecutor(RunExecutor):
                     f"misfire_grace_time ({grace} s): {exc}",
                     Status.QUEUED,
                 )
-                self._advance(flight)
+                self._advance_or_fail(flight)
                 return True
             if not flight.said:
                 logger.warning(
@@ -404,7 +417,7 @@ class FleetRunExecutor(RunExecutor):
             del self._watched[pk]
             flight = flying.get(pk)
             if flight is not None:
-                self._advance(flight)
+                self._advance_or_fail(flight)
 
     def _settle(self, pk: int, status: str, reason: str, was: str = Status.RUNNING) -> None:
         settled = JobRun.objects.filter(pk=pk, status=was).update(
