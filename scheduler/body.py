@@ -23,7 +23,8 @@ from scheduler.text import describe_exception
 if TYPE_CHECKING:
     from apscheduler.job import Job
 
-SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
+# The statuses an outcome can have (JobRun.Status's values; this module loads no model).
+SUCCEEDED, FAILED, TIMED_OUT, INTERRUPTED = "succeeded", "failed", "timed_out", "interrupted"
 
 
 class TimedOut(BaseException):

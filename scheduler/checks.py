@@ -69,11 +69,16 @@ def check_jobs(
     return _replace_problems() + _celery_problems() + _tasks_problems()
 
 
+def _sent_jobs(executor: str) -> str:
+    """The jobs sent to ``executor``, for a message ("'a', 'b', 'c', ..."); "" if none."""
+    sent = sorted(s.id for s in registry.registry.values() if s.effective_executor == executor)
+    return ", ".join(repr(job_id) for job_id in sent[:3]) + (", ..." if len(sent) > 3 else "")
+
+
 def _tasks_problems() -> list[checks.CheckMessage]:
-    sent = sorted(s.id for s in registry.registry.values() if s.effective_executor == "tasks")
-    if not sent:
+    jobs = _sent_jobs("tasks")
+    if not jobs:
         return []
-    jobs = ", ".join(repr(job_id) for job_id in sent[:3]) + (", ..." if len(sent) > 3 else "")
     alias = conf.get("TASK_BACKEND")
     try:
         import_module("django.tasks")
@@ -105,21 +110,12 @@ def _tasks_problems() -> list[checks.CheckMessage]:
 
 
 def _celery_problems() -> list[checks.CheckMessage]:
-    sent = sorted(s.id for s in registry.registry.values() if s.effective_executor == "celery")
-    if not sent:
+    jobs = _sent_jobs("celery")
+    if not jobs:
         return []
-    # Only what sending needs is imported here (not the runtime: checks run in web processes).
-    path = conf.get("CELERY_APP")
     try:
-        import celery
-
-        if path is not None:
-            module, _, attribute = str(path).partition(":")
-            getattr(import_module(module), attribute)
-        elif not hasattr(celery, "current_app"):
-            raise ImportError("celery has no current_app")
+        conf.celery_app()
     except ImportError as exc:
-        jobs = ", ".join(repr(job_id) for job_id in sent[:3]) + (", ..." if len(sent) > 3 else "")
         return [
             checks.Error(
                 f"Jobs {jobs} run on Celery (executor='celery'), but there is no Celery app to "

@@ -11,6 +11,7 @@ import math
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
@@ -294,6 +295,19 @@ def _load() -> dict[str, Any]:
         # One line per problem: runapscheduler stops at start with all of them at once.
         raise ImproperlyConfigured("\n".join(problem.message for problem in found))
     return {**DEFAULTS, **(getattr(settings, "SCHEDULER", None) or {})}
+
+
+def celery_app() -> Any:
+    """The Celery app that sends runs (executor="celery"): ``CELERY_APP``, or Celery's
+    current app. Raises ImportError (Celery, or the module, missing) or AttributeError
+    (the module has no such app): the system check (E023) reports them."""
+    path = get("CELERY_APP")
+    if path is None:
+        from celery import current_app
+
+        return current_app
+    module, _, attribute = str(path).partition(":")
+    return getattr(import_module(module), attribute)
 
 
 def database() -> str:

@@ -44,7 +44,7 @@ from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.registry import registry
 from scheduler.requests import CHANNEL
-from scheduler.runner import Executor, Runner
+from scheduler.runner import Executor, Runner, replaced
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ def _why_queued(run: JobRun) -> str:
     if run.trigger == JobRun.Trigger.SCHEDULE:
         return f"the fire time {run.scheduled_at.isoformat()}, after waiting its turn"
     return f"requested by {run.requested_by or '?'}"
-
-
-def _replaced_by(trigger: str, at: datetime) -> str:
-    what = "a run requested by hand" if trigger == JobRun.Trigger.MANUAL else f"the run at {at}"
-    return f"Interrupted: stopped for {what}, which replaces it (overlap='replace')."
 
 
 def _requeue_if_cancelled(runner: Runner, run: JobRun) -> Callable[[Future[Any]], None]:
@@ -188,14 +183,14 @@ class Control(threading.Thread):
         look = look or now - self._last_look >= LISTENING_POLL or self._due(timezone.now())
         pending = queued = False
         if look:
-            reported = self._take_reported()
-            pending, queued, later = self.requests_pending(timezone.now())
-            # When the next queued run not due yet is (a retry, mostly): look again then.
-            known = [at for at in (later, reported) if at is not None]
             with self._due_lock:
-                if self._reported is not None:
-                    known.append(self._reported)
-                self._due_at = min(known) if known else None
+                # Each run reported so far was written before it was reported: this look
+                # reads it. Those reported from now on wait for the next look.
+                self._reported = None
+            pending, queued, later = self.requests_pending(timezone.now())
+            with self._due_lock:
+                # When the next queued run not due yet is (a retry, mostly): look again then.
+                self._due_at = later
         changed = self.apply_pause_changes() if pending else 0
         if took_over or queued or self.executor.counts_foreign() or self._sweep_due(now):
             self.watch_running()
@@ -218,11 +213,6 @@ class Control(threading.Thread):
         with self._due_lock:
             if self._reported is None or run.scheduled_at < self._reported:
                 self._reported = run.scheduled_at
-
-    def _take_reported(self) -> datetime | None:
-        with self._due_lock:
-            reported, self._reported = self._reported, None
-            return reported
 
     def _due(self, now: datetime) -> bool:
         """Whether a queued run known to this thread is due."""
@@ -274,7 +264,7 @@ class Control(threading.Thread):
                 if spec is not None and spec.effective_overlap == "replace":
                     if trigger != JobRun.Trigger.RETRY:
                         # A newer run replaces the one going (a retry is older work: it waits).
-                        self.runner.isolation.stop(job_id, _replaced_by(trigger, at))
+                        self.runner.isolation.stop(job_id, replaced(trigger, at))
                 continue
             if owner and not self._owner_alive(owner):
                 self.executor.unreserve(job_id)

@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.utils import timezone
@@ -72,17 +71,6 @@ REPORT_GRACE = 30.0
 def task_id(run_id: int) -> str:
     """The Celery task id of a run: its row's id, recognisable in Flower and the logs."""
     return f"scheduler-run-{run_id}"
-
-
-def celery_app() -> Any:
-    """The Celery app that sends runs: ``SCHEDULER['CELERY_APP']``, or Celery's current app."""
-    path = conf.get("CELERY_APP")
-    if path is None:
-        from celery import current_app
-
-        return current_app
-    module, _, attribute = str(path).partition(":")
-    return getattr(import_module(module), attribute)
 
 
 def send_options(spec: JobSpec | None) -> dict[str, Any]:
@@ -120,7 +108,7 @@ class CelerySender:
     def __init__(self) -> None:
         self.name = CELERY
         self.refused: tuple[type[BaseException], ...] = (TypeError, ValueError)
-        self.app = celery_app()
+        self.app = conf.celery_app()
 
     def send(self, run: JobRun, spec: JobSpec | None) -> None:
         self.app.send_task(

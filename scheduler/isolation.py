@@ -36,13 +36,19 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from scheduler.body import Outcome, TimedOut, make_call, run_here
+from scheduler.body import (
+    FAILED,
+    INTERRUPTED,
+    TIMED_OUT,
+    Outcome,
+    TimedOut,
+    make_call,
+    run_here,
+)
 
 # Seconds a child has to stop after SIGTERM (its timeout, or a stop) before SIGKILL.
 KILL_AFTER = 5.0
 PRELOAD = "scheduler.forkserver"
-
-FAILED, TIMED_OUT, INTERRUPTED = "failed", "timed_out", "interrupted"
 
 
 class Isolation:
@@ -52,8 +58,7 @@ class Isolation:
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([PRELOAD])
-        self._children: set[BaseProcess] = set()
-        self._jobs: dict[BaseProcess, str] = {}  # child -> the job it runs
+        self._jobs: dict[BaseProcess, str] = {}  # the children running, each -> its job
         self._stopped: dict[BaseProcess, str] = {}  # children told to stop -> why
         self._lock = threading.Lock()
         self._closing = ""  # why every child was killed (the scheduler stops), if it was
@@ -79,7 +84,6 @@ class Isolation:
         start = time.monotonic()
         with self._lock:
             child.start()
-            self._children.add(child)
             self._jobs[child] = job_id
         sender.close()  # the child holds the only writing end: EOF when it dies
         try:
@@ -97,7 +101,6 @@ class Isolation:
             receiver.close()
             child.join(KILL_AFTER)
             with self._lock:
-                self._children.discard(child)
                 self._jobs.pop(child, None)
                 self._stopped.pop(child, None)
         return outcome
@@ -157,7 +160,7 @@ class Isolation:
         recorded ``interrupted`` with ``reason``."""
         with self._lock:
             self._closing = reason
-            children = list(self._children)
+            children = list(self._jobs)
         for child in children:
             if child.is_alive():
                 child.kill()

@@ -401,6 +401,11 @@ def _fail(job_id: str, message: str) -> DeclarationError:
     return DeclarationError(f"Scheduled job {job_id!r}: {message}", job_id)
 
 
+def _int_between(value: Any, low: int, high: int) -> bool:
+    """An int from ``low`` to ``high`` (not a bool, which Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def is_real(value: Any) -> bool:
     """An int or float that is a number: not a bool (an int in Python), not NaN or infinite."""
     if isinstance(value, bool):
@@ -598,9 +603,7 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
     if isolation is not None and isolation not in ISOLATIONS:
         raise _fail(job_id, f"isolation={isolation!r} must be 'thread' or 'process'.")
     retries = options.pop("retries", None)
-    if retries is not None and (
-        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
-    ):
+    if retries is not None and not _int_between(retries, 0, MAX_RETRIES):
         raise _fail(job_id, f"retries={retries!r} must be an integer from 0 to {MAX_RETRIES}.")
     backoff = _check_backoff(job_id, options.pop("retry_backoff", DEFAULT_BACKOFF))
     retry_on = options.pop("retry_on", (Exception,))
@@ -636,11 +639,7 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
     if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 255):
         raise _fail(job_id, f"queue={queue!r} must be a queue name (a non-empty string).")
     priority = routing.get("priority")
-    if priority is not None and (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
-    ):
+    if priority is not None and not _int_between(priority, MIN_PRIORITY, MAX_PRIORITY):
         raise _fail(
             job_id,
             f"priority={priority!r} must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}.",

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import uuid
 
 from django.db import close_old_connections
 from django.utils import timezone
 
 from scheduler import conf, lease
 from scheduler.body import Outcome, TimedOut, make_call, run_here
-from scheduler.models import JobRun
+from scheduler.models import JobRun, SchedulerInstance
 from scheduler.registry import autodiscover
 from scheduler.runner import Runner
 
@@ -31,6 +33,43 @@ logger = logging.getLogger(__name__)
 NOT_RUN = "not run"
 # The fleets runs are sent to, as their rows record them (``JobRun.executor``).
 CELERY, TASKS = "celery", "tasks"
+
+
+class WorkerIdentity:
+    """A worker process's instance id, recorded in the rows it runs, and its heartbeat (a
+    ``SchedulerInstance`` of role ``worker``): the active scheduler counts the worker's
+    runs against their jobs' ``max_instances`` and marks them interrupted if it dies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._id = ""
+        self._presence: lease.Presence | None = None
+
+    def instance_id(self) -> str:
+        """The id (made at the first ask: a Celery worker asks before its pool forks, so
+        that its pool processes share it)."""
+        with self._lock:
+            if not self._id:
+                self._id = uuid.uuid4().hex
+            return self._id
+
+    def heartbeat(self) -> None:
+        """Start heartbeating, once (in the process that stays: not before a fork)."""
+        instance_id = self.instance_id()
+        with self._lock:
+            if self._presence is None:
+                self._presence = lease.Presence(SchedulerInstance.Role.WORKER, instance_id)
+                self._presence.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            presence, self._presence = self._presence, None
+        if presence is not None:
+            presence.finish()
+
+
+# This process's, when it is a worker of a fleet (scheduler.worker, scheduler.taskworker).
+worker_identity = WorkerIdentity()
 
 
 def carry_out(

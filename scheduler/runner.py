@@ -551,9 +551,7 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         run of another process (counted until it is no longer ``running``), and the
         submission that held it ends."""
         with self._lock:
-            if run_id not in self._foreign:
-                self._foreign[run_id] = job_id
-                self._instances[job_id] += 1
+            self._count_as_foreign(run_id, job_id)
 
     def submit_manual(self, run: JobRun) -> Future[Any]:
         """Start a claimed manual run on a worker (its slot taken with ``reserve``)."""
@@ -582,8 +580,13 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                 if self._instances[job_id] <= 0:
                     del self._instances[job_id]
             for run_id in runs.keys() - self._foreign.keys():
-                self._foreign[run_id] = runs[run_id]
-                self._instances[runs[run_id]] += 1
+                self._count_as_foreign(run_id, runs[run_id])
+
+    def _count_as_foreign(self, run_id: int, job_id: str) -> None:
+        """(Under the lock.) The run of another process holds one of its job's slots."""
+        if run_id not in self._foreign:
+            self._foreign[run_id] = job_id
+            self._instances[job_id] += 1
 
     # -- submissions ---------------------------------------------------------------------
 
@@ -630,7 +633,9 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
                 )
             elif overlap in ("queue", "replace") and self._queue(job, name, run_times[-1], claimed):
                 if overlap == "replace":
-                    self.runner.isolation.stop(job.id, _replaced(run_times[-1]))
+                    self.runner.isolation.stop(
+                        job.id, replaced(JobRun.Trigger.SCHEDULE, run_times[-1])
+                    )
                 run_times = run_times[:-1]
                 reason = "Skipped: a later fire time of this job waits for its turn."
             for run in claimed.runs if claimed is not None else []:
@@ -801,11 +806,14 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
             fleet.shutdown(wait=False)  # runs sent go on on their workers
 
 
-def _replaced(at: datetime) -> str:
-    return (
-        f"Interrupted: stopped for the run at {at.isoformat()}, which replaces it "
-        "(overlap='replace')."
+def replaced(trigger: str, at: datetime) -> str:
+    """Why a run was stopped by overlap="replace": for the run of ``trigger`` at ``at``."""
+    what = (
+        "a run requested by hand"
+        if trigger == JobRun.Trigger.MANUAL
+        else f"the run at {at.isoformat()}"
     )
+    return f"Interrupted: stopped for {what}, which replaces it (overlap='replace')."
 
 
 class _Recorded(Exception):

@@ -203,7 +203,8 @@ def _same_run_options(stored: Any, spec: JobSpec) -> bool:
             stored = json.loads(stored)
         except ValueError:
             return False
-    return bool(stored == json.loads(_run_options_json(spec)))
+    # run_options is JSON-ready: equal to what the column holds once decoded.
+    return bool(stored == spec.run_options)
 
 
 # Catalog columns ``catalog_row`` gives as the database takes them.

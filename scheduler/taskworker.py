@@ -17,10 +17,6 @@ configured backend: only processes that send or run such runs import it.
 
 from __future__ import annotations
 
-import threading
-import uuid
-from typing import Any
-
 try:  # Django 6
     from django.tasks import task
     from django.tasks.exceptions import TaskException
@@ -35,32 +31,12 @@ InvalidTask = TaskException
 __all__ = ["InvalidTask", "run_task"]
 
 
-class _Worker:
-    """This worker process's identity and heartbeat, from its first run on."""
-
-    lock = threading.Lock()
-    instance_id = ""
-    presence: Any = None
-
-
-def _instance() -> str:
-    with _Worker.lock:
-        if _Worker.presence is None:
-            from scheduler.lease import Presence
-            from scheduler.models import SchedulerInstance
-
-            _Worker.instance_id = uuid.uuid4().hex
-            presence = Presence(SchedulerInstance.Role.WORKER, _Worker.instance_id)
-            presence.start()
-            _Worker.presence = presence
-        return _Worker.instance_id
-
-
 @task()
 def run_task(run_id: int, job_id: str) -> str:
     """Run the run ``run_id`` of the job registered as ``job_id``; its outcome goes to the
     row. Returns the final status (or why it did not run)."""
     from scheduler import conf
-    from scheduler.remote import TASKS, carry_out
+    from scheduler.remote import TASKS, carry_out, worker_identity
 
-    return carry_out(run_id, job_id, TASKS, conf.HOSTNAME, _instance())
+    worker_identity.heartbeat()  # from its first run on
+    return carry_out(run_id, job_id, TASKS, conf.HOSTNAME, worker_identity.instance_id())

@@ -27,7 +27,6 @@ Celery app discovers this module loads Celery's task only.
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from celery import Task, shared_task
@@ -36,32 +35,22 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 logger = logging.getLogger(__name__)
 
 
-class _Worker:
-    """This worker's identity (made in the main process before the pool forks, so that its
-    children share it) and its heartbeat."""
-
-    instance_id = ""
-    presence: Any = None
-
-
 def _name_the_worker(**kwargs: Any) -> None:
-    _Worker.instance_id = uuid.uuid4().hex
+    from scheduler.remote import worker_identity
+
+    worker_identity.instance_id()  # before the pool forks: its processes share it
 
 
 def _heartbeat(**kwargs: Any) -> None:
-    from scheduler.lease import Presence
-    from scheduler.models import SchedulerInstance
+    from scheduler.remote import worker_identity
 
-    if not _Worker.instance_id:
-        _Worker.instance_id = uuid.uuid4().hex
-    presence = Presence(SchedulerInstance.Role.WORKER, _Worker.instance_id)
-    presence.start()
-    _Worker.presence = presence
+    worker_identity.heartbeat()
 
 
 def _stopped(**kwargs: Any) -> None:
-    if _Worker.presence is not None:
-        _Worker.presence.finish()
+    from scheduler.remote import worker_identity
+
+    worker_identity.stop()
 
 
 # (Connected by hand: Celery's decorators are untyped.) weak=False: module-level functions.
@@ -71,9 +60,9 @@ worker_shutdown.connect(_stopped, weak=False)
 
 
 def _instance() -> str:
-    if not _Worker.instance_id:  # a worker started without its signals (a test's eager app)
-        _Worker.instance_id = uuid.uuid4().hex
-    return _Worker.instance_id
+    from scheduler.remote import worker_identity
+
+    return worker_identity.instance_id()
 
 
 class RunTask(Task):  # type: ignore[misc]  # Celery is untyped
