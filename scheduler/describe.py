@@ -342,9 +342,8 @@ def run_options(declared: object, max_instances: object) -> list[RunOption]:
         rows.append((_("retry on"), _retry_on_words(given.get("retry_on")), source("retry_on")))
     overlap = given.get("overlap")
     if overlap is None:
-        # The registry's default: one run at a time skips, several are allowed.
-        many = registry.is_real(max_instances) and cast(float, max_instances) > 1
-        overlap = "allow" if many else "skip"
+        instances = max_instances if registry.is_real(max_instances) else 1
+        overlap = registry.default_overlap(cast(int, instances))
     rows.append((_("overlap"), _overlap_words(overlap), source("overlap")))
     return rows
 

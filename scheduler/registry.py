@@ -197,9 +197,7 @@ class JobSpec:
 
     @property
     def effective_overlap(self) -> str:
-        if self.overlap is not None:
-            return self.overlap
-        return "allow" if self.max_instances > 1 else "skip"
+        return self.overlap if self.overlap is not None else default_overlap(self.max_instances)
 
     @property
     def effective_executor(self) -> str:
@@ -399,6 +397,12 @@ class DeclarationError(ImproperlyConfigured):
 
 def _fail(job_id: str, message: str) -> DeclarationError:
     return DeclarationError(f"Scheduled job {job_id!r}: {message}", job_id)
+
+
+def default_overlap(max_instances: int) -> str:
+    """The overlap of a job that declares none: one run at a time skips the fire times
+    that come during a run; several side by side are allowed."""
+    return "allow" if max_instances > 1 else "skip"
 
 
 def _int_between(value: Any, low: int, high: int) -> bool:
