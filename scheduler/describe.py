@@ -345,7 +345,24 @@ def run_options(declared: object, max_instances: object) -> list[RunOption]:
         instances = max_instances if registry.is_real(max_instances) else 1
         overlap = registry.default_overlap(cast(int, instances))
     rows.append((_("overlap"), _overlap_words(overlap), source("overlap")))
+    executor = given["executor"] if "executor" in given else conf.get("EXECUTOR")
+    rows.append((_("executor"), _executor_words(executor), source("executor", "EXECUTOR")))
+    # How a run sent to a fleet is routed, as declared.
+    for key, label in (("queue", _("queue")), ("priority", _("priority"))):
+        if key in given:
+            rows.append((label, str(given[key]), source(key)))
+    if "expires" in given:
+        rows.append((_("expires"), _seconds_words(given["expires"]), source("expires")))
     return rows
+
+
+def _executor_words(value: object) -> str:
+    words = {
+        "local": _("this scheduler"),
+        "celery": _("a Celery worker fleet"),
+        "tasks": _("Django's task framework"),
+    }
+    return words.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
 def _seconds_words(value: object) -> str:

@@ -1951,6 +1951,7 @@ def test_job_page_shows_the_project_defaults_of_a_job_that_declares_none(
         "wait before a retry": ("1 s, doubling up to 10 min, with jitter", "default"),
         "retry on": ("any exception, and a crash of its child process", "default"),
         "overlap": ("skip: a fire time that comes while a run is going is skipped", "default"),
+        "executor": ("this scheduler", "project default (SCHEDULER['EXECUTOR'])"),
     }
 
 
@@ -1959,7 +1960,7 @@ def test_job_page_without_retries_says_so_and_no_more(admin_client, catalog):
 
     assert options["timeout"] == ("no limit", "project default (SCHEDULER['TIMEOUT'])")
     assert options["retries"] == ("none", "project default (SCHEDULER['RETRIES'])")
-    assert list(options) == ["timeout", "isolation", "retries", "overlap"]
+    assert list(options) == ["timeout", "isolation", "retries", "overlap", "executor"]
 
 
 def test_job_page_shows_the_run_options_a_job_declares(admin_client, catalog, settings):
@@ -1972,6 +1973,10 @@ def test_job_page_shows_the_run_options_a_job_declares(admin_client, catalog, se
             "retry_backoff": {"base": 2, "cap": 30, "jitter": False},
             "retry_on": ["builtins.ConnectionError", "myapp.errors.Flaky"],
             "overlap": "queue",
+            "executor": "celery",
+            "queue": "reports",
+            "priority": 7,
+            "expires": 60.0,
         }
     )
 
@@ -1988,6 +1993,10 @@ def test_job_page_shows_the_run_options_a_job_declares(admin_client, catalog, se
             "queue: a fire time that comes while a run is going waits for it to end",
             declared,
         ),
+        "executor": ("a Celery worker fleet", declared),
+        "queue": ("reports", declared),
+        "priority": ("7", declared),
+        "expires": ("1 min", declared),
     }
 
 
