@@ -338,6 +338,7 @@ def test_the_sources_of_run_options(settings: Any) -> None:
         ("wait before a retry", "default"),
         ("retry on", "default"),
         ("overlap", "declared by the job"),
+        ("executor", "project default (SCHEDULER['EXECUTOR'])"),
     ]
 
 
@@ -351,6 +352,7 @@ def test_the_sources_of_run_options(settings: Any) -> None:
         {"retries": 2, "retry_backoff": {"base": "1"}, "retry_on": "OSError"},
         {"retries": 2, "retry_backoff": 7, "retry_on": [1, 2]},
         {"timeout": float("inf"), "retry_backoff": {"base": 1, "cap": 1e300, "jitter": True}},
+        {"executor": ["celery"], "queue": 5, "priority": "high", "expires": "soon"},
     ],
 )
 def test_run_options_written_by_other_code_are_shown_as_stored(declared: Any) -> None:
@@ -369,6 +371,7 @@ def test_run_options_in_the_active_language() -> None:
         "隔离方式": "子进程",
         "重试次数": "无",
         "重叠策略": "skip：运行期间到来的触发时间被跳过",
+        "执行器": "本调度器",
     }
 
 
