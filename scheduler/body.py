@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from scheduler.arguments import merged, unpack
 from scheduler.capture import capture
 from scheduler.registry import JobSpec, is_async
 from scheduler.text import describe_exception
@@ -52,13 +53,20 @@ class Watch(Protocol):
     def begin(self, output: Any) -> None: ...
 
 
-def make_call(spec: JobSpec | None, job: Job | None, scheduled_at: datetime) -> Callable[[], Any]:
-    """The call that runs a job once, passing ``scheduled_at`` where the function asks for it."""
+def make_call(
+    spec: JobSpec | None, job: Job | None, scheduled_at: datetime, arguments: Any = None
+) -> Callable[[], Any]:
+    """The call that runs a job once, passing ``scheduled_at`` where the function asks for
+    it, and a run's own ``arguments`` (a run scheduled from code: its row's) after the
+    job's declared ones."""
     if spec is not None:
-        func, args, kwargs = spec.func, spec.args, spec.call_kwargs(scheduled_at)
+        func = spec.func
+        args, kwargs = merged(spec, *unpack(arguments))
+        if spec.wants_scheduled_at:
+            kwargs["scheduled_at"] = scheduled_at
     else:  # a job added to APScheduler directly, without a declaration in code
         assert job is not None, "a job or its declaration is needed"
-        func, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
+        func, args, kwargs = job.func, list(job.args), dict(job.kwargs)
     if is_async(func):
         # Each run gets its own event loop in its worker thread.
         return lambda: asyncio.run(func(*args, **kwargs))

@@ -35,6 +35,7 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from django.db import connections
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -60,12 +61,25 @@ def _as_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+# Queued runs at most claimed by one statement (and read by one before it).
+QUEUE_BATCH = 500
+# The queued runs of a paused job that wait for its resume, rather than being skipped:
+# each was asked for by code with its own arguments (a fire time or a retry is skipped).
+WAIT_WHILE_PAUSED = (JobRun.Trigger.CODE, JobRun.Trigger.TASK)
+
+
 def _why_queued(run: JobRun) -> str:
     if run.trigger == JobRun.Trigger.RETRY:
         return f"attempt {run.attempt} (retry of run #{run.retry_of})"
     if run.trigger == JobRun.Trigger.SCHEDULE:
         return f"the fire time {run.scheduled_at.isoformat()}, after waiting its turn"
+    if run.trigger in WAIT_WHILE_PAUSED:
+        return f"scheduled for {run.scheduled_at.isoformat()}{_by(run)}"
     return f"requested by {run.requested_by or '?'}"
+
+
+def _by(run: JobRun) -> str:
+    return f" by {run.requested_by}" if run.requested_by else ""
 
 
 def _requeue_if_cancelled(runner: Runner, run: JobRun) -> Callable[[Future[Any]], None]:
@@ -136,9 +150,19 @@ class Control(threading.Thread):
         self._reported: datetime | None = None
         self._due_lock = threading.Lock()
         self.runner.queued = self.queued
+        # Due runs were left queued for want of a free worker thread at the last look;
+        # the end of a queued run then sets ``_freed``, and the next look comes at once.
+        self._backlog = False
+        self._freed = threading.Event()
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
+        if self._backlog:
+            # Runs wait for a worker thread: the next look when one is free.
+            self._freed.wait(interval)
+            self._freed.clear()
+            self._look = True
+            return self.stop.is_set()
         if self._listen and self.standing.holds():
             try:
                 if self._listener is None:
@@ -246,20 +270,65 @@ class Control(threading.Thread):
         return bool(pending), bool(due), _as_datetime(later)
 
     def start_queued_runs(self) -> int:
-        """Claim and start queued manual runs, each once one of its job's ``max_instances``
-        slots is free (until then it stays queued: run-now waits its turn)."""
-        runs = JobRun.objects
-        queued = list(
-            runs.filter(status=JobRun.Status.QUEUED, scheduled_at__lte=timezone.now(), executor="")
-            .order_by("id")
-            .values_list("id", "job_id", "instance", "trigger", "scheduled_at")[:100]
-        )
-        started = 0
+        """Claim and start the queued runs that are due, in the order they fell due: each
+        once one of its job's ``max_instances`` slots is free (until then it stays
+        queued: run-now waits its turn), and those that run here only as far as there
+        are free worker threads (the rest stay queued in the table, where another
+        scheduler finds them if this one dies, rather than in this process's memory).
+
+        ``QUEUE_BATCH`` rows a statement, claimed with one conditional update: a
+        thousand runs scheduled from code for the same moment start within a poll
+        or two, not one a poll each.
+        """
         self.executor.new_queue_round()
-        for run_id, job_id, owner, trigger, at in queued:
+        paused = set(Job.objects.filter(paused=True).values_list("id", flat=True))
+        started = 0
+        after: tuple[datetime, int] | None = None
+        self._backlog = False
+        while not (self.stop.is_set() or self.executor.stopping.is_set()):
+            batch = self._due_batch(after, paused)
+            if not batch:
+                break
+            after = (batch[-1][4], batch[-1][0])
+            started += self._start_batch(batch)
+            if len(batch) < QUEUE_BATCH or self._backlog:
+                break
+        return started
+
+    @staticmethod
+    def _due_batch(
+        after: tuple[datetime, int] | None, paused: set[str]
+    ) -> list[tuple[int, str, str, str, datetime]]:
+        """The next ``QUEUE_BATCH`` queued runs due now, after ``after`` (due time, id):
+        (id, job id, owner, trigger, due time). Runs scheduled from code for a paused job
+        wait for its resume; a queued row with an executor waits for a fleet's worker."""
+        rows = JobRun.objects.filter(
+            status=JobRun.Status.QUEUED, scheduled_at__lte=timezone.now(), executor=""
+        )
+        if after is not None:
+            at, pk = after
+            rows = rows.filter(Q(scheduled_at__gt=at) | Q(scheduled_at=at, id__gt=pk))
+        if paused:
+            rows = rows.exclude(trigger__in=WAIT_WHILE_PAUSED, job_id__in=paused)
+        return list(
+            rows.order_by("scheduled_at", "id").values_list(
+                "id", "job_id", "instance", "trigger", "scheduled_at"
+            )[:QUEUE_BATCH]
+        )
+
+    def _start_batch(self, batch: list[tuple[int, str, str, str, datetime]]) -> int:
+        runs = JobRun.objects
+        free = self.executor.free_workers()
+        claim: list[tuple[int, str]] = []
+        for run_id, job_id, owner, trigger, at in batch:
             if self.stop.is_set() or self.executor.stopping.is_set():
                 break
             spec = registry.get(job_id)
+            here = self.executor.runs_for(job_id) is self.executor.runs
+            if here and not owner and free <= 0:
+                # No worker thread free: it waits in the table; a run ending wakes us.
+                self._backlog = True
+                continue
             if not self.executor.reserve(job_id, spec.max_instances if spec else 1):
                 if spec is not None and spec.effective_overlap == "replace":
                     if trigger != JobRun.Trigger.RETRY:
@@ -278,18 +347,29 @@ class Control(threading.Thread):
                 else:
                     self.executor.unreserve(job_id)
                 continue
-            # Claimed: ours alone now. started_at is set when a worker really starts it.
-            claimed = runs.filter(pk=run_id, status=JobRun.Status.QUEUED).update(
-                status=JobRun.Status.RUNNING,
-                hostname=conf.HOSTNAME,
-                pid=os.getpid(),
-                instance=self.standing.instance_id,
-            )
-            if not claimed:
+            if here:
+                free -= 1
+            claim.append((run_id, job_id))
+        if not claim:
+            return 0
+        me = self.standing.instance_id
+        ids = [run_id for run_id, _ in claim]
+        # Claimed: ours alone now (conditional on queued: a run cancelled meanwhile stays
+        # cancelled). started_at is set when a worker really starts it.
+        runs.filter(pk__in=ids, status=JobRun.Status.QUEUED).update(
+            status=JobRun.Status.RUNNING, hostname=conf.HOSTNAME, pid=os.getpid(), instance=me
+        )
+        claimed = {
+            run.pk: run
+            for run in runs.filter(pk__in=ids, status=JobRun.Status.RUNNING, instance=me)
+        }
+        self.runner.results.opened(list(claimed.values()))
+        started = 0
+        for run_id, job_id in claim:
+            run = claimed.get(run_id)
+            if run is None:
                 self.executor.unreserve(job_id)
                 continue
-            run = runs.get(pk=run_id)
-            self.runner.results.opened([run])
             logger.info("Running %r now: %s", run.job_id, _why_queued(run))
             try:
                 future = self.executor.submit_manual(run)
@@ -297,11 +377,22 @@ class Control(threading.Thread):
                 self.executor.unreserve(job_id)
                 self.runner.requeue(run)
                 if self.executor.stopping.is_set():
-                    return started  # a stop came first: the next active scheduler runs it
+                    # A stop came first: the next active scheduler runs the rest.
+                    for rest in claim[claim.index((run_id, job_id)) + 1 :]:
+                        self.executor.unreserve(rest[1])
+                        if rest[0] in claimed:
+                            self.runner.requeue(claimed[rest[0]])
+                    return started
                 raise
             future.add_done_callback(_requeue_if_cancelled(self.runner, run))
+            future.add_done_callback(self._worker_freed)
             started += 1
         return started
+
+    def _worker_freed(self, future: Future[Any]) -> None:
+        """A queued run ended: if runs wait for a worker thread, look again now."""
+        if self._backlog:
+            self._freed.set()
 
     @staticmethod
     def _skip_waiting(job_id: str) -> None:

@@ -98,7 +98,9 @@ def schedule_words(kind: str, fields: Mapping[str, Any] | None, text: str) -> st
     Never raises: the admin's pages show every job the registry accepts.
     """
     words = None
-    if not isinstance(fields, Mapping):
+    if kind == registry.ON_DEMAND:
+        words = _("no schedule: runs when code schedules it")
+    elif not isinstance(fields, Mapping):
         pass  # a row written before the fields were kept, until the scheduler syncs it
     elif kind == "interval":
         words = interval_words(fields)

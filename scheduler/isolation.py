@@ -71,13 +71,19 @@ class Isolation:
         forkserver.ensure_running()
 
     def run(
-        self, job_id: str, scheduled_at: datetime | None, timeout: float | None, limit: int
+        self,
+        job_id: str,
+        scheduled_at: datetime | None,
+        timeout: float | None,
+        limit: int,
+        arguments: Any = None,
     ) -> Outcome:
-        """Run the job ``job_id`` (registered in code) in a child; its outcome."""
+        """Run the job ``job_id`` (registered in code) in a child, with a run's own
+        ``arguments`` (plain JSON values, as its row holds them); its outcome."""
         receiver, sender = self._context.Pipe(duplex=False)
         child = self._context.Process(
             target=_child,
-            args=(job_id, scheduled_at, limit, sender),
+            args=(job_id, scheduled_at, limit, sender, arguments),
             name=f"scheduler-run-{job_id}",
             daemon=True,
         )
@@ -204,7 +210,13 @@ def _stop_now(signum: int, frame: Any) -> None:
     raise TimedOut()
 
 
-def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Connection) -> None:
+def _child(
+    job_id: str,
+    scheduled_at: datetime | None,
+    limit: int,
+    sender: Connection,
+    arguments: Any = None,
+) -> None:
     """The child's body: run the job registered as ``job_id`` and send back its outcome
     (capped and made storable by the parent, as a run in a thread is)."""
     from scheduler.registry import registry
@@ -213,7 +225,7 @@ def _child(job_id: str, scheduled_at: datetime | None, limit: int, sender: Conne
     spec = registry.get(job_id)
     retry_on: tuple[type[BaseException], ...] = spec.retry_on if spec is not None else ()
     if spec is not None:
-        call = make_call(spec, None, scheduled_at or datetime.now().astimezone())
+        call = make_call(spec, None, scheduled_at or datetime.now().astimezone(), arguments)
     else:
 
         def call() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from typing import ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from django.db import models
 from django.db.models import Q
@@ -105,6 +105,30 @@ class JobRunManager(OnSchedulerDatabase["JobRun"]):
             retry_of=failed.retry_of or failed.pk,
         )
 
+    def scheduled_row(
+        self,
+        job_id: str,
+        job_name: str,
+        due: datetime,
+        arguments: dict[str, Any],
+        key: str = "",
+        requested_by: str = "",
+        trigger: str = "code",
+    ) -> JobRun:
+        """An (unsaved) ``queued`` run scheduled from code for ``due``, with its arguments
+        (``{"args": [...], "kwargs": {...}}``, checked by ``scheduler.arguments``) and
+        its idempotency ``key`` (unique per job while the row exists)."""
+        return self.model(
+            job_id=job_id,
+            job_name=job_name,
+            status=RunStatus.QUEUED,
+            trigger=trigger,
+            scheduled_at=due,
+            arguments=arguments,
+            key=key,
+            requested_by=requested_by[:150],
+        )
+
     def prune(self, before: datetime, batch: int = 10_000) -> int:
         """Delete finished runs scheduled before ``before``, ``batch`` at a time (a
         million rows in one statement would hold the table's write lock for long).
@@ -196,6 +220,10 @@ class RunTrigger(models.TextChoices):
     MANUAL = "manual", _("manual")
     # Another attempt of a failed run (the job's ``retries``).
     RETRY = "retry", _("retry")
+    # Scheduled from code at run time (``myjob.schedule(...)``, ``scheduler.schedule``).
+    CODE = "code", _("from code")
+    # Enqueued through Django's task framework (``scheduler.tasks.SchedulerBackend``).
+    TASK = "task", _("task")
 
 
 class JobRun(models.Model):
@@ -246,6 +274,13 @@ class JobRun(models.Model):
     # executor waits for a worker, not for the scheduler.
     executor = models.CharField(_("executor"), max_length=16, blank=True, default="", db_default="")
     retry_of = models.BigIntegerField(_("retry of"), null=True, blank=True)
+    # What a run scheduled from code is called with: {"args": [...], "kwargs": {...}},
+    # plain JSON only (checked against the function when it is scheduled); {} otherwise.
+    arguments = models.JSONField(_("arguments"), default=dict, db_default={}, blank=True)
+    # A run scheduled from code with an idempotency key: one row per job and key.
+    key = models.CharField(
+        _("idempotency key"), max_length=255, blank=True, default="", db_default=""
+    )
 
     objects: ClassVar[JobRunManager] = JobRunManager()
 
@@ -264,6 +299,16 @@ class JobRun(models.Model):
                 condition=Q(retry_of__isnull=False),
                 name="run_attempts",
             ),
+            # The runs waiting for their due time (run-now requests, retries, runs scheduled
+            # from code, fire times waiting their turn), in the order they fall due: the
+            # control thread's "what is due" and "when is the next one" read only these,
+            # however many finished rows there are, and a million waiting runs are a
+            # range scan away.
+            models.Index(
+                fields=["scheduled_at", "id"],
+                condition=Q(status="queued"),
+                name="run_queued_due",
+            ),
         ]
         constraints = [
             # The fence: one row per job and fire time, whoever tries to run it.
@@ -272,6 +317,10 @@ class JobRun(models.Model):
                 condition=Q(trigger="schedule"),
                 name="one_run_per_fire_time",
             ),
+            # A request retried by the caller's code never schedules a second run.
+            models.UniqueConstraint(
+                fields=["job_id", "key"], condition=~Q(key=""), name="one_run_per_key"
+            ),
             models.CheckConstraint(
                 condition=Q(status__in=RunStatus.values), name="run_status_valid"
             ),
@@ -279,6 +328,13 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} @ {self.scheduled_at:%Y-%m-%d %H:%M:%S %Z}"
+
+    def cancel(self, reason: str = "") -> bool:
+        """Cancel this run if it has not started (``scheduler.requests.cancel``); whether it
+        was. The row is read again either way."""
+        from scheduler.requests import cancel
+
+        return cancel(self, reason)
 
     @property
     def lateness(self) -> float | None:

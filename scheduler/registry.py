@@ -1,8 +1,11 @@
-"""The code registry: jobs declared with ``@cron`` and ``@interval``.
+"""The code registry: jobs declared with ``@cron``, ``@interval`` and ``@job``.
 
-Decorating registers a :class:`JobSpec` and returns the function unchanged, so
-it stays directly callable. Every mistake in a declaration raises
-``ImproperlyConfigured`` naming the job id and the bad value, at import time.
+Decorating registers a :class:`JobSpec` and returns the function itself, so it
+stays directly callable; it gains ``schedule``, ``run_now``, ``pause`` and
+``resume`` (``JobFunction``: the requests of ``scheduler.requests`` for its
+job). ``@job`` declares a job without a schedule: it runs when code schedules
+it. Every mistake in a declaration raises ``ImproperlyConfigured`` naming the
+job id and the bad value, at import time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from importlib import import_module
 from json.encoder import encode_basestring_ascii
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger as ApsCronTrigger
@@ -35,9 +38,48 @@ from django.utils.module_loading import module_has_submodule
 from scheduler import conf, crontab
 from scheduler.retries import DEFAULT_BACKOFF, MAX_RETRIES, Backoff
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from datetime import timedelta
+
+    from scheduler.models import JobRun
+
 logger = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+
+# The kind of a job declared with @job: no schedule, its runs are scheduled from code.
+ON_DEMAND = "on_demand"
+# Options that shape a schedule, which a job without one does not take.
+SCHEDULE_OPTIONS = ("jitter", "start_date", "end_date", "coalesce")
+
+
+class JobFunction(Protocol[P, R_co]):
+    """A function declared as a job: callable as it was, and able to ask the scheduler
+    for runs of its job (``scheduler.requests``; from any process with the settings)."""
+
+    scheduler_job_id: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def schedule(
+        self,
+        *,
+        at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        key: str = "",
+        requested_by: str = "",
+    ) -> JobRun: ...
+
+    def run_now(self, requested_by: str = "") -> JobRun: ...
+
+    def pause(self) -> bool: ...
+
+    def resume(self) -> bool: ...
+
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
@@ -93,7 +135,7 @@ class JobSpec:
     id: str
     name: str
     func: Callable[..., Any]
-    kind: str  # "cron" or "interval"
+    kind: str  # "cron", "interval", or ON_DEMAND (no schedule)
     schedule: dict[str, Any]
     timezone: str
     jitter: int | None = None
@@ -142,13 +184,20 @@ class JobSpec:
         return dict(self.kwargs)
 
     @property
+    def on_demand(self) -> bool:
+        """Whether the job has no schedule (``@job``): it runs when code schedules it."""
+        return self.kind == ON_DEMAND
+
+    @property
     def schedule_text(self) -> str:
-        """The schedule in raw form: the crontab string, or its fields."""
+        """The schedule in raw form: the crontab string, or its fields ("" for none)."""
         if self.kind == "cron" and "crontab" in self.schedule:
             return cast(str, self.schedule["crontab"])  # checked to be a str when declared
         return ", ".join(f"{key}={value}" for key, value in self.schedule.items())
 
     def make_trigger(self) -> BaseTrigger:
+        if self.on_demand:
+            raise ValueError(f"Job {self.id!r} has no schedule (declared with @job).")
         return build_trigger(
             self.kind,
             tuple(self.schedule.items()),
@@ -489,7 +538,7 @@ def _check_options(
     if "<locals>" in func.__qualname__:
         raise _fail(
             job_id,
-            f"@{kind} on {func.__qualname__!r}: scheduled jobs must be module-level functions, "
+            f"@{_decorator(kind)} on {func.__qualname__!r}: jobs must be module-level functions, "
             "so that the scheduler can import them.",
         )
     name = options.pop("name", None) or _first_docstring_line(func) or func.__name__
@@ -519,7 +568,17 @@ def _check_options(
         # JSON accepts {1: ...}, but a call with it fails at every run.
         raise _fail(job_id, f"kwargs={kwargs!r}: keyword names must be strings.")
 
-    max_instances = options.pop("max_instances", 1)
+    if kind == ON_DEMAND:
+        given = [key for key in SCHEDULE_OPTIONS if key in options]
+        if given:
+            raise _fail(
+                job_id,
+                f"{', '.join(given)} shape a schedule; @job has none (use @cron or @interval).",
+            )
+    # A job without a schedule runs once per call its code schedules, each with its own
+    # arguments: as many side by side as there are worker threads, unless it says less.
+    default_instances = conf.get("THREADS") if kind == ON_DEMAND else 1
+    max_instances = options.pop("max_instances", default_instances)
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise _fail(job_id, f"max_instances={max_instances!r} must be a positive integer.")
     # Both at most the longest interval: larger ones overflow a timedelta at the first run.
@@ -571,7 +630,8 @@ def _check_options(
         raise _fail(job_id, f"unknown option(s) {', '.join(sorted(options))}.")
 
     try:
-        _check_call(func, tuple(args), _call_kwargs(func, kwargs))
+        if kind != ON_DEMAND:  # a job without a schedule gets the rest with each run
+            _check_call(func, tuple(args), _call_kwargs(func, kwargs))
     except ValueError as exc:
         raise _fail(
             job_id, f"the function cannot be called with args={args!r}, kwargs={kwargs!r}: {exc}"
@@ -694,7 +754,7 @@ def _register(
     func: Callable[..., Any], kind: str, schedule: dict[str, Any], **options: Any
 ) -> None:
     if not callable(func):
-        raise DeclarationError(f"@{kind} must decorate a function, got {func!r}.")
+        raise DeclarationError(f"@{_decorator(kind)} must decorate a function, got {func!r}.")
     job_id = options.pop("id", None) or f"{func.__module__}.{func.__name__}"
     if not isinstance(job_id, str) or len(job_id) > 255:
         raise _fail(str(job_id), "the id must be a string of at most 255 characters.")
@@ -735,7 +795,7 @@ def _register(
         # the trigger itself is made when a job needs it. Making it here was 8 µs a job
         # when every job has a schedule of its own (0.8 s of a restart at 100,000 jobs).
         fires = kind == "cron" and "crontab" not in schedule and crontab.fields_fire(schedule)
-        trigger = None if fires else spec.make_trigger()
+        trigger = None if fires or kind == ON_DEMAND else spec.make_trigger()
     except (ValueError, TypeError) as exc:
         raise _fail(job_id, f"invalid {kind} schedule {spec.schedule_text!r}: {exc}") from None
     if trigger is not None and not spec.end_date and _never_fires(trigger):
@@ -763,6 +823,49 @@ def _register(
             "replace the first. Pass a distinct id=... to each decorator.",
         )
     registry[job_id] = spec
+    _attach(func, job_id)
+
+
+def _decorator(kind: str) -> str:
+    return "job" if kind == ON_DEMAND else kind
+
+
+def _attach(func: Callable[..., Any], job_id: str) -> None:
+    """Give ``func`` the requests of its job (``JobFunction``). A function declared under
+    several ids has them refuse, naming the ids: which job was meant cannot be told."""
+    ids = tuple(getattr(func, "scheduler_job_ids", ()))
+    if job_id not in ids:
+        ids += (job_id,)
+    try:
+        func.scheduler_job_ids = ids  # type: ignore[attr-defined]
+        func.scheduler_job_id = job_id  # type: ignore[attr-defined]
+        for name in ("schedule", "run_now", "pause", "resume"):
+            setattr(func, name, _Request(name, func))
+    except (AttributeError, TypeError):  # a callable that takes no attributes
+        pass
+
+
+class _Request:
+    """``func.schedule`` and the like: ``scheduler.requests``' function for ``func``'s job."""
+
+    __slots__ = ("func", "name")
+
+    def __init__(self, name: str, func: Callable[..., Any]) -> None:
+        self.name, self.func = name, func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from scheduler import requests  # the models load when a request is made
+
+        ids: tuple[str, ...] = tuple(getattr(self.func, "scheduler_job_ids", ()))
+        if len(ids) != 1:
+            raise TypeError(
+                f"{self.func.__qualname__} is declared as {len(ids)} jobs ({', '.join(ids)}): "
+                f"call scheduler.{self.name}(<job id>, ...) to say which."
+            )
+        return getattr(requests, self.name)(ids[0], *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} of {self.func.__qualname__}>"
 
 
 # Projects that declare thousands of jobs often register one function many
@@ -805,7 +908,9 @@ def _check_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     _check_call_cached(func, len(args), frozenset(kwargs))
 
 
-def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]:
+def cron(
+    crontab_expr: str | None = None, /, **options: Any
+) -> Callable[[Callable[P, R_co]], JobFunction[P, R_co]]:
     """Run the decorated function on a cron schedule.
 
     ``@cron("0 3 * * mon-fri")`` takes a 5-field crontab string;
@@ -832,27 +937,59 @@ def cron(crontab_expr: str | None = None, /, **options: Any) -> Callable[[F], F]
         else {k: str(v) for k, v in fields.items()}
     )
 
-    def decorator(func: F) -> F:
+    def decorator(func: Callable[P, R_co]) -> JobFunction[P, R_co]:
         if problem is not None:
             raise _fail(_job_id(func, options), problem)
         _register(func, "cron", schedule, **options)
-        return func
+        return cast("JobFunction[P, R_co]", func)
 
     return decorator
 
 
-def interval(**options: Any) -> Callable[[F], F]:
+def interval(**options: Any) -> Callable[[Callable[P, R_co]], JobFunction[P, R_co]]:
     """Run the decorated function every ``weeks``/``days``/``hours``/``minutes``/``seconds``."""
     schedule = {key: options.pop(key) for key in INTERVAL_FIELDS if key in options}
     # Mistakes are reported when the function is known, so that they can name the job id.
     problem = _interval_problem(schedule, options)
 
-    def decorator(func: F) -> F:
+    def decorator(func: Callable[P, R_co]) -> JobFunction[P, R_co]:
         if problem is not None:
             raise _fail(_job_id(func, options), problem)
         _register(func, "interval", schedule, **options)
-        return func
+        return cast("JobFunction[P, R_co]", func)
 
+    return decorator
+
+
+@overload
+def job(func: Callable[P, R_co], /) -> JobFunction[P, R_co]: ...
+
+
+@overload
+def job(**options: Any) -> Callable[[Callable[P, R_co]], JobFunction[P, R_co]]: ...
+
+
+def job(func: Callable[P, R_co] | None = None, /, **options: Any) -> Any:
+    """Declare a job without a schedule: it runs when code schedules it
+    (``func.schedule(delay=..., kwargs=...)``), or when someone presses run now.
+
+    ``@job`` or ``@job(timeout=60, retries=3, ...)``: the options of ``@cron`` but
+    those that shape a schedule. Its runs, each with its own arguments, go side by
+    side up to ``max_instances`` (by default ``SCHEDULER['THREADS']``).
+    """
+
+    def decorator(f: Callable[P, R_co]) -> JobFunction[P, R_co]:
+        unknown = [key for key in (*CRON_FIELDS, *INTERVAL_FIELDS) if key in options]
+        if unknown:
+            raise _fail(
+                _job_id(f, options),
+                f"@job takes no schedule ({', '.join(unknown)}); use @cron or @interval.",
+            )
+        _register(f, ON_DEMAND, {}, **options)
+        return cast("JobFunction[P, R_co]", f)
+
+    if func is not None:
+        return decorator(func)
     return decorator
 
 

@@ -114,13 +114,13 @@ def carry_out(
             )
             runner.record_outcome(row, None, outcome)
         elif stops:
-            call = make_call(spec, None, row.scheduled_at)
+            call = make_call(spec, None, row.scheduled_at, row.arguments)
             outcome = run_here(
                 call, conf.get("MAX_OUTPUT"), retry_on=spec.retry_on, stops=(TimedOut, *stops)
             )
             runner.record_outcome(row, spec, outcome)
         else:
-            runner.execute(row, make_call(spec, None, row.scheduled_at), spec)
+            runner.execute(row, make_call(spec, None, row.scheduled_at, row.arguments), spec)
         return str(row.status)
     finally:
         close_old_connections()

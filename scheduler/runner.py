@@ -112,6 +112,9 @@ CLAIM_RETRY_TIMEOUT = 5.0
 
 LOST_LEASE = "Missed: this scheduler lost its lease before the run could start."
 STOPPED = "Missed: the scheduler stopped before the run could start."
+# Queued runs due at a given time, which the misfire rules hold to it: a fire time
+# waiting its turn, and runs scheduled from code or enqueued as tasks.
+DUE_AT_A_TIME = (JobRun.Trigger.SCHEDULE, JobRun.Trigger.CODE, JobRun.Trigger.TASK)
 
 
 class Runner:
@@ -220,7 +223,9 @@ class Runner:
             timeout = spec.effective_timeout if spec is not None else None
             retry_on = spec.retry_on if spec is not None else ()
             if spec is not None and spec.effective_isolation == "process":
-                outcome = self.isolation.run(spec.id, run.scheduled_at, timeout, limit)
+                outcome = self.isolation.run(
+                    spec.id, run.scheduled_at, timeout, limit, run.arguments
+                )
             elif spec is not None and timeout is not None:
                 watch = _Watch(self, run, spec, timeout)
                 outcome = run_here(call, limit, watch, retry_on)
@@ -365,7 +370,7 @@ class Runner:
         admitted = self.admit(order)
         if admitted is not None:
             run, spec = admitted
-            self.execute(run, make_call(spec, order.job, run.scheduled_at), spec)
+            self.execute(run, make_call(spec, order.job, run.scheduled_at, run.arguments), spec)
 
     def admit(self, order: RunOrder) -> tuple[JobRun, JobSpec | None] | None:
         """The claimed row of an order that may start now, and its job's declaration (None
@@ -414,9 +419,11 @@ class Runner:
         if self.stopping.is_set():
             self.requeue(run)
             return None
-        if run.trigger == JobRun.Trigger.SCHEDULE and spec is not None:
+        if run.trigger in DUE_AT_A_TIME and spec is not None:
             # A fire time that waited its turn (overlap) is still a fire time: past its
-            # misfire_grace_time it is missed, as it would be in the main loop.
+            # misfire_grace_time it is missed, as it would be in the main loop. So is a
+            # run scheduled from code for a time when no scheduler was there (a job
+            # that must run however late declares a long misfire_grace_time).
             late = beyond_grace(spec.effective_grace_time, run.scheduled_at)
             if late:
                 self.results.abandon(run, Status.MISSED, late)

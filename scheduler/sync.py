@@ -281,8 +281,11 @@ def _sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) 
             or job_id in unstructured
             or not _same_run_options(row[5], spec)
         )
-        store_stale = spec.enabled and (
-            row is None or row[4] != fingerprint or job_id not in stored
+        # A job without a schedule (@job) has no place in the store: nothing fires it.
+        store_stale = (
+            spec.enabled
+            and not spec.on_demand
+            and (row is None or row[4] != fingerprint or job_id not in stored)
         )
         if catalog_changed:
             to_catalog.append((spec, fingerprint, paused))
@@ -296,7 +299,7 @@ def _sync(scheduler: BaseScheduler, store: JobStore, specs: dict[str, JobSpec]) 
             unchanged += 1
     report.unchanged = unchanged
 
-    wanted = {spec.id for spec in specs.values() if spec.enabled}
+    wanted = {spec.id for spec in specs.values() if spec.enabled and not spec.on_demand}
     gone_from_store = stored - wanted
     gone_from_code = set(catalog) - set(specs)
     for job_id in sorted((gone_from_store | gone_from_code) - set(specs)):

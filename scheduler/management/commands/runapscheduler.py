@@ -49,6 +49,8 @@ class Command(SchedulerCommand):
         for spec in sorted(specs.values(), key=lambda s: s.id):
             if not spec.enabled:
                 next_run = "disabled"
+            elif spec.on_demand:
+                next_run = "when code schedules it"
             elif spec.id in stored:
                 at = stored[spec.id]
                 next_run = at.isoformat() if at else "paused"

@@ -75,7 +75,7 @@ class Command(SchedulerCommand):
             while True:
                 worker.results.opened([run])
                 run.started_at = timezone.now()
-                worker.execute(run, make_call(spec, None, run.scheduled_at), spec)
+                worker.execute(run, make_call(spec, None, run.scheduled_at, run.arguments), spec)
                 if not filed:
                     break
                 retry = filed.pop()

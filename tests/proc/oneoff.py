@@ -1,0 +1,31 @@
+"""Jobs whose runs are scheduled from code (scheduler.requests), for tests/test_requests.py.
+
+Each marks its start in the ``PROC_MARKS`` file with its arguments
+("start <job id> <arguments> <due time>"): the proof of what really ran, and how often.
+"""
+
+from datetime import datetime
+
+from scheduler import cron, job
+from tests.proc.marks import mark
+
+ON_REQUEST = "0 0 1 1 *"
+
+
+@job(id="oneoff.remind")
+def remind(user_id: int, note: str = "", *, scheduled_at: datetime) -> None:
+    """Send a reminder (a line in the marks file)."""
+    mark(f"start oneoff.remind {user_id}:{note} {scheduled_at.isoformat()}")
+    print(f"reminded user {user_id}: {note}")
+
+
+@job(id="oneoff.count", misfire_grace_time=2)
+def count(n: int) -> None:
+    """One of many: marks its number. Two seconds' grace: later than that it is missed."""
+    mark(f"start oneoff.count {n}")
+
+
+@cron(ON_REQUEST, id="oneoff.report")
+def report(scheduled_at: datetime, customer: str = "everyone") -> None:
+    """A cron job run now and then for one customer."""
+    mark(f"start oneoff.report {customer} {scheduled_at.isoformat()}")
