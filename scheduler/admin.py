@@ -25,10 +25,10 @@ from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-from scheduler import describe, health, stats
+from scheduler import arguments, describe, health, requests, stats
 from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
 from scheduler.paginator import BoundedCountPaginator
-from scheduler.requests import cancel_queued, queue_run, set_paused
+from scheduler.requests import cancel_queued, set_paused
 
 if TYPE_CHECKING:
     from django.urls import URLPattern
@@ -200,7 +200,7 @@ class JobAdmin(PermissionsFirst, _JobAdmin):
 
     @admin.action(description=_("Run selected jobs now"), permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        runs = [queue_run(job, _user(request)) for job in queryset]
+        runs = [requests.run_now(job.id, _user(request)) for job in queryset]
         self.message_user(
             request,
             ngettext(
@@ -257,7 +257,7 @@ class JobAdmin(PermissionsFirst, _JobAdmin):
         if request.method != "POST":
             return HttpResponse(status=405)
         job = self._job(request, object_id)
-        run = queue_run(job, _user(request))
+        run = requests.run_now(job.id, _user(request))
         self.message_user(
             request,
             _("Queued a run of %(job)s; the scheduler starts it within about a second.")
@@ -282,7 +282,7 @@ class JobAdmin(PermissionsFirst, _JobAdmin):
         if request.method != "POST":
             return HttpResponse(status=405)
         job = self._job(request, object_id)
-        if set_paused(Job.objects.filter(pk=job.pk), paused):
+        if (requests.pause if paused else requests.resume)(job.id):
             text = _("Paused %(job)s.") if paused else _("Resumed %(job)s.")
             self.message_user(request, text % {"job": job.id}, messages.SUCCESS)
         else:
@@ -351,13 +351,20 @@ class ExecutorFilter(admin.SimpleListFilter):
     def lookups(
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, StrOrPromise]]:
-        return [("local", _("the scheduler")), ("celery", _("a Celery worker"))]
+        return [
+            ("local", _("the scheduler")),
+            ("celery", _("a Celery worker")),
+            ("tasks", _("a task worker")),
+            ("fleet", _("any worker fleet")),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
         if self.value() == "local":
             return queryset.filter(executor="")
-        if self.value() == "celery":
-            return queryset.filter(executor="celery")
+        if self.value() in ("celery", "tasks"):
+            return queryset.filter(executor=self.value())
+        if self.value() == "fleet":
+            return queryset.exclude(executor="")
         return queryset
 
 
@@ -396,6 +403,8 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
         "attempt",
         "retry_of_link",
         "requested_by",
+        "arguments_text",
+        "key",
         "scheduled",
         "started",
         "finished",
@@ -454,7 +463,16 @@ class JobRunAdmin(PermissionsFirst, _JobRunAdmin):
                 _("task id"),
                 run.pk,
             )
+        if run.executor == "tasks":
+            waiting = run.status == JobRun.Status.QUEUED
+            return str(_("waiting for a task worker") if waiting else _("a task worker"))
         return str(_("the scheduler")) if run.hostname else "—"
+
+    @admin.display(description=_("arguments"))
+    def arguments_text(self, run: JobRun) -> str:
+        if not run.arguments:
+            return "—"
+        return format_html("<code>{}{}</code>", run.job_id, arguments.describe(run.arguments))
 
     @admin.display(description=_("retry of"))
     def retry_of_link(self, run: JobRun) -> str:
@@ -699,9 +717,13 @@ class DashboardAdmin(_DashboardAdmin):
                     for status, count in by_status.items()
                 ],
                 "total_day": sum(by_status.values()),
-                "queued": stats.queued_by_trigger(),
+                "queued": stats.queued_by_trigger(now),
                 "failing": stats.failing_jobs(),
                 "upcoming": stats.next_runs(),
+                "from_code": [
+                    {**row, "call": arguments.describe(row["arguments"])}
+                    for row in stats.next_queued(now)
+                ],
                 "slowest": stats.slowest_jobs(now),
             }
         context = {

@@ -221,10 +221,14 @@ def status_badge(status: str | None, label: StrOrPromise | None = None) -> SafeS
 
 
 def run_status(run: JobRun) -> SafeString | str:
-    """A run's status badge; a pending retry says when it is due (its ``scheduled_at``)."""
+    """A run's status badge; a pending retry, or a run scheduled from code (or enqueued as
+    a task) not started, says when it is due (its ``scheduled_at``)."""
     badge = status_badge(run.status, run.get_status_display())
     if run.status == RunStatus.QUEUED and run.trigger == RunTrigger.RETRY:
         due = _("retry due at %(when)s") % {"when": when(run.scheduled_at)}
+        return format_html('{} <span class="scheduler-due">{}</span>', badge, due)
+    if run.status == RunStatus.QUEUED and run.trigger in (RunTrigger.CODE, RunTrigger.TASK):
+        due = _("due at %(when)s") % {"when": when(run.scheduled_at)}
         return format_html('{} <span class="scheduler-due">{}</span>', badge, due)
     return badge
 

@@ -309,6 +309,13 @@ class JobRun(models.Model):
                 condition=Q(status="queued"),
                 name="run_queued_due",
             ),
+            # The same rows by where they wait and why: the dashboard's bounded counts of
+            # waiting runs, each kind a range of its own (stats.queued_by_trigger).
+            models.Index(
+                fields=["executor", "trigger", "scheduled_at"],
+                condition=Q(status="queued"),
+                name="run_queued_kind",
+            ),
         ]
         constraints = [
             # The fence: one row per job and fire time, whoever tries to run it.

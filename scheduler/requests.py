@@ -157,18 +157,15 @@ def schedule(
 
 
 def run_now(job: str | Callable[..., Any], requested_by: str = "") -> JobRun:
-    """Ask for a run of ``job`` now (as the admin's run-now button does): its ``queued``
-    row, which the active scheduler starts when one of the job's slots is free."""
+    """Ask for a run of ``job`` now (the admin's run-now button): its ``queued`` row,
+    which the active scheduler starts when one of the job's slots is free."""
     job_id = _job_id(job)
-    spec = autodiscover().get(job_id)
-    if spec is None:
-        # A job of the catalog that this process's code does not declare (the web side
-        # of a project whose jobs live elsewhere): the scheduler knows it.
-        catalog = Job.objects.filter(pk=job_id).first()
-        if catalog is None:
-            _spec(job_id)  # raises UnknownJob, naming what is declared
-        assert catalog is not None
+    # The catalog first: the web side knows every job the scheduler synced without
+    # importing the job modules; code declared but not synced yet, from the registry.
+    catalog = Job.objects.filter(pk=job_id).first()
+    if catalog is not None:
         return queue_run(catalog, requested_by)
+    spec = _spec(job_id)
     run = JobRun.objects.request_row(job_id, spec.name, requested_by)
     run.save(using=conf.database(), force_insert=True)
     notify()

@@ -593,6 +593,7 @@ DASHBOARD_QUERIES = [
     "slowest jobs of the last 24 hours",
     "slowest jobs: their names",
     "queued runs by trigger",
+    "the next runs scheduled from code",
 ]
 EXTRA_JOBS = 40
 
@@ -2035,11 +2036,20 @@ def test_dashboard_counts_the_queue_by_trigger(admin_client, catalog):
 
     response = admin_client.get(DASHBOARD_URL)
 
-    assert response.context["queued"] == {"schedule": 0, "manual": 1, "retry": 2, "worker": 1}
+    counts = {kind: count.n for kind, count in response.context["queued"].items()}
+    assert counts == {
+        "schedule": 0,
+        "manual": 1,
+        "retry": 2,
+        "code": 0,
+        "task": 0,
+        "worker": 1,
+        "next_hour": 2,  # the two retries, due now
+    }
     card = re.search(r'<ul class="scheduler-queued">(.*?)</ul>', text(response), re.S).group(1)
     assert words(card) == (
-        "2 pending retries 1 run-now request 0 fire times waiting for a run to end "
-        "1 run waiting for a Celery worker"
+        "0 runs scheduled from code 0 enqueued tasks 2 pending retries 1 run-now request "
+        "0 fire times waiting for a run to end 1 run waiting for a worker"
     )
     assert f"{RUNS_URL}?status__exact=queued&amp;trigger__exact=retry" in card
     waiting = admin_client.get(f"{RUNS_URL}?status__exact=queued&executor=celery")
@@ -2087,16 +2097,18 @@ def test_a_timed_out_run_counts_as_a_failure(admin_client, catalog):
     connections[DEFAULT_DB_ALIAS].vendor != "sqlite", reason="the query plans of SQLite"
 )
 def test_the_queue_is_counted_from_the_queued_runs_only():
-    # As test_figures_of_the_day_read_the_day_s_runs_only: the queued rows' range of
-    # run_status_recent, not a walk of run_trigger_recent (every run ever) to group.
+    # Each kind a bounded range of the partial index run_queued_kind (the queued rows
+    # only): neither every run ever, nor every one of a million runs waiting.
     with capture() as ctx:
-        stats.queued_by_trigger()
+        stats.queued_by_trigger(timezone.now())
 
     (sql,) = [sql for sql in sqls(ctx) if '"scheduler_jobrun"' in sql]
     with connections[scheduler_conf.database()].cursor() as cursor:
         cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
         plan = [row[-1] for row in cursor.fetchall()]
     reads = [step for step in plan if "scheduler_jobrun" in step]
-    assert len(reads) == 1, plan
-    assert reads[0].startswith("SEARCH"), plan
-    assert "run_status_recent (status=?)" in reads[0], plan
+    assert len(reads) == len(JobRun.Trigger.values) + 2 + 3, plan
+    for read in reads:
+        assert read.startswith("SEARCH"), plan
+        assert "USING INDEX run_queued_kind (executor" in read, plan
+    assert sql.count("LIMIT 10001") == len(reads)
