@@ -78,6 +78,11 @@ def _why_queued(run: JobRun) -> str:
     return f"requested by {run.requested_by or '?'}"
 
 
+def _priority(value: Any) -> int:
+    """A task's priority as its row holds it (JSON: -100 to 100); 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _by(run: JobRun) -> str:
     return f" by {run.requested_by}" if run.requested_by else ""
 
@@ -289,7 +294,8 @@ class Control(threading.Thread):
             batch = self._due_batch(after, paused)
             if not batch:
                 break
-            after = (batch[-1][4], batch[-1][0])
+            last = max(batch, key=lambda row: (row[4], row[0]))
+            after = (last[4], last[0])
             started += self._start_batch(batch)
             if len(batch) < QUEUE_BATCH or self._backlog:
                 break
@@ -310,11 +316,16 @@ class Control(threading.Thread):
             rows = rows.filter(Q(scheduled_at__gt=at) | Q(scheduled_at=at, id__gt=pk))
         if paused:
             rows = rows.exclude(trigger__in=WAIT_WHILE_PAUSED, job_id__in=paused)
-        return list(
+        found = list(
             rows.order_by("scheduled_at", "id").values_list(
-                "id", "job_id", "instance", "trigger", "scheduled_at"
+                "id", "job_id", "instance", "trigger", "scheduled_at", "result__priority"
             )[:QUEUE_BATCH]
         )
+        # A task's priority orders the runs due together (a stable sort: due order
+        # otherwise); the batch is read in due order, so a backlog is taken oldest first.
+        if any(row[5] for row in found):
+            found.sort(key=lambda row: -_priority(row[5]))
+        return [row[:5] for row in found]
 
     def _start_batch(self, batch: list[tuple[int, str, str, str, datetime]]) -> int:
         runs = JobRun.objects

@@ -77,13 +77,14 @@ class Isolation:
         timeout: float | None,
         limit: int,
         arguments: Any = None,
+        run_id: int | None = None,
     ) -> Outcome:
         """Run the job ``job_id`` (registered in code) in a child, with a run's own
         ``arguments`` (plain JSON values, as its row holds them); its outcome."""
         receiver, sender = self._context.Pipe(duplex=False)
         child = self._context.Process(
             target=_child,
-            args=(job_id, scheduled_at, limit, sender, arguments),
+            args=(job_id, scheduled_at, limit, sender, arguments, run_id),
             name=f"scheduler-run-{job_id}",
             daemon=True,
         )
@@ -216,6 +217,7 @@ def _child(
     limit: int,
     sender: Connection,
     arguments: Any = None,
+    run_id: int | None = None,
 ) -> None:
     """The child's body: run the job registered as ``job_id`` and send back its outcome
     (capped and made storable by the parent, as a run in a thread is)."""
@@ -225,7 +227,8 @@ def _child(
     spec = registry.get(job_id)
     retry_on: tuple[type[BaseException], ...] = spec.retry_on if spec is not None else ()
     if spec is not None:
-        call = make_call(spec, None, scheduled_at or datetime.now().astimezone(), arguments)
+        at = scheduled_at or datetime.now().astimezone()
+        call = make_call(spec, None, at, arguments, run_id)
     else:
 
         def call() -> None:

@@ -277,6 +277,11 @@ class JobRun(models.Model):
     # What a run scheduled from code is called with: {"args": [...], "kwargs": {...}},
     # plain JSON only (checked against the function when it is scheduled); {} otherwise.
     arguments = models.JSONField(_("arguments"), default=dict, db_default={}, blank=True)
+    # A task's side of a run enqueued through Django's task framework
+    # (scheduler.tasks.SchedulerBackend): {"return_value": ...} once it succeeded,
+    # {"exception_class": "module.Class"} once it failed; its queue and priority. None
+    # for every other run.
+    result = models.JSONField(_("task result"), null=True, blank=True, default=None)
     # A run scheduled from code with an idempotency key: one row per job and key.
     key = models.CharField(
         _("idempotency key"), max_length=255, blank=True, default="", db_default=""

@@ -19,7 +19,7 @@ import math
 import zoneinfo
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from importlib import import_module
@@ -164,6 +164,9 @@ class JobSpec:
     queue: str | None = None
     priority: int | None = None
     expires: float | None = None
+    # The ``django.tasks`` task this job is, when a task was declared (its context, its
+    # signals and its return value go with each run: scheduler.tasks).
+    task: Any = None
 
     @property
     def func_ref(self) -> str:
@@ -752,7 +755,7 @@ def _check_backoff(job_id: str, value: Any) -> Backoff:
 
 def _register(
     func: Callable[..., Any], kind: str, schedule: dict[str, Any], **options: Any
-) -> None:
+) -> JobSpec:
     if not callable(func):
         raise DeclarationError(f"@{_decorator(kind)} must decorate a function, got {func!r}.")
     job_id = options.pop("id", None) or f"{func.__module__}.{func.__name__}"
@@ -811,7 +814,11 @@ def _register(
             f"duplicate job id: already registered by {existing.func_ref}, "
             f"registered again by {spec.func_ref}. Pass id=... to tell them apart.",
         )
-    if existing is not None and existing.func is func and existing != spec:
+    if existing is not None and existing.task is not None and existing.func is func:
+        # A task of SchedulerBackend, declared on demand when it was defined, that
+        # @cron/@interval now give a schedule: the job is the task, scheduled.
+        spec = replace(spec, task=existing.task)
+    elif existing is not None and existing.func is func and existing != spec:
         # Two decorators on one function that share an id (both default to
         # "<module>.<function>"): the second would replace the first without a word.
         # A module imported again makes a new function object, and replaces as before;
@@ -824,6 +831,41 @@ def _register(
         )
     registry[job_id] = spec
     _attach(func, job_id)
+    return spec
+
+
+def register_task(task: Any) -> JobSpec:
+    """Declare a ``django.tasks`` task (of ``scheduler.tasks.SchedulerBackend``) as a job
+    without a schedule, under its path, once: its runs are the task's enqueued runs. A
+    task that @cron or @interval declared already keeps that schedule."""
+    existing = registry.get(task.module_path)
+    if existing is not None and existing.func is task.func:
+        if existing.task is None:
+            existing = registry[task.module_path] = replace(existing, task=task)
+        return existing
+    spec = _register(task.func, ON_DEMAND, {}, id=task.module_path)
+    spec = registry[spec.id] = replace(spec, task=task)
+    return spec
+
+
+def _as_function(func: Any) -> tuple[Callable[..., Any], Any]:
+    """(the function, the ``django.tasks`` task) of what a decorator was given: a task
+    declares its function, or the function itself (and no task)."""
+    task_class = _task_class()
+    if task_class is not None and isinstance(func, task_class):
+        return cast("Callable[..., Any]", getattr(func, "func")), func  # noqa: B009
+    return func, None
+
+
+@lru_cache(maxsize=1)
+def _task_class() -> type | None:
+    """``django.tasks``' Task (Django 6) or the backport's; None where neither is."""
+    for module in ("django.tasks.base", "django_tasks.base"):
+        try:
+            return cast(type, import_module(module).Task)
+        except ImportError:
+            continue
+    return None
 
 
 def _decorator(kind: str) -> str:
@@ -938,9 +980,10 @@ def cron(
     )
 
     def decorator(func: Callable[P, R_co]) -> JobFunction[P, R_co]:
+        function, task = _as_function(func)
         if problem is not None:
-            raise _fail(_job_id(func, options), problem)
-        _register(func, "cron", schedule, **options)
+            raise _fail(_job_id(function, options), problem)
+        _declare(function, task, "cron", schedule, options)
         return cast("JobFunction[P, R_co]", func)
 
     return decorator
@@ -953,9 +996,10 @@ def interval(**options: Any) -> Callable[[Callable[P, R_co]], JobFunction[P, R_c
     problem = _interval_problem(schedule, options)
 
     def decorator(func: Callable[P, R_co]) -> JobFunction[P, R_co]:
+        function, task = _as_function(func)
         if problem is not None:
-            raise _fail(_job_id(func, options), problem)
-        _register(func, "interval", schedule, **options)
+            raise _fail(_job_id(function, options), problem)
+        _declare(function, task, "interval", schedule, options)
         return cast("JobFunction[P, R_co]", func)
 
     return decorator
@@ -985,12 +1029,23 @@ def job(func: Callable[P, R_co] | None = None, /, **options: Any) -> Any:
                 _job_id(f, options),
                 f"@job takes no schedule ({', '.join(unknown)}); use @cron or @interval.",
             )
-        _register(f, ON_DEMAND, {}, **options)
+        function, task = _as_function(f)
+        _declare(function, task, ON_DEMAND, {}, options)
         return cast("JobFunction[P, R_co]", f)
 
     if func is not None:
         return decorator(func)
     return decorator
+
+
+def _declare(
+    func: Callable[..., Any], task: Any, kind: str, schedule: dict[str, Any], options: Any
+) -> None:
+    """Register a decorated function, or the function of a decorated ``django.tasks``
+    task (whose runs then get its context and keep its return value)."""
+    spec = _register(func, kind, schedule, **options)
+    if task is not None:
+        registry[spec.id] = replace(spec, task=task)
 
 
 def _interval_problem(schedule: dict[str, Any], options: dict[str, Any]) -> str | None:
@@ -1025,14 +1080,18 @@ _discovered = False
 
 
 def autodiscover() -> dict[str, JobSpec]:
-    """Import ``SCHEDULER['JOB_MODULES']`` and every installed app's ``jobs`` module."""
+    """Import ``SCHEDULER['JOB_MODULES']`` and every installed app's ``jobs`` module (and
+    its ``tasks`` module, where a ``TASKS`` backend is this scheduler's: its tasks are
+    jobs to run)."""
     global _discovered
     if _discovered:
         return registry
+    submodules = ["jobs", "tasks"] if _runs_tasks() else ["jobs"]
     with gc_paused():
         for app_config in apps.get_app_configs():
-            if module_has_submodule(app_config.module, "jobs"):
-                import_module(f"{app_config.name}.jobs")
+            for submodule in submodules:
+                if module_has_submodule(app_config.module, submodule):
+                    import_module(f"{app_config.name}.{submodule}")
         explicit = "JOB_MODULES" in (getattr(settings, "SCHEDULER", None) or {})
         for module in conf.get("JOB_MODULES"):
             try:
@@ -1047,6 +1106,20 @@ def autodiscover() -> dict[str, JobSpec]:
                 ) from exc
     _discovered = True
     return registry
+
+
+def _runs_tasks() -> bool:
+    """Whether a backend of the ``TASKS`` setting is ``scheduler.tasks.SchedulerBackend``."""
+    backends = getattr(settings, "TASKS", None)
+    if not isinstance(backends, dict):
+        return False
+    return any(
+        isinstance(params, dict) and params.get("BACKEND") == TASK_BACKEND
+        for params in backends.values()
+    )
+
+
+TASK_BACKEND = "scheduler.tasks.SchedulerBackend"
 
 
 @contextmanager

@@ -114,13 +114,15 @@ def carry_out(
             )
             runner.record_outcome(row, None, outcome)
         elif stops:
-            call = make_call(spec, None, row.scheduled_at, row.arguments)
+            call = make_call(spec, None, row.scheduled_at, row.arguments, row.pk)
             outcome = run_here(
                 call, conf.get("MAX_OUTPUT"), retry_on=spec.retry_on, stops=(TimedOut, *stops)
             )
             runner.record_outcome(row, spec, outcome)
         else:
-            runner.execute(row, make_call(spec, None, row.scheduled_at, row.arguments), spec)
+            runner.execute(
+                row, make_call(spec, None, row.scheduled_at, row.arguments, row.pk), spec
+            )
         return str(row.status)
     finally:
         close_old_connections()

@@ -224,7 +224,7 @@ class Runner:
             retry_on = spec.retry_on if spec is not None else ()
             if spec is not None and spec.effective_isolation == "process":
                 outcome = self.isolation.run(
-                    spec.id, run.scheduled_at, timeout, limit, run.arguments
+                    spec.id, run.scheduled_at, timeout, limit, run.arguments, run.pk
                 )
             elif spec is not None and timeout is not None:
                 watch = _Watch(self, run, spec, timeout)
@@ -259,6 +259,10 @@ class Runner:
         run.exception = storable(outcome.exception, limit, "head")
         run.traceback = storable(outcome.traceback, limit, "tail")
         run.output = outcome.output
+        if spec is not None and spec.task is not None:
+            from scheduler.tasks import store_result  # only where tasks are declared
+
+            store_result(run, outcome)
         self.finish(run, spec, outcome.retryable)
 
     def finish(self, run: JobRun, spec: JobSpec | None, retryable: bool | None) -> None:
@@ -370,7 +374,8 @@ class Runner:
         admitted = self.admit(order)
         if admitted is not None:
             run, spec = admitted
-            self.execute(run, make_call(spec, order.job, run.scheduled_at, run.arguments), spec)
+            call = make_call(spec, order.job, run.scheduled_at, run.arguments, run.pk)
+            self.execute(run, call, spec)
 
     def admit(self, order: RunOrder) -> tuple[JobRun, JobSpec | None] | None:
         """The claimed row of an order that may start now, and its job's declaration (None

@@ -40,4 +40,9 @@ for _key in DEFAULTS:
 if importlib.util.find_spec("django_tasks_db") is not None:
     _backport = ["django_tasks"] if importlib.util.find_spec("django.tasks") is None else []
     INSTALLED_APPS = [*INSTALLED_APPS, *_backport, "django_tasks_db"]  # noqa: F405
-    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    TASKS = {
+        "default": {"BACKEND": "django_tasks_db.DatabaseBackend"},
+        # This scheduler as a task backend (tests/test_tasks.py): its tasks run in
+        # runapscheduler. QUEUES: any queue name the tests give.
+        "scheduler": {"BACKEND": "scheduler.tasks.SchedulerBackend", "QUEUES": []},
+    }

@@ -75,7 +75,9 @@ class Command(SchedulerCommand):
             while True:
                 worker.results.opened([run])
                 run.started_at = timezone.now()
-                worker.execute(run, make_call(spec, None, run.scheduled_at, run.arguments), spec)
+                worker.execute(
+                    run, make_call(spec, None, run.scheduled_at, run.arguments, run.pk), spec
+                )
                 if not filed:
                     break
                 retry = filed.pop()
