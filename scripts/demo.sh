@@ -100,7 +100,9 @@ stop_all() {  # the EXIT trap: the scheduler first (it sends the runs), then the
     wait "$scheduler" 2>/dev/null || true
   fi
   if [ -n "$worker" ]; then
-    echo "==> stopping the Celery worker (it finishes the runs it has started)"
+    if kill -0 "$worker" 2>/dev/null; then
+      echo "==> stopping the Celery worker (it finishes the runs it has started)"
+    fi
     stop_group "$worker" 30
   fi
   if [ -n "$redis" ]; then
@@ -119,8 +121,8 @@ trap 'exit 143' TERM
 # stop_all, in order. (An array, not a function: a function run with & is a subshell.)
 in_own_group=("$PY" -c 'import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])')
 
-fail_with_log() {  # WHAT LOG: a process of the fleet did not start
-  echo "demo.sh: $1 did not start; its log ($2) ends with:" >&2
+fail_with_log() {  # WHAT LOG: a process of the fleet did not start (its log goes with it)
+  echo "demo.sh: $1 did not start; its log ends with:" >&2
   tail -n 30 "$2" >&2 || true
   exit 1
 }
