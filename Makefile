@@ -1,7 +1,10 @@
-.PHONY: demo test lint ci bench
+.PHONY: demo demo-fleet test lint ci bench
 
 demo:  ## set up and start the demo (scheduler + admin on SQLite)
 	bash scripts/demo.sh
+
+demo-fleet:  ## the demo plus a private Redis and a Celery worker (needs redis-server)
+	bash scripts/demo.sh --fleet
 
 test:  ## set up and run the whole test suite
 	bash scripts/test.sh

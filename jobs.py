@@ -1,13 +1,19 @@
 """Example jobs of this project: one for each feature.
 
 (The history pruner ships with the app: ``scheduler.prune_history``.)
+
+With a Celery broker (CELERY_BROKER_URL, set by ``scripts/demo.sh --fleet``) two
+more jobs run on the worker fleet; without one they are not declared.
 """
 
 import logging
+import os
 import random
+import socket
 import time
 from datetime import datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from scheduler import cron, interval
@@ -58,3 +64,21 @@ def rebuild_search_index() -> None:
 def weekday_report() -> None:
     """Send the weekday report (disabled in the demo)."""
     print("report sent")
+
+
+if settings.CELERY_BROKER_URL:
+    # Fleet mode: the scheduler sends each run to a Celery worker (executor="celery"),
+    # which runs it and records it in the same row; the admin says which worker it ran on.
+
+    @interval(seconds=5, executor="celery")
+    def fleet_report() -> None:
+        """Build a (pretend) report on a Celery worker every 5 seconds."""
+        time.sleep(random.uniform(0.5, 1.5))
+        print(f"report built by worker process {os.getpid()} on {socket.gethostname()}")
+
+    @cron(second="*/20", executor="celery", timeout=2, retries=1)
+    def fleet_thumbnails() -> None:
+        """Resize (pretend) images on a Celery worker; a slow batch passes the 2 s timeout."""
+        for batch in range(random.randint(1, 3)):
+            time.sleep(0.8)  # Celery's soft time limit stops it here, recorded timed_out
+            print(f"resized batch {batch + 1}")

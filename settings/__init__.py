@@ -5,6 +5,10 @@ SECRET_KEY       secret key: required unless DEBUG is on (then a fixed developme
 DEBUG            "1" to turn debug mode on (default off)
 ALLOWED_HOSTS    comma-separated host names (default: localhost only)
 TIME_ZONE        default time zone of jobs and of the admin (default UTC)
+CELERY_BROKER_URL  a Celery broker (redis://127.0.0.1:6379/0): turns the worker fleet on,
+                 the jobs of jobs.py marked for it then run on Celery workers
+                 (``celery -A settings.celery worker``); ``scripts/demo.sh --fleet`` sets it.
+                 Unset (the default), nothing needs Celery.
 
 With DEBUG off the site is served over HTTPS only (what ``manage.py check
 --deploy`` asks for). Behind a proxy or load balancer:
@@ -182,6 +186,18 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 SCHEDULER: dict[str, Any] = {
     "JOB_MODULES": ["jobs"],
 }
+
+# The worker fleet (executor="celery"), only with a broker: Celery is an optional extra,
+# and without it nothing here imports it. settings/celery.py is the Celery app (it reads
+# the CELERY_* settings below); jobs.py declares its fleet jobs when this is set.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip()
+if CELERY_BROKER_URL:
+    SCHEDULER["CELERY_APP"] = "settings.celery:app"
+    # One message at a time per pool process: a run waits in the broker, not behind a
+    # long run in a process that prefetched it.
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+    CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+    CELERY_TASK_IGNORE_RESULT = True
 
 LOGGING = {
     "version": 1,

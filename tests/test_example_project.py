@@ -10,7 +10,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import pytest
 
 from tests.proc.harness import ROOT, wait_for
 from tests.proc.pg import free_port, postgres_server
+from tests.proc.workers import NOT_FOUND as REDIS_NOT_FOUND
 
 # Variables of this process (or of a developer's shell) that would change what is tested.
 _CLEARED = (
@@ -41,6 +44,7 @@ _CLEARED = (
     "SECURE_HSTS_PRELOAD",
     "SESSION_COOKIE_SECURE",
     "CSRF_COOKIE_SECURE",
+    "CELERY_BROKER_URL",
 )
 SECRET_KEY_LINE = (
     "django.core.exceptions.ImproperlyConfigured: SECRET_KEY is not set: set the SECRET_KEY "
@@ -237,8 +241,11 @@ def _login_page(port: int) -> bool:
 
 
 @contextmanager
-def running_demo(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, Path]]:
-    """``bash scripts/demo.sh`` with DATABASE_URL in its environment, until its admin answers.
+def running_demo(
+    tmp_path: Path, database_url: str, *args: str, **variables: str
+) -> Iterator[tuple[Path, Path]]:
+    """``bash scripts/demo.sh ARGS`` with DATABASE_URL (and ``variables``) in its
+    environment, until its admin answers.
 
     Yields the demo's SQLite file and its output; stops it as Ctrl+C does (SIGINT to
     its process group) on the way out.
@@ -250,9 +257,10 @@ def running_demo(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, Path
     log_path = tmp_path / "demo.log"
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     env.update(DATABASE_URL=database_url, DEMO_DB=str(demo_db), PORT=str(port), VENV=str(venv))
+    env.update(variables)
     with open(log_path, "wb") as log:
         demo = subprocess.Popen(
-            ["bash", "scripts/demo.sh"],
+            ["bash", "scripts/demo.sh", *args],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -292,13 +300,30 @@ def _demo_users(demo_db: Path) -> list[tuple[str, int, int]]:
         connection.close()
 
 
+def _demo_jobs(demo_db: Path) -> list[str]:
+    """The ids of the jobs the demo's scheduler stored (none before it is active)."""
+    connection = sqlite3.connect(demo_db)
+    try:
+        return [row[0] for row in connection.execute("SELECT id FROM django_apscheduler_djangojob")]
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        connection.close()
+
+
 @pytest.mark.integration
 def test_demo_ignores_a_sqlite_database_url_from_the_shell(tmp_path):
     other = tmp_path / "elsewhere" / "production.sqlite3"
     other.parent.mkdir()
 
-    with running_demo(tmp_path, f"sqlite:///{other}") as (demo_db, log_path):
+    # A broker too, as a Celery project's shell holds: without --fleet nothing is sent to it.
+    broker = "redis://:pw-not-for-logs@127.0.0.1:1/0"
+    with running_demo(tmp_path, f"sqlite:///{other}", CELERY_BROKER_URL=broker) as (
+        demo_db,
+        log_path,
+    ):
         assert _demo_users(demo_db) == [("demo", 1, 1)]
+        jobs = wait_for(lambda: _demo_jobs(demo_db), 30, "the demo's jobs stored")
 
     assert not other.exists()
     assert list(other.parent.iterdir()) == []
@@ -306,6 +331,12 @@ def test_demo_ignores_a_sqlite_database_url_from_the_shell(tmp_path):
     assert "ignoring DATABASE_URL from your shell" in output
     assert f"Demo running on the SQLite file {demo_db}" in output
     assert str(other) not in output
+    # The plain demo: no fleet, no fleet jobs.
+    assert "ignoring CELERY_BROKER_URL from your shell" in output
+    assert "pw-not-for-logs" not in output
+    assert "jobs.heartbeat" in jobs
+    assert not [job for job in jobs if "fleet" in job]
+    assert "Fleet mode" not in output
 
 
 @pytest.mark.integration
@@ -361,3 +392,145 @@ def test_demo_never_touches_a_postgresql_database_url_from_the_shell(tmp_path):
     assert during == before  # no scheduler registered itself there while the demo ran
     assert after == before
     assert "pw-not-for-logs" not in log_path.read_text(errors="replace")
+
+
+# The demo's fleet mode ------------------------------------------------------------------
+
+
+def _demo_processes(mark: str, redis_port: int) -> list[str]:
+    """The live processes of a demo, as "pid command line": those whose environment holds
+    DEMO_TEST_MARK=``mark`` (all that the demo started, at any depth), and its Redis
+    (which writes its title over its environment: found by its port)."""
+    wanted = f"DEMO_TEST_MARK={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        ours = wanted in environ.split(b"\0")
+        if ours or re.match(rf"\S*redis-server 127\.0\.0\.1:{redis_port}\b", command):
+            found.append(f"{entry.name} {command}")
+    return found
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _fleet_run(demo_db: Path) -> dict | None:
+    """The first finished run of the demo's fleet job jobs.fleet_report, if any."""
+    connection = sqlite3.connect(demo_db)
+    connection.row_factory = sqlite3.Row
+    try:
+        row = connection.execute(
+            "SELECT status, executor, hostname, pid, output FROM scheduler_jobrun "
+            "WHERE job_id = 'jobs.fleet_report' AND finished_at IS NOT NULL ORDER BY id LIMIT 1"
+        ).fetchone()
+    finally:
+        connection.close()
+    return dict(row) if row else None
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_demo_fleet_mode_runs_jobs_on_a_celery_worker_and_leaves_nothing_behind(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip(REDIS_NOT_FOUND)
+    pytest.importorskip("celery", reason="Celery is not installed (requirements-dev.txt)")
+    mark = secrets.token_hex(8)
+    # A broker in the shell (a real fleet's): fleet mode uses its own Redis, not this one.
+    elsewhere = "redis://:pw-not-for-logs@127.0.0.1:1/0"
+    redis_port = 0
+    try:
+        with running_demo(
+            tmp_path, "", "--fleet", CELERY_BROKER_URL=elsewhere, DEMO_TEST_MARK=mark
+        ) as (demo_db, log_path):
+            output = log_path.read_text(errors="replace")
+            listens = re.search(r"Redis, the Celery broker, listens on 127\.0\.0\.1:(\d+)", output)
+            assert listens, output
+            redis_port = int(listens[1])
+            worker = f"demo-worker@{socket.gethostname()}"
+            assert f'"ran on {worker}" in the admin' in output
+
+            run = wait_for(lambda: _fleet_run(demo_db), 60, "a finished run of jobs.fleet_report")
+            running = _demo_processes(mark, redis_port)
+        # Stopped as Ctrl+C stops it: nothing of it is left, and its Redis is gone.
+        left = _demo_processes(mark, redis_port)
+    finally:
+        for process in _demo_processes(mark, redis_port):  # what a failure left behind
+            os.kill(int(process.split()[0]), signal.SIGKILL)
+
+    assert left == []
+    assert not _redis_answers(redis_port)
+    assert run["status"] == "succeeded", run
+    assert run["executor"] == "celery"
+    assert run["hostname"] == worker
+    assert run["output"].startswith("report built by worker process ")
+    # While it ran: Redis, and the worker with its two pool processes, besides the demo.
+    assert sum("redis-server" in p for p in running) == 1, running
+    assert sum("settings.celery worker" in p for p in running) == 3, running
+    output = log_path.read_text(errors="replace")
+    assert "ignoring CELERY_BROKER_URL from your shell" in output
+    assert "pw-not-for-logs" not in output
+
+
+def test_demo_fleet_mode_without_redis_says_what_to_install(tmp_path):
+    """A machine without Redis: every tool of the PATH but redis-server."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            target = bin_dir / entry.name
+            if entry.name != "redis-server" and not target.exists() and not target.is_symlink():
+                target.symlink_to(entry.path)
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env.update(PATH=str(bin_dir), DEMO_DB=str(tmp_path / "demo.sqlite3"), VENV=sys.prefix)
+    assert shutil.which("redis-server", path=env["PATH"]) is None
+
+    result = subprocess.run(
+        ["bash", "scripts/demo.sh", "--fleet"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "demo.sh: fleet mode needs Redis: apt-get install redis-server",
+        "  (redis-server is not on PATH; on macOS: brew install redis)",
+    ]
+    assert result.stdout == ""  # it stopped before doing anything
+    assert not (tmp_path / "demo.sqlite3").exists()
+
+
+def test_demo_refuses_an_unknown_argument(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env.update(DEMO_DB=str(tmp_path / "demo.sqlite3"), VENV=sys.prefix)
+
+    result = subprocess.run(
+        ["bash", "scripts/demo.sh", "--flet"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == "demo.sh: unknown argument '--flet' (the only one is --fleet)\n"
+    assert not (tmp_path / "demo.sqlite3").exists()
