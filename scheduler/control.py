@@ -39,7 +39,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from scheduler import conf, db
+from scheduler import conf, db, fleet
 from scheduler.claims import WITHDRAW_TIMEOUT
 from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun, SchedulerInstance
@@ -459,6 +459,8 @@ class Control(threading.Thread):
         if not self._sweep_due(now):
             return
         self._last_sweep = now
+        # The runs sent to a fleet that nobody follows any more (a take-over, a restart).
+        fleet.settle_overdue()
         # Read after the rows: a run claimed since is open by now, and one closed
         # since is final in the database.
         live = self.runner.results.open_ids()

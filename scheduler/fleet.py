@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.utils import timezone
@@ -413,3 +413,55 @@ class FleetRunExecutor(RunExecutor):
         )
         if settled:
             logger.error("Run #%s: %s", pk, reason)
+
+
+def settle_overdue(now: datetime | None = None) -> int:
+    """The active scheduler's sweep of the runs sent to a fleet, whoever sent them (the
+    sender follows its own; after a take-over or a restart nobody else does): a run no
+    worker took within its ``expires``, or else its job's ``misfire_grace_time``
+    (its message was lost, say with a broker that restarted without persistence, or
+    no worker listens on its queue), is recorded ``missed``; one still ``running`` past
+    its ``timeout`` and the hard limit's grace, ``timed_out``. Conditional on the row
+    as read: a worker that takes the run meanwhile wins. Returns how many it settled."""
+    from scheduler.registry import registry
+
+    now = now or timezone.now()
+    rows = list(
+        JobRun.objects.filter(status__in=(Status.QUEUED, Status.RUNNING))
+        .exclude(executor="")
+        .values_list("id", "job_id", "status", "scheduled_at", "started_at")
+    )
+    settled = 0
+    for pk, job_id, status, due, started in rows:
+        spec = registry.get(job_id)
+        if spec is None:
+            continue  # not in this code: its own scheduler's business
+        if status == Status.QUEUED:
+            limit = spec.expires if spec.expires is not None else spec.effective_grace_time
+            if limit is None or (now - due).total_seconds() <= limit + REPORT_GRACE:
+                continue
+            what = "its expires" if spec.expires is not None else "misfire_grace_time"
+            reason = (
+                f"Missed: no worker took it within {what} ({limit:g} s after it was due): "
+                "its message was lost (a broker restarted without saving it, say), or no "
+                "worker listens on its queue."
+            )
+            new_status = Status.MISSED
+        else:
+            timeout = spec.effective_timeout
+            if timeout is None or started is None:
+                continue
+            if (now - started).total_seconds() <= timeout + KILL_AFTER + REPORT_GRACE:
+                continue
+            reason = (
+                f"Timed out: still running {timeout:g} s after it started (timeout), and its "
+                "worker did not report (a hard time limit stopped it, or its worker was lost)."
+            )
+            new_status = Status.TIMED_OUT
+        done = JobRun.objects.filter(pk=pk, status=status).update(
+            status=new_status, finished_at=now, exception=reason
+        )
+        if done:
+            logger.error("Run #%s of %r: %s", pk, job_id, reason)
+            settled += done
+    return settled

@@ -308,3 +308,65 @@ def test_a_broker_outage_loses_and_doubles_nothing(
     assert set(marks) == ran
     assert "Could not send the run of 'fleet.tick' to celery (will try again)" in proc.log()
     assert worker.alive()
+
+
+def _noop() -> None: ...
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_sent_to_a_fleet_that_nobody_follows_are_settled_by_the_active_scheduler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a take-over (or a restart) the scheduler that sent a run no longer follows
+    it: the active one's sweep records a run whose message was lost (no worker took it
+    within its expires, or its misfire_grace_time) missed, and one whose worker went
+    silent past its timeout timed out. A run a worker may still take is left alone."""
+    from django.utils import timezone
+
+    from scheduler import fleet
+    from scheduler.models import JobRun
+    from scheduler.registry import JobSpec, registry
+
+    def spec(job_id: str, **options: Any) -> JobSpec:
+        return JobSpec(
+            id=job_id,
+            name=job_id,
+            func=_noop,
+            kind="cron",
+            schedule={"crontab": "0 0 1 1 *"},
+            timezone="UTC",
+            executor="celery",
+            **options,
+        )
+
+    monkeypatch.setitem(registry, "lost.expires", spec("lost.expires", expires=10))
+    monkeypatch.setitem(registry, "lost.grace", spec("lost.grace", misfire_grace_time=60))
+    monkeypatch.setitem(registry, "lost.timeout", spec("lost.timeout", timeout=1))
+    now = timezone.now()
+
+    def row(job_id: str, status: str, due_ago: float, started_ago: float | None = None) -> int:
+        started = None if started_ago is None else now - timedelta(seconds=started_ago)
+        return JobRun.objects.create(
+            job_id=job_id,
+            status=status,
+            trigger="schedule",
+            executor="celery",
+            scheduled_at=now - timedelta(seconds=due_ago),
+            started_at=started,
+        ).pk
+
+    expired = row("lost.expires", "queued", 10 + fleet.REPORT_GRACE + 1)
+    may_come = row("lost.expires", "queued", 5)
+    graced = row("lost.grace", "queued", 60 + fleet.REPORT_GRACE + 1)
+    silent = row("lost.timeout", "running", 100, started_ago=1 + 5 + fleet.REPORT_GRACE + 1)
+    working = row("lost.timeout", "running", 10, started_ago=2)
+    unknown = row("not.in.this.code", "queued", 10**6)
+
+    assert fleet.settle_overdue(now) == 3
+    status = dict(JobRun.objects.values_list("pk", "status"))
+    assert [status[pk] for pk in (expired, graced, silent)] == ["missed", "missed", "timed_out"]
+    assert [status[pk] for pk in (may_come, working, unknown)] == ["queued", "running", "queued"]
+    assert "within its expires (10 s after it was due)" in JobRun.objects.get(pk=expired).exception
+    assert "misfire_grace_time (60 s" in JobRun.objects.get(pk=graced).exception
+    # Settled once: a second sweep finds nothing more.
+    assert fleet.settle_overdue(now) == 0
