@@ -103,6 +103,10 @@ class JobRunManager(OnSchedulerDatabase["JobRun"]):
             requested_by=failed.requested_by,
             attempt=failed.attempt + 1,
             retry_of=failed.retry_of or failed.pk,
+            # A run scheduled from code is tried again with its arguments (its key stays
+            # with the first attempt); a task's attempt keeps its queue and priority.
+            arguments=failed.arguments,
+            result=_task_fields(failed.result),
         )
 
     def scheduled_row(
@@ -143,6 +147,14 @@ class JobRunManager(OnSchedulerDatabase["JobRun"]):
             if not ids:
                 return deleted
             deleted += self.filter(pk__in=ids).delete()[0]
+
+
+def _task_fields(result: Any) -> Any:
+    """What a task run's next attempt keeps of its ``result``: where and how it was
+    enqueued, not how it ended."""
+    if not isinstance(result, dict):
+        return None
+    return {k: v for k, v in result.items() if k not in ("return_value", "exception_class")}
 
 
 class Job(models.Model):

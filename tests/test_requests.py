@@ -318,3 +318,22 @@ def test_two_schedulers_run_a_thousand_runs_due_within_ten_seconds_each_once(
     assert max(ran.values()) == 1
     # Both schedulers ran some: the take-over happened mid-way.
     assert len({row["instance"] for row in rows}) == 2
+
+
+@pytest.mark.integration
+def test_a_retried_run_from_code_is_tried_again_with_its_arguments(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    env = scheduler_env
+    proc = env.start(ONEOFF, **FAST)
+    shell(
+        env, 'from tests.proc.oneoff import flaky; flaky.schedule(args=[7], kwargs={"word": "ü"})'
+    )
+    rows = final(env, "oneoff.flaky", 2)
+    assert proc.stop() == 0
+    assert [(r["attempt"], r["trigger"], r["status"]) for r in rows] == [
+        (1, "code", "failed"),
+        (2, "retry", "succeeded"),
+    ]
+    assert rows[0]["arguments"] == rows[1]["arguments"]
+    assert starts(env, "start oneoff.flaky") == ["start oneoff.flaky 7:ü"] * 2

@@ -223,3 +223,17 @@ def test_a_task_with_a_schedule_runs_as_a_job_and_keeps_its_return_value(
     assert row["trigger"] == "manual"
     assert json.loads(row["result"]) == {"return_value": "done"}
     assert env.catalog()[job_id]["kind"] == "cron"
+
+
+def test_a_retried_task_is_one_result_with_its_attempts(scheduler_env: SchedulerEnv) -> None:
+    env = scheduler_env
+    proc = env.start(TASKS, RETRIES=1, **FAST)
+    enqueued = shell(env, 'print(json.dumps({"flaky": t.flaky.enqueue(4).id}))')
+    found = results(env, enqueued)
+    assert proc.stop() == 0
+    flaky = found["flaky"]
+    assert flaky["status"] == "SUCCESSFUL" and flaky["return_value"] == 40
+    assert flaky["attempts"] == 2 and len(flaky["worker_ids"]) == 2
+    ((path, traceback),) = flaky["errors"]
+    assert path == "builtins.ConnectionError"
+    assert "ConnectionError: the partner API blinked" in traceback

@@ -4,6 +4,7 @@ Each marks its start in the ``PROC_MARKS`` file with its arguments
 ("start <job id> <arguments> <due time>"): the proof of what really ran, and how often.
 """
 
+import os
 from datetime import datetime
 
 from scheduler import cron, job
@@ -29,3 +30,13 @@ def count(n: int) -> None:
 def report(scheduled_at: datetime, customer: str = "everyone") -> None:
     """A cron job run now and then for one customer."""
     mark(f"start oneoff.report {customer} {scheduled_at.isoformat()}")
+
+
+@job(id="oneoff.flaky", retries=1, retry_backoff=0)
+def flaky(n: int, word: str = "") -> None:
+    """Fails on its first attempt, succeeds on its second: with the same arguments."""
+    mark(f"start oneoff.flaky {n}:{word}")
+    path = os.environ.get("PROC_MARKS", "")
+    with open(path) as marks:
+        if sum(line.startswith(f"start oneoff.flaky {n}:") for line in marks) < 2:
+            raise ConnectionError("the partner API blinked")

@@ -94,3 +94,13 @@ _receivers = [_signal("enqueued"), _signal("started"), _signal("finished")]
 task_enqueued.connect(_receivers[0], weak=False)
 task_started.connect(_receivers[1], weak=False)
 task_finished.connect(_receivers[2], weak=False)
+
+
+@task(backend=BACKEND)
+def flaky(n: int) -> int:
+    """Fails on its first attempt (SCHEDULER["RETRIES"] tries it again), then succeeds."""
+    mark(f"start flaky {n}")
+    with open(os.environ.get("PROC_MARKS", "")) as marks:
+        if sum(line.startswith(f"start flaky {n}") for line in marks) < 2:
+            raise ConnectionError("the partner API blinked")
+    return n * 10
