@@ -216,6 +216,30 @@ def test_a_run_cancelled_while_it_waits_for_a_worker_never_runs(
     assert not starts(env, "fleet.flaky")
 
 
+def test_a_run_scheduled_from_code_goes_to_a_worker_with_its_arguments(
+    scheduler_env: SchedulerEnv, broker: RedisServer
+) -> None:
+    env = scheduler_env
+    start_worker(env, broker.url, "w1", JOBS)
+    proc = scheduler(env, broker)
+    code = (
+        "from tests.proc.fleet_jobs import greet; "
+        "greet.schedule(delay=1, args=['ann'], kwargs={'times': 3})"
+    )
+    result = env.manage("shell", "-c", code, modules=JOBS, PROC_BROKER=broker.url, CELERY_APP=APP)
+    assert result.returncode == 0, result.stderr
+    row = wait_for(
+        lambda: next((r for r in env.runs("fleet.greet") if r["status"] == "succeeded"), None),
+        20,
+        "the run on the worker",
+    )
+    assert proc.stop() == 0
+    assert (row["trigger"], row["executor"]) == ("code", "celery")
+    assert row["hostname"].startswith("w1@")
+    (mark,) = [m for m in env.marks() if m.startswith("start fleet.greet ")]
+    assert mark.split()[2] == "annx3"
+
+
 def test_max_instances_counts_the_runs_on_the_whole_fleet(
     scheduler_env: SchedulerEnv, broker: RedisServer
 ) -> None:

@@ -337,3 +337,19 @@ def test_a_retried_run_from_code_is_tried_again_with_its_arguments(
     ]
     assert rows[0]["arguments"] == rows[1]["arguments"]
     assert starts(env, "start oneoff.flaky") == ["start oneoff.flaky 7:ü"] * 2
+
+
+@pytest.mark.integration
+def test_a_run_from_code_in_a_child_process_gets_its_arguments(
+    scheduler_env: SchedulerEnv,
+) -> None:
+    env = scheduler_env
+    proc = env.start(ONEOFF, **FAST)
+    shell(env, "from tests.proc.oneoff import isolated; isolated.schedule(args=[11])")
+    (row,) = final(env, "oneoff.isolated", 1)
+    assert proc.stop() == 0
+    assert row["status"] == "succeeded", row
+    (mark,) = starts(env, "start oneoff.isolated")
+    _, _, n, pid, due = mark.split()
+    assert n == "11" and pid != f"pid={proc.pid}"
+    assert datetime.fromisoformat(due) == row["scheduled_at"]

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from scheduler import cron
+from scheduler import cron, job
 from tests.proc.marks import mark
 
 ON_REQUEST = "0 0 1 1 *"
@@ -74,3 +74,9 @@ def flaky(scheduled_at: datetime) -> None:
         attempts = sum(line.startswith("start fleet.flaky ") for line in marks)
     if attempts < 2:
         raise ConnectionError("the partner API blinked")
+
+
+@job(id="fleet.greet", executor="celery")
+def greet(name: str, times: int = 1) -> None:
+    """A run scheduled from code, sent to a worker with its arguments."""
+    mark(f"start fleet.greet {name}x{times} pid={os.getpid()}")

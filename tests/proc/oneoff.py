@@ -40,3 +40,9 @@ def flaky(n: int, word: str = "") -> None:
     with open(path) as marks:
         if sum(line.startswith(f"start oneoff.flaky {n}:") for line in marks) < 2:
             raise ConnectionError("the partner API blinked")
+
+
+@job(id="oneoff.isolated", isolation="process", timeout=30)
+def isolated(n: int, *, scheduled_at: datetime) -> None:
+    """Run in a child process: its arguments go with it."""
+    mark(f"start oneoff.isolated {n} pid={os.getpid()} {scheduled_at.isoformat()}")
