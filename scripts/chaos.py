@@ -290,6 +290,9 @@ class Request:
     at: datetime  # the run's scheduled_at: the request time, a fraction of a second
     made: float
     row_id: int | None  # None: the insert failed (it may still have committed)
+    # "manual": a run-now request; "code": a run scheduled from code for a moment ahead
+    # (scheduler.requests.schedule), due at ``at``.
+    trigger: str = "manual"
 
 
 @dataclass
@@ -374,7 +377,7 @@ class Database:
     def setup(self, directory: Path) -> None:
         raise NotImplementedError
 
-    def insert_request(self, job_id: str, at: datetime) -> int:
+    def insert_request(self, job_id: str, at: datetime, trigger: str = "manual") -> int:
         raise NotImplementedError
 
     def outage(self, rng: random.Random, log: Log, long_ok: bool) -> Outage:
@@ -403,12 +406,12 @@ class Sqlite(Database):
         if result.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{result.stdout}{result.stderr}")
 
-    def insert_request(self, job_id: str, at: datetime) -> int:
+    def insert_request(self, job_id: str, at: datetime, trigger: str = "manual") -> int:
         return self.env.insert_run(
             job_id=job_id,
             job_name=job_id,
             status="queued",
-            trigger="manual",
+            trigger=trigger,
             scheduled_at=db_text(at),
             requested_by="chaos",
         )
@@ -445,15 +448,16 @@ class Postgres(Database):
         self.env = PgSchedulerEnv(directory, self.server, "chaos")
         self.env.migrate()
 
-    def insert_request(self, job_id: str, at: datetime) -> int:
-        # What the admin's queue_run does: the row, then a NOTIFY for the active scheduler.
+    def insert_request(self, job_id: str, at: datetime, trigger: str = "manual") -> int:
+        # What the admin's queue_run (and requests.schedule) does: the row, then a NOTIFY
+        # for the active scheduler.
         with self.env.connect() as connection:
             (row,) = connection.execute(
                 'INSERT INTO scheduler_jobrun (job_id, job_name, status, "trigger", scheduled_at, '
                 "hostname, instance, requested_by, exception, traceback, output) "
-                "VALUES (%s, %s, 'queued', 'manual', %s, '', '', 'chaos', '', '', '') "
+                "VALUES (%s, %s, 'queued', %s, %s, '', '', 'chaos', '', '', '') "
                 "RETURNING id",
-                (job_id, job_id, at),
+                (job_id, job_id, trigger, at),
             ).fetchall()
             connection.execute("NOTIFY scheduler_control")
         return row["id"]
@@ -733,13 +737,20 @@ class Soak:
             if at.microsecond == 0:
                 at += timedelta(microseconds=1)
             last = at
+            # A third are runs scheduled from code, due up to 3 s ahead (the requests end
+            # 8 s before the final stop: each falls due while schedulers run).
+            trigger = "code" if rng.random() < 1 / 3 else "manual"
+            if trigger == "code":
+                at += timedelta(seconds=rng.uniform(0, 3))
+                if at.microsecond == 0:  # never a whole second: a cron fire time's
+                    at += timedelta(microseconds=1)
             made = time.time()
             try:
-                row_id: int | None = self.db.insert_request(job_id, at)
+                row_id: int | None = self.db.insert_request(job_id, at, trigger)
             except Exception as exc:  # noqa: BLE001 - the database may be away
                 row_id = None
                 self.log(f"{REQUEST_FAILED} {job_id} failed ({type(exc).__name__}): uncertain")
-            self.requests.append(Request(job_id, at, made, row_id))
+            self.requests.append(Request(job_id, at, made, row_id, trigger))
 
     def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         def run() -> None:
@@ -1024,7 +1035,9 @@ class Checker:
 
     def requests(self) -> list[Finding]:
         manual = {
-            (r["job_id"], r["scheduled_at"]): r for r in self.rows if r["trigger"] == "manual"
+            (r["job_id"], r["scheduled_at"]): r
+            for r in self.rows
+            if r["trigger"] in ("manual", "code")
         }
         found = []
         for request in self.soak.requests:
@@ -1062,7 +1075,7 @@ class Checker:
         slot: from the moment it was made until the final SIGTERM, runs of its job filled
         every one of its ``max_instances`` slots (requests of a slow job pile up behind
         each other; a clean stop leaves the rest queued for the next scheduler)."""
-        if row["status"] != "queued" or row["trigger"] not in ("manual", "schedule"):
+        if row["status"] != "queued" or row["trigger"] not in ("manual", "schedule", "code"):
             return False
         spec = self.jobs.get(row["job_id"])
         slots = spec.max_instances if spec is not None else 1
