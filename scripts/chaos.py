@@ -1281,7 +1281,7 @@ def report(record: Record, checker: Checker, examples: int) -> str:
     )
     statuses = Counter((row["trigger"], row["status"]) for row in checker.rows)
     lines.append(f"rows: {len(checker.rows)}; marks: {len(checker.marks)}")
-    for trigger in ("schedule", "manual", "retry"):
+    for trigger in ("schedule", "manual", "code", "retry"):
         counts = {s: n for (t, s), n in sorted(statuses.items()) if t == trigger}
         lines.append(f"  {trigger:<8} " + ", ".join(f"{s} {n}" for s, n in counts.items()))
     exits = [f"{life.slot}.{life.generation}:{life.fate}={life.exit_code}" for life in record.lives]
