@@ -385,15 +385,14 @@ class Control(threading.Thread):
             try:
                 future = self.executor.submit_manual(run)
             except BaseException:
-                self.executor.unreserve(job_id)
-                self.runner.requeue(run)
+                # This run and the rest of the batch go back to the queue (claimed, they
+                # would stay running with nothing to run them).
+                for rest_id, rest_job in claim[claim.index((run_id, job_id)) :]:
+                    self.executor.unreserve(rest_job)
+                    if rest_id in claimed:
+                        self.runner.requeue(claimed[rest_id])
                 if self.executor.stopping.is_set():
-                    # A stop came first: the next active scheduler runs the rest.
-                    for rest in claim[claim.index((run_id, job_id)) + 1 :]:
-                        self.executor.unreserve(rest[1])
-                        if rest[0] in claimed:
-                            self.runner.requeue(claimed[rest[0]])
-                    return started
+                    return started  # a stop came first: the next active scheduler runs them
                 raise
             future.add_done_callback(_requeue_if_cancelled(self.runner, run))
             future.add_done_callback(self._worker_freed)

@@ -68,15 +68,17 @@ def test_a_stop_between_the_look_and_the_submission_puts_the_request_back_quietl
 
 def test_a_submission_that_fails_without_a_stop_is_an_error_and_the_request_stays_queued() -> None:
     parts = started_parts()
-    request = queued_request()
+    requests = [queued_request("t.one"), queued_request("t.two")]  # one slot each
     parts.executor.cancel_waiting()
     control = Control(parts.scheduler, parts.store, parts.executor, threading.Event())
 
     with pytest.raises(RuntimeError, match="after shutdown"):
         control.start_queued_runs()
 
-    request.refresh_from_db()
-    assert request.status == JobRun.Status.QUEUED
+    # The whole batch went back to the queue, not only the run whose submission failed.
+    for request in requests:
+        request.refresh_from_db()
+        assert request.status == JobRun.Status.QUEUED
 
 
 def test_an_idle_active_scheduler_asks_one_statement_a_poll_and_still_sees_requests() -> None:
