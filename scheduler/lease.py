@@ -23,14 +23,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db.models import Case, F, Q, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
 import scheduler
-from scheduler import conf, db, health
+from scheduler import conf, db, health, signals
 from scheduler.models import JobRun, Lease, SchedulerInstance
 
 logger = logging.getLogger(__name__)
@@ -142,10 +142,16 @@ class Leadership(threading.Thread):
                 # Not active until taking over succeeds; the next step tries again.
                 self._leader = False
                 logger.exception("Error while taking over as the active scheduler")
+            else:
+                signals.send(signals.scheduler_active, type(self), **self._who())
         elif not leader_now and self._leader:
             self._leader = False
             logger.warning("This scheduler (%s) lost the lease: standing by.", self.instance_id[:8])
             self.on_demoted()
+            signals.send(signals.lease_lost, type(self), **self._who())
+
+    def _who(self) -> dict[str, Any]:
+        return {"instance_id": self.instance_id, "hostname": conf.HOSTNAME, "pid": os.getpid()}
 
     def _try_acquire(self) -> bool:
         leases = Lease.objects
@@ -230,12 +236,14 @@ class Leadership(threading.Thread):
     def step_down(self) -> None:
         """At a clean stop: give the lease up at once, so a standby takes over."""
         self.stepping_down.set()
-        self._leader = False
+        was_leader, self._leader = self._leader, False
         self._deadline = 0.0
         try:
             self._release()
         except db.TRANSIENT as exc:
             logger.warning("Could not release the lease (it expires by itself): %s", exc)
+        if was_leader:
+            signals.send(signals.lease_lost, type(self), **self._who())
 
     def _release(self) -> None:
         Lease.objects.filter(name=NAME, holder=self.instance_id).update(

@@ -22,7 +22,7 @@ import uuid
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scheduler import conf, lease
+from scheduler import conf, lease, signals
 from scheduler.body import Outcome, TimedOut, make_call, run_here
 from scheduler.models import JobRun, SchedulerInstance
 from scheduler.registry import autodiscover
@@ -115,6 +115,7 @@ def carry_out(
             runner.record_outcome(row, None, outcome)
         elif stops:
             call = make_call(spec, None, row.scheduled_at, row.arguments, row.pk)
+            signals.started(Runner, row)
             outcome = run_here(
                 call, conf.get("MAX_OUTPUT"), retry_on=spec.retry_on, stops=(TimedOut, *stops)
             )

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from django.db import transaction
 from django.utils import timezone
 
-from scheduler import bulk, conf, db
+from scheduler import bulk, conf, db, signals
 from scheduler.models import JobRun
 from scheduler.text import describe_exception, storable
 
@@ -215,6 +215,7 @@ class ResultWriter:
             self._write_refused(runs[0], exc, lambda: update(runs), timeout, should_stop)
             return
         self.closed(run.pk for run in runs)
+        signals.written(type(self), runs)
 
     def _write_refused(
         self,
@@ -243,7 +244,10 @@ class ResultWriter:
                 raise
             # Left running and closed: the active scheduler's sweep marks it interrupted.
             logger.error("Run %s of %r could not be finished at all: %s", run.pk, run.job_id, again)
+            self.closed([run.pk])
+            return
         self.closed([run.pk])
+        signals.written(type(self), [run])
 
     @staticmethod
     def insert(rows: list[JobRun], timeout: float | None = None) -> None:
@@ -265,6 +269,8 @@ class ResultWriter:
                     ResultWriter.insert([row], timeout)
                 return
             logger.error("Could not record a %s run of %r: %s", rows[0].status, rows[0].job_id, exc)
+            return
+        signals.written(ResultWriter, rows)
 
     def _count_inserted(self, count: int) -> None:
         with self._changed:

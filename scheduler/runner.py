@@ -23,7 +23,7 @@ from apscheduler.job import Job
 from django.db import IntegrityError, connections
 from django.utils import timezone
 
-from scheduler import conf, db
+from scheduler import conf, db, signals
 from scheduler.body import Outcome, TimedOut, make_call, run_here
 from scheduler.claims import (
     WITHDRAW_TIMEOUT,
@@ -219,6 +219,7 @@ class Runner:
             self._active[run.pk] = run.job_id
         try:
             run.started_at = run.started_at or timezone.now()
+            signals.started(type(self), run)
             limit = conf.get("MAX_OUTPUT")
             timeout = spec.effective_timeout if spec is not None else None
             retry_on = spec.retry_on if spec is not None else ()
