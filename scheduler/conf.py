@@ -62,7 +62,33 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_APP": None,
     # The django.tasks backend (an alias of TASKS) runs of executor="tasks" are enqueued on.
     "TASK_BACKEND": "default",
+    # What breaks, detected by the active scheduler and sent where people look
+    # (ALERT_DEFAULTS below; see "Monitoring and alerts" in the README).
+    "ALERTS": {},
+    # The bearer token the Prometheus metrics view accepts (None: staff login only).
+    "METRICS_TOKEN": None,
 }
+
+# SCHEDULER["ALERTS"]: the keys it may hold, and their defaults.
+ALERT_DEFAULTS: dict[str, Any] = {
+    # Where alerts go: "mail_admins" (Django's ADMINS, by its email settings), and
+    # {"webhook": "https://...", "format": "json" | "slack" | "teams"}.
+    "NOTIFY": [],
+    # Failed (or timed-out) runs in a row that open a "failing" incident (jobs may say
+    # otherwise with alert_after=).
+    "FAILURES": 1,
+    # Seconds past a job's expected interval before "no successful run" is an incident.
+    "OVERDUE_GRACE": 300,
+    # Seconds past a run's timeout before it is a stuck run.
+    "STUCK_GRACE": 60,
+    # Seconds between two passes of the detector over the history.
+    "INTERVAL": 10,
+    # The site's address, for links to the admin in alerts ("https://ops.example.com").
+    "SITE_URL": "",
+    # Sentry Crons check-ins for every job, through sentry_sdk (installed and initialised).
+    "SENTRY_CRONS": False,
+}
+WEBHOOK_FORMATS = ("json", "slack", "teams")
 
 # The system check id of each kind of problem (``scheduler.E0NN``), stable across
 # releases so that projects can silence or search for them. The README lists them.
@@ -87,6 +113,8 @@ CHECK_IDS: dict[str, str] = {
     "EXECUTOR": "E018",
     "CELERY_APP": "E019",
     "TASK_BACKEND": "E024",
+    "ALERTS": "E025",
+    "METRICS_TOKEN": "E026",
 }
 
 
@@ -261,6 +289,12 @@ def _problem(key: str, value: Any, databases: Mapping[str, Any]) -> str | None:
                 f"but it holds {', '.join(_what(m) for m in bad)}."
             )
         return None
+    if key == "ALERTS":
+        return _alerts_problem(value)
+    if key == "METRICS_TOKEN":
+        if value is None or (isinstance(value, str) and len(value) >= 16):
+            return None
+        return f"{name} is {_what(value)}; expected None or a secret of at least 16 characters."
     if key == "DATABASE":
         if not isinstance(value, str):
             return f"{name} is {_what(value)}; expected a database alias (a string)."
@@ -272,6 +306,65 @@ def _problem(key: str, value: Any, databases: Mapping[str, Any]) -> str | None:
     if accepts(value):
         return None
     return f"{name} is {_what(value)}; expected {expected}."
+
+
+def _alerts_problem(value: Any) -> str | None:
+    """What is wrong with ``SCHEDULER["ALERTS"]``, naming the key at fault; or None."""
+    name = "SCHEDULER['ALERTS']"
+    if not isinstance(value, dict):
+        return f"{name} is {_what(value)}; expected a dict such as {{'NOTIFY': ['mail_admins']}}."
+    unknown = sorted(map(str, set(value) - set(ALERT_DEFAULTS)))
+    if unknown:
+        return (
+            f"Unknown key(s) in {name}: {', '.join(unknown)}. "
+            f"Known keys: {', '.join(sorted(ALERT_DEFAULTS))}."
+        )
+    values = {**ALERT_DEFAULTS, **value}
+    notify = values["NOTIFY"]
+    if not isinstance(notify, (list, tuple)):
+        return f"{name}['NOTIFY'] is {_what(notify)}; expected a list of notifiers."
+    for index, item in enumerate(notify):
+        problem = _notifier_problem(item)
+        if problem:
+            return f"{name}['NOTIFY'][{index}] is {_what(item)}: {problem}"
+    failures = values["FAILURES"]
+    if not (_is_int(failures) and 1 <= failures <= 1000):
+        return f"{name}['FAILURES'] is {_what(failures)}; expected an integer from 1 to 1000."
+    for key in ("OVERDUE_GRACE", "STUCK_GRACE"):
+        if not _seconds(0, inclusive=True)[0](values[key]):
+            return f"{name}[{key!r}] is {_what(values[key])}; expected {_seconds(0, True)[1]}."
+    if not (_is_number(values["INTERVAL"]) and 1 <= values["INTERVAL"] <= 3600):
+        return f"{name}['INTERVAL'] is {_what(values['INTERVAL'])}; expected 1 to 3600 seconds."
+    site = values["SITE_URL"]
+    if not isinstance(site, str) or (site and not site.startswith(("http://", "https://"))):
+        return f"{name}['SITE_URL'] is {_what(site)}; expected '' or an http(s) address."
+    if not isinstance(values["SENTRY_CRONS"], bool):
+        return f"{name}['SENTRY_CRONS'] is {_what(values['SENTRY_CRONS'])}; expected True or False."
+    return None
+
+
+def _notifier_problem(item: Any) -> str | None:
+    if item == "mail_admins":
+        return None
+    if not isinstance(item, dict):
+        return "expected 'mail_admins' or {'webhook': 'https://...', 'format': 'json'}"
+    unknown = sorted(map(str, set(item) - {"webhook", "format", "timeout"}))
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)} (a webhook has webhook, format, timeout)"
+    url = item.get("webhook")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return "its 'webhook' must be an http:// or https:// address"
+    if item.get("format", "json") not in WEBHOOK_FORMATS:
+        return f"its 'format' must be one of {', '.join(map(repr, WEBHOOK_FORMATS))}"
+    timeout = item.get("timeout", 10)
+    if not (_is_number(timeout) and 0 < timeout <= 300):
+        return "its 'timeout' must be a number of seconds from 0 to 300"
+    return None
+
+
+def alerts() -> dict[str, Any]:
+    """``SCHEDULER["ALERTS"]`` with its defaults (checked when first read)."""
+    return {**ALERT_DEFAULTS, **get("ALERTS")}
 
 
 def problems() -> list[Problem]:

@@ -20,7 +20,7 @@ import zoneinfo
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from importlib import import_module
 from json.encoder import encode_basestring_ascii
@@ -40,7 +40,6 @@ from scheduler.retries import DEFAULT_BACKOFF, MAX_RETRIES, Backoff
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from datetime import timedelta
 
     from scheduler.models import JobRun
 
@@ -116,6 +115,10 @@ OPTIONS = (
     "queue",
     "priority",
     "expires",
+    "alerts",
+    "alert_after",
+    "expected_every",
+    "ping_url",
 )
 ISOLATIONS = ("thread", "process")
 EXECUTORS = ("local", "celery", "tasks")
@@ -164,6 +167,14 @@ class JobSpec:
     queue: str | None = None
     priority: int | None = None
     expires: float | None = None
+    # Monitoring (scheduler.incidents): whether the job raises alerts at all, after how
+    # many failed runs in a row (None: ALERTS["FAILURES"]), within how many seconds a run
+    # must succeed (None: from the schedule), and a Healthchecks-style URL pinged at each
+    # run's start, success and failure.
+    alerts: bool = True
+    alert_after: int | None = None
+    expected_every: float | None = None
+    ping_url: str | None = None
     # The ``django.tasks`` task this job is, when a task was declared (its context, its
     # signals and its return value go with each run: scheduler.tasks).
     task: Any = None
@@ -277,6 +288,11 @@ class JobSpec:
         if self.overlap is not None:
             found["overlap"] = self.overlap
         for key in ("executor", "queue", "priority", "expires"):
+            if getattr(self, key) is not None:
+                found[key] = getattr(self, key)
+        if not self.alerts:
+            found["alerts"] = False
+        for key in ("alert_after", "expected_every", "ping_url"):
             if getattr(self, key) is not None:
                 found[key] = getattr(self, key)
         return found
@@ -716,7 +732,9 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
         raise _fail(
             job_id, f"expires={expires!r} must be a positive number of seconds (at most 3653 days)."
         )
+    monitoring = _check_monitoring(job_id, options)
     return {
+        **monitoring,
         "executor": executor,
         "queue": queue,
         "priority": priority,
@@ -727,6 +745,36 @@ def _check_run_options(job_id: str, options: dict[str, Any], max_instances: int)
         "retry_backoff": backoff,
         "retry_on": classes,
         "overlap": overlap,
+    }
+
+
+def _check_monitoring(job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Take the monitoring options out of ``options``, checked."""
+    alerts = options.pop("alerts", True)
+    if not isinstance(alerts, bool):
+        raise _fail(job_id, f"alerts={alerts!r} must be True or False.")
+    after = options.pop("alert_after", None)
+    if after is not None and not _int_between(after, 1, 1000):
+        raise _fail(job_id, f"alert_after={after!r} must be an integer from 1 to 1000.")
+    every = options.pop("expected_every", None)
+    if isinstance(every, timedelta):
+        every = every.total_seconds()
+    if every is not None and not (is_real(every) and 1 <= every <= MAX_SECONDS):
+        raise _fail(
+            job_id,
+            f"expected_every={every!r} must be a timedelta or a number of seconds from 1 to "
+            f"{MAX_SECONDS}.",
+        )
+    ping = options.pop("ping_url", None)
+    if ping is not None and (
+        not isinstance(ping, str) or not ping.startswith(("http://", "https://"))
+    ):
+        raise _fail(job_id, f"ping_url={ping!r} must be an http:// or https:// address.")
+    return {
+        "alerts": alerts,
+        "alert_after": after,
+        "expected_every": None if every is None else float(every),
+        "ping_url": ping,
     }
 
 
