@@ -326,6 +326,9 @@ class JobRun(models.Model):
                 condition=Q(status="queued"),
                 name="run_queued_due",
             ),
+            # What finished since the detector's last pass (scheduler.incidents): a range of
+            # the runs that ended in it, however long the history.
+            models.Index(fields=["finished_at"], name="run_finished"),
             # The same rows by where they wait and why: the dashboard's bounded counts of
             # waiting runs, each kind a range of its own (stats.queued_by_trigger).
             models.Index(
@@ -418,6 +421,95 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} held by {self.holder} until {self.expires_at}"
+
+
+class Incident(models.Model):
+    """Something that broke, detected from the history by the active scheduler
+    (``scheduler.incidents``): open until it is over (``resolved_at``). One open
+    incident per kind and job, however many fire times it spans."""
+
+    class Kind(models.TextChoices):
+        FAILING = "failing", _("failing")
+        MISSED = "missed", _("missed fire time")
+        OVERDUE = "overdue", _("no successful run")
+        STUCK = "stuck", _("stuck run")
+        NO_SCHEDULER = "no_scheduler", _("no active scheduler")
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    # "" for an incident of the scheduler itself (no active scheduler).
+    job_id = models.CharField(_("job"), max_length=255, blank=True)
+    title = models.CharField(_("title"), max_length=255)
+    detail = models.TextField(_("detail"), blank=True)
+    opened_at = models.DateTimeField(_("opened at"))
+    last_seen_at = models.DateTimeField(_("last seen at"))
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+    # How many times it was seen while open (failed runs, missed fire times).
+    occurrences = models.PositiveIntegerField(_("occurrences"), default=1)
+    # The run that opened it, and the one that ended it, when runs did.
+    run_id = models.BigIntegerField(_("run"), null=True, blank=True)
+    resolved_by = models.BigIntegerField(_("resolved by run"), null=True, blank=True)
+
+    objects: ClassVar[OnSchedulerDatabase[Self]] = OnSchedulerDatabase()
+
+    class Meta:
+        verbose_name = _("incident")
+        verbose_name_plural = _("incidents")
+        ordering = ["-opened_at", "-id"]
+        indexes = [models.Index(fields=["-opened_at", "-id"], name="incident_recent")]
+        constraints = [
+            # De-duplication: a second detector (after a take-over) finds the open one.
+            models.UniqueConstraint(
+                fields=["kind", "job_id"],
+                condition=Q(resolved_at__isnull=True),
+                name="one_open_incident",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class Notification(models.Model):
+    """The outbox of alerts: one row per incident change (opened, resolved) and notifier,
+    sent by the active scheduler's delivery thread, tried again until it goes through
+    (or gives up, saying why). In the database, so that a take-over loses none."""
+
+    incident = models.ForeignKey(Incident, models.CASCADE, related_name="notifications")
+    state = models.CharField(_("state"), max_length=8)  # alerts.OPENED or alerts.RESOLVED
+    notifier = models.CharField(_("notifier"), max_length=64)
+    created_at = models.DateTimeField(_("created at"))
+    next_try_at = models.DateTimeField(_("next try at"))
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    # Set when it was given up (too many attempts): it is not tried again.
+    given_up_at = models.DateTimeField(_("given up at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    objects: ClassVar[OnSchedulerDatabase[Self]] = OnSchedulerDatabase()
+
+    class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+        indexes = [
+            models.Index(
+                fields=["next_try_at"],
+                condition=Q(sent_at__isnull=True, given_up_at__isnull=True),
+                name="notification_due",
+            )
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["incident", "state", "notifier"], name="one_notification_each"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notifier}: {self.state} #{self.incident_id}"
 
 
 class Dashboard(JobRun):
