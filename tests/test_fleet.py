@@ -107,7 +107,9 @@ def test_two_schedulers_and_two_workers_run_each_fire_time_once(
     ran = {row["scheduled_at"] for row in env.runs("fleet.tick", status="succeeded")}
     assert len(ran & set(window)) >= len(window) - 3  # the take-over may miss a moment
     for row in env.runs("fleet.tick"):
-        assert row["status"] in ("succeeded", "missed"), row
+        # Skipped: a run that started late on a loaded machine still held the slot
+        # (max_instances=1) when the next second came; never run twice.
+        assert row["status"] in ("succeeded", "missed", "skipped"), row
 
 
 def test_a_worker_killed_mid_run_leaves_its_run_interrupted(
