@@ -19,14 +19,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, pgettext_lazy
 from django_apscheduler import admin as _django_apscheduler_admin  # noqa: F401 - registers first
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 from scheduler import arguments, describe, health, requests, stats
-from scheduler.models import Dashboard, Job, JobRun, SchedulerInstance
+from scheduler.models import Dashboard, Incident, Job, JobRun, Notification, SchedulerInstance
 from scheduler.paginator import BoundedCountPaginator
 from scheduler.requests import cancel_queued, set_paused
 
@@ -40,9 +40,13 @@ if TYPE_CHECKING:
     _JobRunAdmin = admin.ModelAdmin[JobRun]
     _SchedulerInstanceAdmin = admin.ModelAdmin[SchedulerInstance]
     _DashboardAdmin = admin.ModelAdmin[Dashboard]
+    _IncidentAdmin = admin.ModelAdmin[Incident]
+    _NotificationInline = admin.TabularInline[Notification, Incident]
 else:
     _AnyModelAdmin = object  # PermissionsFirst is a mixin
     _JobAdmin = _JobRunAdmin = _SchedulerInstanceAdmin = _DashboardAdmin = admin.ModelAdmin
+    _IncidentAdmin = admin.ModelAdmin
+    _NotificationInline = admin.TabularInline
 
 # django-apscheduler's pages show its own history, which this app replaces.
 for _model in (DjangoJob, DjangoJobExecution):
@@ -677,6 +681,115 @@ class SchedulerInstanceAdmin(PermissionsFirst, _SchedulerInstanceAdmin):
     @admin.display(description=_("stopped at"))
     def stopped(self, instance: SchedulerInstance) -> str:
         return describe.when(instance.stopped_at)
+
+
+class OpenFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "open"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, StrOrPromise]]:
+        return [("1", _("open")), ("0", _("resolved"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Incident]) -> QuerySet[Incident]:
+        if self.value() in ("0", "1"):
+            return queryset.filter(resolved_at__isnull=self.value() == "1")
+        return queryset
+
+
+class NotificationInline(_NotificationInline):
+    model = Notification
+    extra = 0
+    can_delete = False
+    fields = ["notifier", "state", "sent", "attempts", "last_error"]
+    readonly_fields = fields  # type: ignore[assignment]  # (as in JobRunAdmin)
+
+    def has_add_permission(self, request: HttpRequest, obj: Incident | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Incident | None = None) -> bool:
+        return False
+
+    @admin.display(description=_("sent at"))
+    def sent(self, notification: Notification) -> str:
+        if notification.sent_at is not None:
+            return describe.when(notification.sent_at)
+        if notification.given_up_at is not None:
+            return str(
+                _("given up at %(when)s") % {"when": describe.when(notification.given_up_at)}
+            )
+        return str(_("next try at %(when)s") % {"when": describe.when(notification.next_try_at)})
+
+
+@admin.register(Incident)
+class IncidentAdmin(PermissionsFirst, _IncidentAdmin):
+    """What broke and when it was over, as the active scheduler found it (read-only)."""
+
+    list_display = ["title", "state_badge", "kind", "job_id", "opened", "resolved", "occurrences"]
+    list_filter = [OpenFilter, "kind"]
+    search_fields = ["=job_id", "title"]
+    actions = None
+    inlines = [NotificationInline]
+    fields = [
+        "title",
+        "state_badge",
+        "kind",
+        "job_id",
+        "opened",
+        "last_seen",
+        "resolved",
+        "occurrences",
+        "run_link",
+        "detail_text",
+    ]
+    readonly_fields = fields  # type: ignore[assignment]  # (as in JobRunAdmin)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Incident | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Incident | None = None) -> bool:
+        return False
+
+    @admin.display(description=_("state"))
+    def state_badge(self, incident: Incident) -> str:
+        if incident.is_open:
+            return describe.status_badge("failed", _("open"))
+        return describe.status_badge("succeeded", _("resolved"))
+
+    @admin.display(description=_("opened at"), ordering="opened_at")
+    def opened(self, incident: Incident) -> str:
+        return describe.when(incident.opened_at)
+
+    @admin.display(description=_("last seen at"))
+    def last_seen(self, incident: Incident) -> str:
+        return describe.when(incident.last_seen_at)
+
+    @admin.display(description=_("resolved at"))
+    def resolved(self, incident: Incident) -> str:
+        return describe.when(incident.resolved_at)
+
+    @admin.display(description=_("run"))
+    def run_link(self, incident: Incident) -> str:
+        links = [
+            format_html(
+                '<a href="{}">#{}</a>',
+                reverse(
+                    "admin:scheduler_jobrun_change", args=[pk], current_app=self.admin_site.name
+                ),
+                pk,
+            )
+            for pk in (incident.run_id, incident.resolved_by)
+            if pk is not None
+        ]
+        return format_html_join(" → ", "{}", ((link,) for link in links)) if links else "—"
+
+    @admin.display(description=_("detail"))
+    def detail_text(self, incident: Incident) -> str:
+        return _pre(incident.detail)
 
 
 @admin.register(Dashboard)

@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from scheduler import conf, db, fleet
 from scheduler.claims import WITHDRAW_TIMEOUT
+from scheduler.incidents import Detector
 from scheduler.jobstore import JobStore
 from scheduler.models import Job, JobRun, SchedulerInstance
 from scheduler.registry import registry
@@ -159,6 +160,8 @@ class Control(threading.Thread):
         # the end of a queued run then sets ``_freed``, and the next look comes at once.
         self._backlog = False
         self._freed = threading.Event()
+        # The detector of incidents (scheduler.incidents), set by the service.
+        self.detector: Detector | None = None
 
     def wait(self, interval: float) -> bool:
         """Wait for a notification or the poll interval; True when it is time to stop."""
@@ -233,6 +236,14 @@ class Control(threading.Thread):
             self._waiting = queued
         # The active scheduler's next run times live in memory; write them back.
         self.store.flush()
+        if self.detector is not None:
+            # Its own errors are its own: logged, and the next poll tries again.
+            try:
+                self.detector.step()
+            except db.TRANSIENT:
+                raise
+            except Exception:
+                logger.exception("Error while looking for incidents")
         if changed or started:
             self.scheduler.wakeup()
 

@@ -34,6 +34,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,11 @@ Status = JobRun.Status
 FAILED_STATUSES = (Status.FAILED, Status.TIMED_OUT, Status.INTERRUPTED)
 # Rows read from the history a statement (a pass reads on until it is through).
 BATCH = 2000
+# Seconds each pass looks back past where the last one reached: a row is written a
+# little after its run ended (up to results.INTERVAL, more while the database is slow).
+# A result written later than this after its run ended (a long database outage) is not
+# judged.
+LOOK_BACK = 120.0
 # Fire times looked at to find a cron job's longest gap between two of them.
 GAPS_LOOKED_AT = 30
 # The least a run without a timeout must go on before it counts as stuck.
@@ -69,8 +75,12 @@ class Incidents:
     """The incident table and the outbox: opens, counts again and resolves incidents,
     each change followed by one notification per notifier (``notifier_names``)."""
 
-    def __init__(self, notifier_names: list[str]) -> None:
+    def __init__(
+        self, notifier_names: list[str], changed: Callable[[], None] | None = None
+    ) -> None:
         self.notifier_names = notifier_names
+        # Called after each change that left notifications (the outbox wakes up).
+        self.changed = changed
 
     def open(
         self,
@@ -144,6 +154,8 @@ class Incidents:
         return set(rows.values_list("kind", "job_id"))
 
     def _outbox(self, incident: Incident, state: str, now: datetime) -> None:
+        if self.notifier_names and self.changed is not None:
+            transaction.on_commit(self.changed, using=conf.database())
         Notification.objects.bulk_create(
             [
                 Notification(
@@ -186,6 +198,8 @@ class Detector:
         self._last_pass = float("-inf")
         self._last_success: dict[str, datetime] = {}
         self._expected: dict[str, float | None] = {}
+        # The runs judged within the look-back (id -> finished_at): each is judged once.
+        self._judged: dict[int, datetime] = {}
 
     def took_over(self, previous_holder: str | None) -> None:
         """This process became the active scheduler (after ``previous_holder``, if it took
@@ -235,8 +249,12 @@ class Detector:
     # -- what finished since the last pass ------------------------------------------
 
     def _finished(self, now: datetime) -> None:
+        """Judge the runs that ended since the last pass. A run's row is written after it
+        ended (gathered by the results writer, or later while the database is away): each
+        pass looks back ``LOOK_BACK`` further than the last one reached, and skips the
+        runs it judged already."""
         assert self._cursor is not None, "took_over() sets it"
-        cursor, last_id = self._cursor, 0
+        since = self._cursor - timedelta(seconds=LOOK_BACK)
         fields = [
             "id",
             "job_id",
@@ -249,6 +267,7 @@ class Detector:
             "retry_of",
             "scheduled_at",
         ]
+        cursor, last_id = since, 0
         while True:
             rows = list(
                 JobRun.objects.filter(finished_at__gte=cursor, finished_at__lte=now)
@@ -257,12 +276,20 @@ class Detector:
                 .values(*fields)[:BATCH]
             )
             for row in rows:
+                if row["id"] in self._judged:
+                    continue
+                if row["status"] not in JobRun.FINAL:
+                    continue  # (a row finished and then set running again: not ours to judge)
+                self._judged[row["id"]] = row["finished_at"]
                 self._judge(row, now)
             if rows:
                 cursor, last_id = rows[-1]["finished_at"], rows[-1]["id"]
             if len(rows) < BATCH:
                 break
         self._cursor = now
+        # Forget what falls out of the next pass's look-back.
+        horizon = now - timedelta(seconds=LOOK_BACK)
+        self._judged = {pk: at for pk, at in self._judged.items() if at >= horizon}
 
     def _judge(self, row: dict[str, Any], now: datetime) -> None:
         job_id = row["job_id"]

@@ -78,6 +78,9 @@ class Leadership(threading.Thread):
         self.heartbeat = float(conf.get("HEARTBEAT_INTERVAL"))
         self._deadline = 0.0  # monotonic time when our lease ends, as far as we know
         self._leader = False
+        # Who held the lease before this process took it (None: nobody, or this process):
+        # the detector tells a hand-over from a predecessor that died.
+        self.previous_holder: str | None = None
         self._last_heartbeat = 0.0
         # Since when (monotonic) this process has reached the database without a failure.
         self._in_contact_since: float | None = None
@@ -157,6 +160,10 @@ class Leadership(threading.Thread):
         leases = Lease.objects
         me = self.instance_id
         expires = Now() + timedelta(seconds=self.lease_seconds)
+        if not self._leader:
+            # (A standby's one read more a round: who holds it, before it may take it.)
+            holder = leases.filter(name=NAME).values_list("holder", flat=True).first()
+            self.previous_holder = holder if holder != me else None
 
         def take() -> int:
             return (
