@@ -41,6 +41,18 @@ SENDING = 300.0
 LOOK_EVERY = 2.0
 
 
+def configured_notifiers() -> list[alerts.Notifier]:
+    """The notifiers of ``SCHEDULER["ALERTS"]["NOTIFY"]`` (their module is loaded only
+    when there are some)."""
+    configured = conf.alerts()["NOTIFY"]
+    if not configured:
+        return []
+    from scheduler.notifiers import build
+
+    found: list[alerts.Notifier] = build(configured)
+    return found
+
+
 def alert_of(incident: Incident, state: str) -> alerts.Alert:
     """The Alert notifiers get for ``incident`` in ``state`` (opened or resolved)."""
     spec = registry.get(incident.job_id)

@@ -16,7 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, conf, db, lease
+from scheduler import capture, conf, db, incidents, lease, outbox
 from scheduler.claims import ClaimBook
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
@@ -137,6 +137,10 @@ class Service:
         # Made at start-up, once the jobs are known: everything the process runs with.
         self.parts: Parts | None = None
         self.control: Control | None = None
+        self.leadership: lease.Leadership | None = None
+        # Incidents found in the history (while active) and the alerts they send.
+        self.detector: incidents.Detector | None = None
+        self.outbox: outbox.Outbox | None = None
         # Taking over and stopping must not interleave: a take-over finishing after
         # a stop signal would resume the main loop the stop just paused.
         self._role_lock = threading.Lock()
@@ -172,6 +176,9 @@ class Service:
         # Pauses made in the admin while no scheduler was active apply before any catch-up.
         assert self.control is not None, "the control thread is made before the lease"
         self.control.apply_pause_changes()
+        if self.detector is not None:
+            previous = self.leadership.previous_holder if self.leadership else None
+            self.detector.took_over(previous)
         with self._role_lock:
             if self._stopping:
                 return
@@ -255,7 +262,7 @@ class Service:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            leadership = lease.Leadership(self.elected, self.demoted)
+            leadership = self.leadership = lease.Leadership(self.elected, self.demoted)
             parts = self.parts = make_parts(leadership)
             parts.results.start()
             # Paused until this process holds the lease.
@@ -263,6 +270,11 @@ class Service:
             control = self.control = Control(
                 parts.scheduler, parts.store, parts.executor, self.stop_event
             )
+            self.outbox = outbox.Outbox(outbox.configured_notifiers(), leadership)
+            control.detector = self.detector = incidents.Detector(
+                incidents.Incidents(self.outbox.names, self.outbox.wake), leadership
+            )
+            self.outbox.start()
             leadership.start()
             control.start()
         finally:
@@ -332,6 +344,9 @@ class Service:
             run.isolation.kill_all(reason)
         # Results still waiting for the writer thread, before the lease row says stopped.
         parts.results.stop(writes_end)
+        if self.outbox is not None:
+            # An alert being sent may finish; the rest wait in the outbox for the next one.
+            self.outbox.stop(timeout=max(0.0, min(1.0, writes_end - time.monotonic())))
         leadership.finish()
         control.join(timeout=max(0.0, writes_end - time.monotonic()))
         self.write(

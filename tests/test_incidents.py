@@ -4,6 +4,7 @@ in process, on the test database."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from scheduler.lease import Alone
 from scheduler.models import Incident, JobRun, Notification, SchedulerInstance
 from scheduler.registry import registry
 from tests.helpers import spec
+from tests.proc.harness import STARTED_LINE, parse_dt, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -254,3 +256,81 @@ def test_a_notification_for_a_notifier_no_longer_configured_is_given_up(jobs) ->
     note = Notification.objects.get()
     assert note.given_up_at is not None
     assert "'old-webhook' is not configured any more" in note.last_error
+
+
+# -- end to end: real schedulers, schedulerstatus -----------------------------------------
+
+ALERTING = "tests.proc.alerting"
+FAST_ALERTS = {"POLL_INTERVAL": 0.2, "ALERTS": '{"INTERVAL": 1}'}
+
+
+def incident_rows(env: Any, kind: str = "no_scheduler") -> list[dict[str, Any]]:
+    rows = env.query("SELECT * FROM scheduler_incident WHERE kind = ? ORDER BY id", (kind,))
+    for row in rows:
+        for column in ("opened_at", "resolved_at", "last_seen_at"):
+            row[column] = parse_dt(row[column])
+    return rows
+
+
+@pytest.mark.integration
+def test_a_job_failing_three_times_raises_one_incident_and_its_success_resolves_it(
+    scheduler_env: Any,
+) -> None:
+    env = scheduler_env
+    proc = env.start(ALERTING, **FAST_ALERTS)
+    wait_for(
+        lambda: any(r["resolved_at"] for r in incident_rows(env, "failing")),
+        20,
+        "the incident resolved",
+    )
+    assert proc.stop() == 0
+    (incident,) = incident_rows(env, "failing")
+    assert (incident["kind"], incident["job_id"]) == ("failing", "alerting.flaky")
+    assert (
+        incident["title"]
+        == "Fails three times, then succeeds. (alerting.flaky) failed 3 times in a row"
+    )
+    assert "ConnectionError: the partner API is down" in incident["detail"]
+    runs = [r for r in env.runs("alerting.flaky") if r["status"] in ("failed", "succeeded")]
+    third_failure = [r for r in runs if r["status"] == "failed"][2]
+    first_success = next(r for r in runs if r["status"] == "succeeded")
+    # Detected within a pass (INTERVAL 1 s) of the third failure's row.
+    delay = (incident["opened_at"] - third_failure["finished_at"]).total_seconds()
+    assert 0 <= delay < 2.5, delay
+    assert incident["run_id"] == third_failure["id"]
+    assert incident["resolved_by"] == first_success["id"]
+
+
+@pytest.mark.integration
+def test_killing_the_only_scheduler_is_found_by_schedulerstatus_and_by_a_standby(
+    scheduler_env: Any,
+) -> None:
+    env = scheduler_env
+    only = env.start(ALERTING, **FAST_ALERTS)
+    only.kill()  # kill -9: it cannot say it stopped
+    time.sleep(1)
+    fast = {"LEASE_SECONDS": 1, "HEARTBEAT_INTERVAL": 0.5}
+    checked = env.manage("schedulerstatus", modules=ALERTING, **fast)
+    assert checked.returncode == 1
+    assert "FAIL: no active scheduler" in checked.stdout
+    assert "incident #1 opened; 0 alert(s) sent" in checked.stdout, checked.stdout
+    again = env.manage("schedulerstatus", modules=ALERTING, **fast)
+    assert "incident open already" in again.stdout  # one incident, not one per probe
+    quiet = env.manage("schedulerstatus", "--no-alert", modules=ALERTING)
+    assert "[" not in quiet.stdout.strip().splitlines()[-1]
+    (found,) = incident_rows(env)
+    assert (found["kind"], found["resolved_at"], found["occurrences"]) == ("no_scheduler", None, 2)
+
+    # A scheduler that starts resolves it; one that dies under a standby is found by it.
+    first = env.start(ALERTING, **FAST_ALERTS)
+    wait_for(lambda: incident_rows(env)[0]["resolved_at"] is not None, 15, "the incident over")
+    standby = env.start(ALERTING, wait=STARTED_LINE, **FAST_ALERTS)
+    first.kill()
+    standby.wait_active(30)
+    wait_for(lambda: len(incident_rows(env)) == 2, 15, "the standby's incident")
+    wait_for(lambda: incident_rows(env)[1]["resolved_at"] is not None, 15, "it resolved")
+    assert standby.stop() == 0
+    taken = incident_rows(env)[1]
+    assert taken["kind"] == "no_scheduler"
+    assert f":{first.pid} stopped heartbeating" in taken["title"]
+    assert "took over" in taken["detail"] and "Resolved: " in taken["detail"]
