@@ -143,7 +143,31 @@ overlapping runs (`overlap="allow"`, `max_instances=1000`): with the defaults (o
 time, `overlap="skip"`), a run still waiting in the broker holds its job's slot and a fleet
 more than a second behind would have fire times skipped; Beat has no such rule. Dispatch is
 the scheduler's part (fire time to message published); lateness includes the wait in the
-broker for a free worker process. The per-step table below shows every step."""
+broker for a free worker process. The per-step table below shows every step.
+
+Why the targets are out of reach here (measured 2026-12-03 at 5e15874, 2 cores shared by
+scheduler, Redis, database and workers, and by other work: load average up to 10):
+
+* This project's dispatch is one thread (scheduler/fleet.py) doing, per run, one UPDATE
+  (the row to ``queued``, its own commit) and one ``send_task`` (a Redis round trip), in
+  turn. py-spy on ``runapscheduler`` at 300 jobs/s on PostgreSQL, 20 s at 100 Hz: the
+  fleet thread busy in 1,499 of 1,499 samples, 1,111 in that UPDATE (1,034 of them
+  waiting on the server), 377 in ``send_task``; the process's CPU only 15-20 % of a core.
+  At 100 jobs/s on PostgreSQL the UPDATE still takes 2/3 of the thread (1,004 of 1,499
+  samples) although the server executes it in 0.09 ms (pg_stat_statements): the wait is
+  the commit and a CPU-starved server. Batching that UPDATE per burst is the obvious next
+  step; not done here.
+* On PostgreSQL, Celery's Django fixup closes the worker's database connections after every
+  task (unless ``CELERY_DB_REUSE_MAX`` is set): this project's task opens a new connection,
+  a new server process, per run (pg_stat_statements: 2,375 ``set_config`` calls, the
+  connection set-up, for 2,364 runs in 20 s). The same 100 jobs/s window with
+  ``CELERY_DB_REUSE_MAX = 1000`` in the workers' app: 19 of them, dispatch p99 0.65 s
+  instead of ~5 s, the machine 77 % busy instead of 94 %. The table keeps Celery's default.
+* Celery Beat's default scheduler compares its whole schedule with a copy at every tick
+  (``Scheduler.schedules_equal``), and a tick sends one task: 0.53 ms per tick with 1,000
+  entries, i.e. 0.53 s of CPU per second at 1,000 sends/s before any sending; 0.27 ms with
+  500. Beat passed 300 jobs/s and missed runs at 500 (dispatch p99 0.99 s: it fell more
+  than a second behind and skipped seconds)."""
 
 RATE_METRICS = [
     Metric("max_rate", "highest rate sustained, zero missed", "runs/s", 0, BOTH),
