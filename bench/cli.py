@@ -22,9 +22,20 @@ from typing import Any
 from bench import report
 from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
-from bench.scenarios import Context, accuracy, admin, history, isolation, load, store
+from bench.scenarios import Context, accuracy, admin, fleet, history, isolation, load, store
 
-SCENARIOS = (accuracy, *accuracy.VARIANTS, load, store, *store.VARIANTS, admin, history, isolation)
+SCENARIOS = (
+    accuracy,
+    *accuracy.VARIANTS,
+    load,
+    store,
+    *store.VARIANTS,
+    admin,
+    history,
+    isolation,
+    fleet,
+    *fleet.VARIANTS,
+)
 MODULES = {m.NAME: m for m in SCENARIOS}
 
 # name: (default, smoke default)
@@ -40,6 +51,12 @@ SIZES = {
     "history_runs": (1000, 50),
     "warmup": (2.0, 1.0),
     "drain": (1.5, 0.5),
+    "fleet_jobs": (20, 3),
+    "fleet_rates": ("100,200,300,500,750,1000,1500", "10"),
+    "fleet_rate_duration": (60, 1),
+    "fleet_workers": (2, 1),
+    "fleet_concurrency": (4, 2),
+    "fleet_drain_timeout": (300.0, 30.0),
 }
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
@@ -80,6 +97,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-runs", type=int, help="scenario 5 timed runs (default 1000)")
     parser.add_argument("--warmup", type=float, help="seconds between ready and the window (2)")
     parser.add_argument("--drain", type=float, help="seconds after the window for late runs (1.5)")
+    parser.add_argument("--fleet-jobs", type=int, help="scenario 7 jobs (default 20)")
+    parser.add_argument(
+        "--fleet-rates",
+        help="scenario 7b: jobs every second to step through, comma-separated "
+        "(default 100,200,300,500,750,1000,1500)",
+    )
+    parser.add_argument(
+        "--fleet-rate-duration", type=int, help="scenario 7b seconds per step (default 60)"
+    )
+    parser.add_argument("--fleet-workers", type=int, help="scenario 7 Celery workers (2)")
+    parser.add_argument(
+        "--fleet-concurrency", type=int, help="scenario 7 prefork processes per worker (4)"
+    )
+    parser.add_argument(
+        "--fleet-drain-timeout",
+        type=float,
+        help="scenario 7 seconds for the workers to catch up after the window (300)",
+    )
     parser.add_argument(
         "--work",
         choices=["sleep", "spin"],

@@ -13,6 +13,8 @@ LABELS = {
     "floor": "APScheduler (memory)",
     "dja": "django-apscheduler",
     "ours": "this project",
+    # Scenario 7 (bench/fleet.py starts it): Celery Beat sending to Celery workers.
+    "beat": "Celery Beat",
 }
 ARGV = {
     "floor": [PYTHON, "-m", "bench.floor"],

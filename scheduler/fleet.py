@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ class FleetRunExecutor(RunExecutor):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._new: list[_Flight] = []
+        self._new: deque[_Flight] = deque()
         self._flights: list[_Flight] = []
         self._watched: dict[int, _Watched] = {}
         self._thread: threading.Thread | None = None
@@ -209,7 +210,7 @@ class FleetRunExecutor(RunExecutor):
 
     def cancel_waiting(self) -> None:
         with self._lock:
-            new, self._new = self._new, []
+            new, self._new = self._new, deque()
         for flight in new:
             flight.future.cancel()  # none of its orders was looked at: recorded by the caller
 
@@ -238,9 +239,17 @@ class FleetRunExecutor(RunExecutor):
             self._wake.clear()
 
     def _take_new(self) -> None:
+        # The submissions there now (the rows get their look after them, as before), one
+        # at a time, each taken under the lock: those not taken yet stay in ``_new`` for
+        # ``cancel_waiting``. (Taking a whole burst at once, a stop while it was being sent
+        # left the rest of it claimed, ``running``, when the process left.)
         with self._lock:
-            new, self._new = self._new, []
-        for flight in new:
+            count = len(self._new)
+        for _ in range(count):
+            with self._lock:
+                if not self._new:
+                    return
+                flight = self._new.popleft()
             if not flight.future.set_running_or_notify_cancel():
                 continue
             if any(order.run is not None and not order.manual for order in flight.orders):

@@ -41,6 +41,15 @@ REQUIRED = {
     "admin": {"list_ms": ("dja", "ours"), "by_job_ms": ("dja", "ours")},
     "history": {"statements_per_run": ("dja", "ours"), "overhead_us": ("floor", "dja", "ours")},
     "isolation": {"process_p99_ms": ("ours",), "overhead_p99_ms": ("ours",)},
+    # Celery Beat and this project's Celery executor, on a real Redis and real workers.
+    "fleet": {
+        "seen": ("beat", "ours"),
+        "late_p99_ms": ("beat", "ours"),
+        "cpu_pct": ("beat", "ours"),
+        "outcomes_recorded": ("beat", "ours"),
+        "history_complete": ("ours",),
+    },
+    "fleet_rate": {"max_rate": ("beat", "ours")},
 }
 
 
@@ -78,5 +87,8 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     assert data["scenarios"]["accuracy"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
     assert data["scenarios"]["accuracy_first"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
     assert data["scenarios"]["load"]["results"]["sqlite"]["ours"]["median"]["history_rows"] > 0
+    fleet = data["scenarios"]["fleet"]["results"]["sqlite"]
+    assert fleet["beat"]["median"]["seen"] > 0 and fleet["ours"]["median"]["seen"] > 0
+    assert fleet["ours"]["median"]["outcomes_recorded"] > 0
     assert {t["scenario"] for t in data["targets"]} == set(MODULES)
     assert "Targets" in result.stdout

@@ -39,8 +39,10 @@ class Target:
     """A goal for this project's figure: ``value op limit``.
 
     ``key`` names a metric of ``system`` (or, with ``ratio``, a comparison);
-    ``limit_key`` compares with another metric of the same system instead of a constant;
-    ``scenario`` reads the value from another scenario's results.
+    ``limit_key`` compares with another metric of the same system instead of a constant
+    (of ``limit_system`` if set, plus ``limit``); ``scenario`` reads the value from
+    another scenario's results; ``compare`` is the other system judged by the same
+    yardstick, for comparison.
     """
 
     label: str
@@ -52,10 +54,15 @@ class Target:
     ratio: bool = False
     scenario: str | None = None
     system: str = "ours"
+    limit_system: str | None = None
+    compare: str = "dja"
+    goal: str | None = None  # the goal in words, instead of the one made from the fields
 
     @property
     def text(self) -> str:
         sign = {"<=": "≤", ">=": "≥", "==": "="}[self.op]
+        if self.goal:
+            return f"{sign} {self.goal}"
         if self.limit_key:
             return f"{sign} {self.limit_key.replace('_', ' ')}"
         limit = f"{self.limit:g}"
