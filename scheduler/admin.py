@@ -832,6 +832,7 @@ class DashboardAdmin(_DashboardAdmin):
                 "total_day": sum(by_status.values()),
                 "queued": stats.queued_by_trigger(now),
                 "failing": stats.failing_jobs(),
+                "incidents": stats.open_incidents(),
                 "upcoming": stats.next_runs(),
                 "from_code": [
                     {**row, "call": arguments.describe(row["arguments"])}

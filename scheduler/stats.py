@@ -18,7 +18,7 @@ from django.utils import timezone
 from django_apscheduler.models import DjangoJob
 
 from scheduler import conf, registry
-from scheduler.models import Job, JobRun, JobRunManager
+from scheduler.models import Incident, Job, JobRun, JobRunManager
 
 Status = JobRun.Status
 
@@ -128,6 +128,11 @@ def next_queued(now: datetime, limit: int = 10) -> list[dict[str, Any]]:
         .values("id", "job_id", "job_name", "trigger", "scheduled_at", "arguments")[:limit]
     )
     return [dict(row) for row in rows]
+
+
+def open_incidents(limit: int = 10) -> list[Incident]:
+    """The open incidents, newest first (a handful: one per kind and job at most)."""
+    return list(Incident.objects.filter(resolved_at__isnull=True).order_by("-opened_at")[:limit])
 
 
 def failing_jobs() -> list[Job]:

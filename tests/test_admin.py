@@ -594,6 +594,7 @@ DASHBOARD_QUERIES = [
     "slowest jobs: their names",
     "queued runs by trigger",
     "the next runs scheduled from code",
+    "open incidents",
 ]
 EXTRA_JOBS = 40
 
@@ -2112,3 +2113,49 @@ def test_the_queue_is_counted_from_the_queued_runs_only():
         assert read.startswith("SEARCH"), plan
         assert "USING INDEX run_queued_kind (executor" in read, plan
     assert sql.count("LIMIT 10001") == len(reads)
+
+
+# Incidents ---------------------------------------------------------------------------------
+
+
+def test_the_dashboard_lists_open_incidents_and_an_incident_page_its_notifications(
+    admin_client, catalog
+):
+    from scheduler.models import Incident, Notification
+
+    now = timezone.now()
+    open_one = Incident.objects.create(
+        kind="failing",
+        job_id="tests.hourly",
+        title="Hourly (tests.hourly) failed once",
+        detail="ValueError: <b>not html</b>",
+        opened_at=now,
+        last_seen_at=now,
+    )
+    Incident.objects.create(
+        kind="missed",
+        job_id="tests.nightly",
+        title="Nightly missed a fire time",
+        opened_at=now,
+        last_seen_at=now,
+        resolved_at=now,
+    )
+    Notification.objects.create(
+        incident=open_one,
+        state="opened",
+        notifier="webhook:hooks.example.com",
+        created_at=now,
+        next_try_at=now,
+        attempts=2,
+        last_error="HTTP 500",
+    )
+    dashboard = text(admin_client.get(DASHBOARD_URL))
+    card = re.search(r'aria-labelledby="incidents-heading">(.*?)</section>', dashboard, re.S)
+    assert card is not None
+    assert "Hourly (tests.hourly) failed once" in card.group(1)
+    assert "Nightly missed a fire time" not in card.group(1)  # resolved
+    page = text(admin_client.get(f"/admin/scheduler/incident/{open_one.pk}/change/"))
+    assert "ValueError: &lt;b&gt;not html&lt;/b&gt;" in page
+    assert "webhook:hooks.example.com" in page and "HTTP 500" in page
+    listing = admin_client.get("/admin/scheduler/incident/?open=1")
+    assert [i.pk for i in listing.context["cl"].result_list] == [open_one.pk]
