@@ -83,24 +83,17 @@ def written(sender: Any, runs: Iterable[JobRun]) -> None:
     """Rows just written: finished runs, and fire times that did not run."""
     from scheduler.models import RunStatus
 
+    not_run = {RunStatus.MISSED: fire_time_missed, RunStatus.SKIPPED: run_skipped}
     for run in runs:
-        if run.status == RunStatus.MISSED and run.trigger == "schedule":
-            send(
-                fire_time_missed,
-                sender,
-                job_id=run.job_id,
-                scheduled_at=run.scheduled_at,
-                reason=run.exception,
-                run=run,
-            )
-        elif run.status == RunStatus.SKIPPED and run.trigger == "schedule":
-            send(
-                run_skipped,
-                sender,
-                job_id=run.job_id,
-                scheduled_at=run.scheduled_at,
-                reason=run.exception,
-                run=run,
-            )
-        else:
+        signal = not_run.get(RunStatus(run.status)) if run.trigger == "schedule" else None
+        if signal is None:
             send(run_finished, sender, run=run)
+            continue
+        send(
+            signal,
+            sender,
+            job_id=run.job_id,
+            scheduled_at=run.scheduled_at,
+            reason=run.exception,
+            run=run,
+        )
