@@ -107,7 +107,8 @@ def _detail(alert: Alert, limit: int) -> str:
 
 class MailAdmins:
     """Mails each alert to Django's ``ADMINS`` with ``django.core.mail.mail_admins``, by
-    the project's email settings (``EMAIL_BACKEND``, ``EMAIL_HOST``...).
+    the project's email settings (``EMAIL_BACKEND``, ``EMAIL_HOST``...; ``MAILERS`` from
+    Django 6.1).
 
     With ``ADMINS`` empty it raises (``ImproperlyConfigured``) instead of sending
     nothing, as ``mail_admins`` itself would: "mail_admins" in NOTIFY says someone

@@ -5,7 +5,8 @@ test process) that records every request (method, path, headers, body, gzip undo
 and answers by its path: ``/status/<code>/...`` with that status, ``/hang/...`` never
 (it sleeps until the server stops), ``/huge/...`` 500 with a 5 MB body,
 ``/redirect/...`` a 302 to another host, ``/trickle/...`` 500 with a body sent one
-byte every 0.2 s; anything else 200 "OK".
+byte every 0.2 s, ``/startfails/...`` 503 to a path ending in ``/start`` (a check-in's
+start) and 200 to others; anything else 200 "OK".
 
 ``SmtpServer``: aiosmtpd in a subprocess (``python -m aiosmtpd``) writing every message
 it receives to a Maildir.
@@ -94,6 +95,8 @@ class Recorder:
                             return
                         self.wfile.write(b"x")
                         self.wfile.flush()
+                elif kind == "startfails" and self.path.partition("?")[0].endswith("/start"):
+                    self._answer(503, b"try later")
                 elif kind == "status":
                     code = int(parts[2])
                     self._answer(code, f"answer {code}: not today".encode())

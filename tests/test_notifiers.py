@@ -58,11 +58,21 @@ def http() -> Iterator[Recorder]:
 @pytest.fixture
 def smtp(tmp_path: Path, settings: Any) -> Iterator[SmtpServer]:
     server = SmtpServer(tmp_path / "maildir")
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = server.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_TIMEOUT = 5
+    smtp_backend = "django.core.mail.backends.smtp.EmailBackend"
+    if django.VERSION >= (6, 1):
+        # Django 6.1 configures mail with MAILERS (the EMAIL_* settings are deprecated).
+        settings.MAILERS = {
+            "default": {
+                "BACKEND": smtp_backend,
+                "OPTIONS": {"host": "127.0.0.1", "port": server.port, "timeout": 5},
+            }
+        }
+    else:
+        settings.EMAIL_BACKEND = smtp_backend
+        settings.EMAIL_HOST = "127.0.0.1"
+        settings.EMAIL_PORT = server.port
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_TIMEOUT = 5
     settings.SERVER_EMAIL = "scheduler@example.com"
     settings.EMAIL_SUBJECT_PREFIX = "[Django] "
     # Django 6 takes plain addresses (tuples are deprecated); 5.2 only (name, address).
@@ -82,7 +92,7 @@ def body_of(message: Message) -> str:
 
 def subject(message: Message) -> str:
     """The Subject header unfolded (a long one arrives folded over lines)."""
-    return str(message["Subject"]).replace("\r\n", "").replace("\n", "")
+    return str(message["Subject"]).replace("\r\n", "").replace("\n", "").strip()
 
 
 def arrived(smtp: SmtpServer, count: int = 1) -> list[Message]:
