@@ -9,8 +9,9 @@ class SchedulerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from scheduler.checks import check_jobs, check_settings
+        from scheduler.checks import check_alerts, check_jobs, check_settings
 
         # Tagged, so that ``manage.py check --tag scheduler`` runs only these.
         checks.register(check_settings, "scheduler")
         checks.register(check_jobs, "scheduler")
+        checks.register(check_alerts, "scheduler")

@@ -11,6 +11,7 @@ The ids, listed in the README's Settings section:
 * ``scheduler.E021``: a module listed in ``JOB_MODULES`` cannot be imported;
 * ``scheduler.E022``: a job with ``overlap="replace"`` that does not run in a child
   process (a thread cannot be stopped, so it could not be replaced);
+* ``scheduler.E025``: ``ALERTS`` (also: Sentry Crons asked for without sentry_sdk);
 * ``scheduler.E023``: jobs sent to a fleet with nothing to send them with: no Celery
   app (Celery not installed, or ``CELERY_APP`` cannot be imported) for
   ``executor="celery"``, no task framework or no ``TASK_BACKEND`` in ``TASKS`` for
@@ -43,6 +44,19 @@ def check_settings(
         checks.Error(problem.message, hint=problem.hint, id=f"scheduler.{problem.id}")
         for problem in conf.problems()
     ]
+
+
+def check_alerts(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """What keeps the alerts the settings ask for from working (Sentry Crons without
+    sentry_sdk), once the setting itself is valid."""
+    if conf.problems():
+        return []
+    from scheduler.checkins import check_sentry
+
+    problem = check_sentry()
+    return [checks.Error(problem, id=f"scheduler.{conf.CHECK_IDS['ALERTS']}")] if problem else []
 
 
 def check_jobs(

@@ -175,7 +175,9 @@ class Outbox:
             attempts = notification.attempts + 1
             error = storable(describe_exception(exc), 2000, "head")
             pause = min(RETRY_CAP, RETRY_BASE * 2 ** (attempts - 1))
-            given_up = attempts >= MAX_ATTEMPTS
+            # A refusal that trying again cannot cure (a 4xx answer, a redirect) ends it.
+            hopeless = getattr(exc, "retry", True) is False
+            given_up = attempts >= MAX_ATTEMPTS or hopeless
             mine.update(
                 attempts=F("attempts") + 1,
                 last_error=error,

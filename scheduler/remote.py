@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scheduler import conf, lease, signals
+from scheduler import checkins, conf, lease, signals
 from scheduler.body import Outcome, TimedOut, make_call, run_here
 from scheduler.models import JobRun, SchedulerInstance
 from scheduler.registry import autodiscover
@@ -44,6 +45,7 @@ class WorkerIdentity:
         self._lock = threading.Lock()
         self._id = ""
         self._presence: lease.Presence | None = None
+        self._checkins: checkins.CheckIns | None = None
 
     def instance_id(self) -> str:
         """The id (made at the first ask: a Celery worker asks before its pool forks, so
@@ -54,16 +56,24 @@ class WorkerIdentity:
             return self._id
 
     def heartbeat(self) -> None:
-        """Start heartbeating, once (in the process that stays: not before a fork)."""
+        """Start heartbeating, once (in the process that stays: not before a fork), and the
+        check-ins of the runs this worker runs (Healthchecks pings, Sentry Crons)."""
         instance_id = self.instance_id()
         with self._lock:
             if self._presence is None:
                 self._presence = lease.Presence(SchedulerInstance.Role.WORKER, instance_id)
                 self._presence.start()
+                self._checkins = checkins.CheckIns()
+                self._checkins.start()
+                checkins.connect(self._checkins)
 
     def stop(self) -> None:
         with self._lock:
             presence, self._presence = self._presence, None
+            sender, self._checkins = self._checkins, None
+        if sender is not None:
+            checkins.disconnect(sender)
+            sender.stop(time.monotonic() + 2.0)
         if presence is not None:
             presence.finish()
 

@@ -16,7 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from scheduler import capture, conf, db, incidents, lease, outbox
+from scheduler import capture, checkins, conf, db, incidents, lease, outbox
 from scheduler.claims import ClaimBook
 from scheduler.control import Control
 from scheduler.jobstore import JobStore
@@ -141,6 +141,7 @@ class Service:
         # Incidents found in the history (while active) and the alerts they send.
         self.detector: incidents.Detector | None = None
         self.outbox: outbox.Outbox | None = None
+        self.checkins: checkins.CheckIns | None = None
         # Taking over and stopping must not interleave: a take-over finishing after
         # a stop signal would resume the main loop the stop just paused.
         self._role_lock = threading.Lock()
@@ -271,6 +272,11 @@ class Service:
                 parts.scheduler, parts.store, parts.executor, self.stop_event
             )
             self.outbox = outbox.Outbox(outbox.configured_notifiers(), leadership)
+            # Per-run check-ins (Healthchecks pings, Sentry Crons) of the runs of this
+            # process, from a thread of their own.
+            self.checkins = checkins.CheckIns()
+            self.checkins.start()
+            checkins.connect(self.checkins)
             control.detector = self.detector = incidents.Detector(
                 incidents.Incidents(self.outbox.names, self.outbox.wake), leadership
             )
@@ -347,6 +353,10 @@ class Service:
         if self.outbox is not None:
             # An alert being sent may finish; the rest wait in the outbox for the next one.
             self.outbox.stop(timeout=max(0.0, min(1.0, writes_end - time.monotonic())))
+        if self.checkins is not None:
+            # The runs have ended: their last pings are queued; sent until the deadline.
+            checkins.disconnect(self.checkins)
+            self.checkins.stop(min(writes_end, time.monotonic() + 2.0))
         leadership.finish()
         control.join(timeout=max(0.0, writes_end - time.monotonic()))
         self.write(

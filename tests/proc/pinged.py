@@ -1,21 +1,13 @@
 """Jobs with ``ping_url=``, for tests/test_checkins.py: the pings of their runs go to the
 test's HTTP server (``PROC_PING_URL``; ``PROC_SLOW_PING_URL`` for a second one).
-
-Until runapscheduler starts check-ins itself (scheduler.service, at start), this module
-starts a ``CheckIns`` of its own when imported and connects it to the runs' signals: what
-the service is to do, in the process that runs the jobs.
-"""
+runapscheduler sends them (its ``CheckIns``, started by the service)."""
 
 import os
 
-from scheduler import checkins, cron
+from scheduler import cron
 
 PING = os.environ.get("PROC_PING_URL", "http://127.0.0.1:9/ping")
 SLOW_PING = os.environ.get("PROC_SLOW_PING_URL", PING)
-
-sender = checkins.CheckIns(sentry=False, backoff=(0.2, 0.4))
-sender.start()
-checkins.connect(sender)
 
 
 class Unprintable(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
-from scheduler import conf, db, health, lease
+from scheduler import checkins, conf, db, health, lease
 from scheduler.body import make_call
 from scheduler.management.base import SchedulerCommand
 from scheduler.models import JobRun
@@ -54,6 +54,10 @@ class Command(SchedulerCommand):
             raise CommandError(str(exc)) from None
         presence = lease.Presence()
         presence.start()
+        # Its runs check in as the scheduler's do (Healthchecks pings, Sentry Crons).
+        sender = checkins.CheckIns()
+        sender.start()
+        checkins.connect(sender)
         try:
             try:
                 run = Slot(spec, presence.instance_id, self.stdout.write).take(no_wait)
@@ -94,6 +98,8 @@ class Command(SchedulerCommand):
                     sys.exit(130)
                 assert run is not None, "a slot waited for is granted"
         finally:
+            checkins.disconnect(sender)
+            sender.stop(time.monotonic() + 5.0)
             presence.finish()
         if run.status == Status.SUCCEEDED:
             self.stdout.write(f"Job {job_id!r} succeeded in {run.duration:.3f} s (run #{run.pk}).")
