@@ -1,9 +1,11 @@
 """scheduler/incidents.py and scheduler/outbox.py: the history turned into incidents (one
-open per kind and job, then resolved), and their notifications sent, retried, given up;
-in process, on the test database."""
+open per kind and job, then resolved), and their notifications sent, retried, given up:
+in process on the test database, then with real schedulers, schedulerstatus and a real
+HTTP server receiving the webhooks."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -334,3 +336,40 @@ def test_killing_the_only_scheduler_is_found_by_schedulerstatus_and_by_a_standby
     assert taken["kind"] == "no_scheduler"
     assert f":{first.pid} stopped heartbeating" in taken["title"]
     assert "took over" in taken["detail"] and "Resolved: " in taken["detail"]
+
+
+@pytest.mark.integration
+def test_a_real_scheduler_posts_each_incident_change_once_and_a_hanging_webhook_delays_no_run(
+    scheduler_env: Any,
+) -> None:
+    """Two webhooks: one answers (it gets the opened and the resolved alert, once each),
+    one never answers (its alerts wait out their timeout in the outbox thread, while the
+    ticking job starts on time every second)."""
+    from tests.servers import Recorder
+
+    server = Recorder()
+    try:
+        notify = [
+            {"webhook": server.url("/hooks/ok"), "format": "json", "timeout": 2},
+            {"webhook": server.url("/hang/hooks"), "format": "slack", "timeout": 5},
+        ]
+        alerts_setting = json.dumps({"INTERVAL": 1, "NOTIFY": notify})
+        env = scheduler_env
+        proc = env.start(ALERTING, POLL_INTERVAL=0.2, ALERTS=alerts_setting)
+        wait_for(lambda: len(server.matching("/hooks/ok")) >= 2, 25, "two alerts posted")
+        time.sleep(2)
+        assert proc.stop() == 0
+        posted = [r.json() for r in server.matching("/hooks/ok")]
+        assert [(p["kind"], p["state"]) for p in posted] == [
+            ("failing", "opened"),
+            ("failing", "resolved"),
+        ]
+        assert posted[0]["job_id"] == "alerting.flaky"
+        assert posted[0]["summary"].startswith("[scheduler] FAILING: ")
+        assert server.matching("/hang/hooks")  # it was tried (and waited on) meanwhile
+        ticks = env.runs("alerting.tick")
+        assert len(ticks) >= 5
+        late = [(r["started_at"] - r["scheduled_at"]).total_seconds() for r in ticks[1:]]
+        assert max(late) < 0.5, late
+    finally:
+        server.stop()
