@@ -245,9 +245,9 @@ def _read_period(snapshot: Snapshot) -> None:
     final have no ``finished_at``, and any other group is dropped here.
     """
     start = period_start(snapshot.now)
-    # The upper bound only bounds the range: a host whose clock runs ahead may finish
-    # a run "tomorrow", and it counts today.
-    runs = JobRun.objects.filter(finished_at__gte=start, finished_at__lt=start + timedelta(days=2))
+    # Up to now: the counts as they were at ``now``. (A run that a host whose clock runs
+    # ahead says finished in the future counts once that time has come.)
+    runs = JobRun.objects.filter(finished_at__gte=start, finished_at__lte=snapshot.now)
     since = _scheduled_since(start)
     if since is not None:
         runs = runs.filter(scheduled_at__gte=since)
