@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -690,3 +691,72 @@ def test_a_real_prometheus_scrapes_what_the_history_says(scheduler_env: Schedule
     finally:
         prometheus.stop()
         stop(web)
+
+
+# The alert rules and the dashboard ----------------------------------------------------
+
+
+def promtool(*args: str, cwd: Path = ROOT) -> str:
+    needs_prometheus()
+    result = subprocess.run(
+        [str(PROMTOOL), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_the_alert_rules_are_valid() -> None:
+    assert "SUCCESS: 9 rules found" in promtool("check", "rules", str(ALERTS))
+
+
+def test_the_alert_rules_fire_when_they_should() -> None:
+    """promtool's unit tests of the rules (tests/prometheus/alerts-test.yml): a failure
+    fires SchedulerJobFailing and the midnight reset does not; no active scheduler for a
+    minute; a job past its expected_every, and not when it is paused."""
+    out = promtool("test", "rules", "alerts-test.yml", cwd=ROOT / "tests" / "prometheus")
+    assert "SUCCESS" in out
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            queries.append(variable["definition"])
+    return queries
+
+
+def test_the_dashboards_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Each query, with Grafana's variables filled in, loaded by promtool as a recording
+    rule: promtool parses it as Prometheus would."""
+    substitutions = {"$job_id": ".*", "$__rate_interval": "1m", "$__range": "1h"}
+    rules = []
+    for index, query in enumerate(dashboard_queries()):
+        if query.startswith("label_values("):
+            # Grafana's own function: its argument is a metric name.
+            query = query.removeprefix("label_values(").split(",")[0]
+        for variable, value in substitutions.items():
+            query = query.replace(variable, value)
+        assert "$" not in query, query
+        rules.append({"record": f"dashboard:query_{index}", "expr": query})
+    assert len(rules) >= 14
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert f"SUCCESS: {len(rules)} rules found" in promtool("check", "rules", str(path))
+
+
+def test_the_dashboard_and_the_rules_name_only_metrics_that_exist(history: None) -> None:
+    make_active_scheduler(datetime.now(UTC))
+    exposed = {s.name for family in parse(metrics.exposition(T)).values() for s in family.samples}
+    named = set()
+    for text in (ALERTS.read_text(), json.dumps(dashboard_queries())):
+        named |= set(re.findall(r"\bscheduler_[a-z_]+", text))
+    assert named, "no metric named"
+    assert named - exposed == set()
+    # And the dashboard shows every metric the view serves.
+    dashboard = json.dumps(dashboard_queries())
+    families = {name for name in parse(metrics.exposition(T))}
+    shown = {name for name in families if name in dashboard}
+    assert families - shown <= {"scheduler_job_expected_interval_seconds"}
