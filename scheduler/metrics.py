@@ -196,9 +196,17 @@ def read(now: datetime | None = None) -> Snapshot:
     """Everything the metrics say, read from the scheduler's database.
 
     Every query is bounded: the catalog and the job store (a row per job), one day of
-    finished runs through ``run_finished``, the running rows through
-    ``run_status_recent`` (capped), the queue's capped counts (``stats``), the lease
-    and instances (``health``), the open incidents (``one_open_incident``'s rows).
+    finished runs through ``run_finished``, each job's runs back to its last success
+    through ``run_job_recent``, the running rows through ``run_status_recent``
+    (capped), the queue's capped counts (``stats``), the lease and instances
+    (``health``), the open incidents (``one_open_incident``'s rows).
+
+    Measured on SQLite with 1,000 jobs and 1,000,000 runs over 30 days (33,000 a
+    day; one job with 50,000 failures and no success): 10 queries, 74 ms at 07:00 UTC
+    and 161 ms just before midnight (a full day in the period; the day's grouped
+    bucket counts are most of it). The whole view is 300 ms then 370 ms: writing
+    40,000 series (mostly the two histograms' buckets, 30 per job) costs prometheus_client
+    about 200 ms, and gzip makes the 2.8 MB of text 160 KB.
     """
     now = now or timezone.now()
     snapshot = Snapshot(now=now)
