@@ -51,7 +51,7 @@ def store() -> JobStore:
 
 
 # Words of the skip reasons that mean "a tool CI is supposed to install is missing".
-_MISSING = ("PostgreSQL", "Chromium", "playwright", "npm", "axe-core", "Redis")
+_MISSING = ("PostgreSQL", "Chromium", "playwright", "npm", "axe-core", "Redis", "Prometheus")
 
 
 @pytest.hookimpl(wrapper=True)

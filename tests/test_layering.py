@@ -1,8 +1,8 @@
 """The web side stands beside the runtime, not on it.
 
-Every web worker imports the admin; it must not load the scheduler's executor,
-worker pool, claims, results writer or output capture just to file a request or
-read whether a scheduler is alive. Checked in a fresh interpreter, as a web
+Every web worker imports the admin and the metrics view; it must not load the
+scheduler's executor, worker pool, claims, results writer or output capture just to
+file a request or read whether a scheduler is alive. Checked in a fresh interpreter, as a web
 worker starts.
 """
 
@@ -37,6 +37,7 @@ import django
 django.setup()
 import scheduler.admin, scheduler.requests, scheduler.health
 import scheduler.templatetags.scheduler_admin
+import scheduler.metrics, scheduler.views, scheduler.urls
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -58,5 +59,6 @@ def test_the_admin_loads_no_part_of_the_runtime() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert "scheduler.admin" in loaded
+    assert "scheduler.metrics" in loaded and "scheduler.views" in loaded
     runtime = [name for name in loaded if name.startswith(RUNTIME)]
     assert runtime == [], f"the web side loads the runtime: {runtime}"

@@ -46,3 +46,11 @@ if importlib.util.find_spec("django_tasks_db") is not None:
         # runapscheduler. QUEUES: any queue name the tests give.
         "scheduler": {"BACKEND": "scheduler.tasks.SchedulerBackend", "QUEUES": []},
     }
+
+# A second database for the scheduler's tables (SCHEDULER_DATABASE='"scheduler"'):
+# tests/test_metrics.py points it where no database listens, to see the web side
+# answer while the scheduler's database is away and the default one is not.
+if os.environ.get("PROC_SCHEDULER_DATABASE_URL"):
+    import dj_database_url
+
+    DATABASES["scheduler"] = dj_database_url.parse(os.environ["PROC_SCHEDULER_DATABASE_URL"])  # noqa: F405
