@@ -760,3 +760,50 @@ def test_the_dashboard_and_the_rules_name_only_metrics_that_exist(history: None)
     families = {name for name in parse(metrics.exposition(T))}
     shown = {name for name in families if name in dashboard}
     assert families - shown <= {"scheduler_job_expected_interval_seconds"}
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_the_metrics_read_from_postgresql_match_its_history(tmp_path: Path) -> None:
+    """The same collector on PostgreSQL (its own SQL for lateness and durations): a real
+    scheduler's runs, then the exposition made in a process on that database."""
+    from tests.proc.pg import PgSchedulerEnv, postgres_server
+
+    with postgres_server() as server:
+        env = PgSchedulerEnv(tmp_path, server, "metrics_pg")
+        env.migrate()
+        proc = env.start("tests.proc.jobs,tests.proc.failing")
+        wait_for(lambda: len(env.runs("proc.fail", status="failed")) >= 3, 20, "three failures")
+        assert proc.stop() == 0
+        code = (
+            "import sys; from scheduler import metrics; "
+            "sys.stdout.write(metrics.exposition().decode())"
+        )
+        result = env.manage("shell", "-c", code, modules="tests.proc.jobs,tests.proc.failing")
+        assert result.returncode == 0, result.stderr
+        text = result.stdout[result.stdout.index("# HELP") :]
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        rows = env.runs()
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        for job_id, status in (("proc.fail", "failed"), ("proc.tick", "succeeded")):
+            expected = sum(
+                1
+                for r in rows
+                if r["job_id"] == job_id
+                and r["status"] == status
+                and r["finished_at"] is not None
+                and r["finished_at"] >= today
+            )
+            key = ("scheduler_runs_total", (("job_id", job_id), ("status", status)))
+            assert samples[key] == expected > 0, (job_id, status)
+        lateness = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "scheduler_run_lateness_seconds_count" and ("job_id", "proc.tick") in labels
+        ]
+        assert lateness and lateness[0] > 0
+        assert samples[("scheduler_active_scheduler", ())] == 0  # stopped cleanly
