@@ -6,6 +6,7 @@ HTTP server receiving the webhooks."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,6 +128,7 @@ def test_missed_fire_times_open_one_incident_and_quiet_jobs_none(jobs) -> None:
         finish("j.quiet", "failed", now, scheduled_at=now - timedelta(minutes=n + 1))
     found.run_pass(now + timedelta(seconds=1))
     assert incidents() == [("missed", "j.every", 3, True)]
+    assert Notification.objects.count() == 1  # three fire times, one alert
 
 
 def test_a_run_past_its_timeout_is_stuck_until_it_ends(jobs) -> None:
@@ -140,7 +142,9 @@ def test_a_run_past_its_timeout_is_stuck_until_it_ends(jobs) -> None:
         started_at=now - timedelta(minutes=5),
     )
     found.run_pass(now)
-    assert incidents() == [("stuck", "j.timed", 1, True)]
+    found.run_pass(now + timedelta(seconds=1))  # still stuck: counted, not raised again
+    assert incidents() == [("stuck", "j.timed", 2, True)]
+    assert Notification.objects.filter(state="opened").count() == 1  # one alert
     JobRun.objects.filter(pk=run.pk).update(status="interrupted", finished_at=now)
     found.run_pass(now + timedelta(seconds=1))
     assert [(kind, is_open) for kind, _, _, is_open in incidents()] == [
@@ -371,5 +375,49 @@ def test_a_real_scheduler_posts_each_incident_change_once_and_a_hanging_webhook_
         assert len(ticks) >= 5
         late = [(r["started_at"] - r["scheduled_at"]).total_seconds() for r in ticks[1:]]
         assert max(late) < 0.5, late
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_fire_times_missed_while_the_scheduler_was_frozen_raise_one_alert_soon(
+    scheduler_env: Any,
+) -> None:
+    """The detection delay: from the moment the scheduler can record the missed fire
+    times (it is thawed) to the webhook receiving the alert."""
+    from tests.servers import Recorder
+
+    server = Recorder()
+    try:
+        notify = [{"webhook": server.url("/hooks/ok"), "format": "json", "timeout": 2}]
+        env = scheduler_env
+        proc = env.start(
+            ALERTING, POLL_INTERVAL=0.2, ALERTS=json.dumps({"INTERVAL": 1, "NOTIFY": notify})
+        )
+        time.sleep(1.5)
+        proc.signal(signal.SIGSTOP)
+        time.sleep(4)
+        proc.signal(signal.SIGCONT)
+        thawed = time.monotonic()
+
+        def missed_alert() -> list[Any]:
+            return [
+                r
+                for r in server.matching("/hooks/ok")
+                if (r.json()["kind"], r.json()["job_id"], r.json()["state"])
+                == ("missed", "alerting.brief", "opened")
+            ]
+
+        (alert,) = wait_for(missed_alert, 15, "the missed fire times' alert")
+        delay = alert.at - thawed
+        time.sleep(1.5)
+        assert proc.stop() == 0
+        assert len(missed_alert()) == 1  # one alert for several fire times (then its recovery)
+        missed = env.runs("alerting.brief", status="missed")
+        assert len(missed) >= 2
+        (incident,) = incident_rows(env, "missed")[:1] or [None]
+        assert incident is not None and incident["occurrences"] >= 1
+        print(f"missed fire times to alert: {delay:.2f} s after the scheduler thawed")
+        assert delay < 4.0, delay
     finally:
         server.stop()

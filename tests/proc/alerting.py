@@ -27,3 +27,9 @@ def flaky() -> None:
 @cron(second="*", id="alerting.tick")
 def tick() -> None:
     mark("start alerting.tick")
+
+
+@cron(second="*", id="alerting.brief", misfire_grace_time=1)
+def brief() -> None:
+    """Every second, one second of grace: a scheduler frozen longer misses fire times."""
+    mark("start alerting.brief")
