@@ -19,12 +19,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import bench.scenarios.oneoff as oneoff
+import bench.scenarios.oneoff_scale as oneoff_scale
 from bench import report
 from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
 from bench.scenarios import Context, accuracy, admin, history, isolation, load, store
 
 SCENARIOS = (accuracy, *accuracy.VARIANTS, load, store, *store.VARIANTS, admin, history, isolation)
+SCENARIOS += (oneoff, oneoff_scale)
 MODULES = {m.NAME: m for m in SCENARIOS}
 
 # name: (default, smoke default)
@@ -40,6 +43,8 @@ SIZES = {
     "history_runs": (1000, 50),
     "warmup": (2.0, 1.0),
     "drain": (1.5, 0.5),
+    "oneoff_runs": (5000, 200),
+    "oneoff_waiting": (1_000_000, 5_000),
 }
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
@@ -78,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--admin-rows", type=int, help="scenario 4 history rows (default 1000000)")
     parser.add_argument("--requests", type=int, help="scenario 4 timed requests per page (5)")
     parser.add_argument("--history-runs", type=int, help="scenario 5 timed runs (default 1000)")
+    parser.add_argument(
+        "--oneoff-runs", type=int, help="scenario 7 runs enqueued and executed (default 5000)"
+    )
+    parser.add_argument(
+        "--oneoff-waiting", type=int, help="scenario 7b runs waiting (default 1000000)"
+    )
     parser.add_argument("--warmup", type=float, help="seconds between ready and the window (2)")
     parser.add_argument("--drain", type=float, help="seconds after the window for late runs (1.5)")
     parser.add_argument(

@@ -94,16 +94,25 @@ def _value_text(row: dict) -> str:
 # -- tables -------------------------------------------------------------------------------
 
 
+def _systems(module: Any) -> tuple[str, ...]:
+    """The table's columns: the systems the scenario's metrics name, in their order."""
+    found: list[str] = []
+    for metric in module.METRICS:
+        found += [s for s in metric.systems if s not in found]
+    return tuple(found)
+
+
 def scenario_tables(name: str, data: dict, module: Any) -> list[tuple[str, list[list[str]]]]:
     """(title, rows) per database: metric, the three systems, the ratios."""
     tables = []
+    columns = _systems(module)
     for db, by_system in data.get("results", {}).items():
         ratios = data.get("ratios", {}).get(db, {})
-        header = ["metric", *(LABELS[s] for s in ("floor", "dja", "ours")), "ratios"]
+        header = ["metric", *(LABELS[s] for s in columns), "ratios"]
         rows = [header]
         for metric in module.METRICS:
             cells = [metric.label + (f" ({metric.unit})" if metric.unit else "")]
-            for system in ("floor", "dja", "ours"):
+            for system in columns:
                 if system not in metric.systems or system not in by_system:
                     cells.append("—")
                     continue

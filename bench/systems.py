@@ -13,6 +13,9 @@ LABELS = {
     "floor": "APScheduler (memory)",
     "dja": "django-apscheduler",
     "ours": "this project",
+    # Scenario 7 (bench/scenarios/oneoff.py); started there.
+    "ours_tasks": "this project, Django tasks API",
+    "dtdb": "django-tasks-db db_worker",
 }
 ARGV = {
     "floor": [PYTHON, "-m", "bench.floor"],
