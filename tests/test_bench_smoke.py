@@ -41,6 +41,12 @@ REQUIRED = {
     "admin": {"list_ms": ("dja", "ours"), "by_job_ms": ("dja", "ours")},
     "history": {"statements_per_run": ("dja", "ours"), "overhead_us": ("floor", "dja", "ours")},
     "isolation": {"process_p99_ms": ("ours",), "overhead_p99_ms": ("ours",)},
+    "oneoff": {
+        "enqueue_per_s": ("ours", "ours_tasks", "dtdb"),
+        "enqueue_p99_ms": ("ours", "ours_tasks", "dtdb"),
+        "execute_per_s": ("ours", "ours_tasks", "dtdb"),
+    },
+    "oneoff_scale": {"pending_ms": ("ours",), "due_batch_ms": ("ours",)},
 }
 
 

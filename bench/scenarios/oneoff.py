@@ -25,7 +25,9 @@ over; db_worker's start-up delay): the split is in "ready to the first run's
 start" and the steady rate from the first run's start to the last one's end (the
 rows' own timestamps). Every run must succeed exactly once (the file's lines: one
 per number), or the scenario fails. Runner CPU is utime + stime of its process
-over the same window. The order of the three systems rotates per repeat.
+over the same window. The order of the three systems rotates per repeat. In the
+ratios: ours = this project's ``schedule()``, ours_tasks = its task backend, dtdb =
+django-tasks-db.
 """
 
 from __future__ import annotations
