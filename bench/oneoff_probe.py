@@ -10,7 +10,8 @@ enqueue  ``--runs`` one-off runs enqueued in a loop as a web process would, one 
          (django-tasks-db's); the rate and each call's latency
 scale    ``--fill`` runs scheduled from code written to the table (one INSERT statement;
          ``--runs`` must then be waiting), then the time of the control thread's
-         statements on every poll and of the dashboard's queries about waiting runs
+         statements on every poll and of the dashboard's queries about waiting runs,
+         and of the admin pages that show them
 """
 
 from __future__ import annotations
@@ -150,6 +151,42 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     if due or later is None or Control._due_batch(None, set()):
         raise SystemExit(f"unexpected: due={due} batch={Control._due_batch(None, set())}")
     result["next_in_s"] = (later - timezone.now()).total_seconds()
+    result.update(_admin_pages(args.requests))
+    return result
+
+
+# The admin's pages that read waiting runs: the dashboard (its counts and next runs), the
+# runs list, and the list of waiting runs (where "Cancel selected queued runs" is used).
+PAGES = {
+    "dashboard": "/admin/scheduler/dashboard/",
+    "list": "/admin/scheduler/jobrun/",
+    "queued_list": "/admin/scheduler/jobrun/?status__exact=queued",
+}
+
+
+def _admin_pages(requests: int) -> dict[str, float]:
+    """Median milliseconds of each page, as a logged-in superuser through Django's test
+    client (as scenario 4 times them: bench/probe.py ``admin``), after one warm-up."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user = get_user_model().objects.filter(username="bench").first()
+    if user is None:
+        user = get_user_model().objects.create_superuser("bench", "bench@example.com", "bench")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    result = {}
+    for name, url in PAGES.items():
+        response = client.get(url)
+        # Each page must show the waiting runs' job (by its name or its id).
+        if response.status_code != 200 or b"bench" not in response.content:
+            raise SystemExit(f"{url}: status {response.status_code}, no waiting run shown")
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            client.get(url)
+            times.append((time.perf_counter() - start) * 1000)
+        result[f"{name}_page_ms"] = percentile(times, 50)
     return result
 
 
@@ -162,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--system", choices=SYSTEMS, default="ours")
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=5, help="scale: timed admin requests")
     parser.add_argument("--fill", type=int, default=0, help="scale: rows to write first")
     args = parser.parse_args(argv)
     import django
