@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import bench.scenarios.oneoff as oneoff
+import bench.scenarios.oneoff_scale as oneoff_scale
 from bench import report
 from bench.common import ROOT, BenchError, Log, kill_children, loadavg, median
 from bench.databases import Backend, PostgresBackend, SQLiteBackend
@@ -35,6 +37,8 @@ SCENARIOS = (
     isolation,
     fleet,
     *fleet.VARIANTS,
+    oneoff,
+    oneoff_scale,
 )
 MODULES = {m.NAME: m for m in SCENARIOS}
 
@@ -57,6 +61,8 @@ SIZES = {
     "fleet_workers": (2, 1),
     "fleet_concurrency": (4, 2),
     "fleet_drain_timeout": (300.0, 30.0),
+    "oneoff_runs": (5000, 200),
+    "oneoff_waiting": (1_000_000, 5_000),
 }
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
@@ -95,6 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--admin-rows", type=int, help="scenario 4 history rows (default 1000000)")
     parser.add_argument("--requests", type=int, help="scenario 4 timed requests per page (5)")
     parser.add_argument("--history-runs", type=int, help="scenario 5 timed runs (default 1000)")
+    parser.add_argument(
+        "--oneoff-runs", type=int, help="scenario 7 runs enqueued and executed (default 5000)"
+    )
+    parser.add_argument(
+        "--oneoff-waiting", type=int, help="scenario 7b runs waiting (default 1000000)"
+    )
     parser.add_argument("--warmup", type=float, help="seconds between ready and the window (2)")
     parser.add_argument("--drain", type=float, help="seconds after the window for late runs (1.5)")
     parser.add_argument("--fleet-jobs", type=int, help="scenario 7 jobs (default 20)")

@@ -22,6 +22,9 @@ MANAGE = {
     "ours": [PYTHON, "manage.py"],
     "dja": [PYTHON, "-m", "bench.dja_project"],
 }
+# Scenario 8: this project with Django's task framework and django-tasks-db beside it.
+SETTINGS["oneoff"] = "bench.oneoff_settings"
+MANAGE["oneoff"] = [PYTHON, "manage.py"]
 
 
 def project_env(project: str, url: str, **extra: Any) -> dict[str, str]:

@@ -99,21 +99,26 @@ def _value_text(row: dict) -> str:
 # -- tables -------------------------------------------------------------------------------
 
 
-SYSTEMS = ("floor", "dja", "ours")
+def _systems(module: Any) -> tuple[str, ...]:
+    """The table's columns: the systems the scenario's metrics name, in their order."""
+    found: list[str] = []
+    for metric in module.METRICS:
+        found += [s for s in metric.systems if s not in found]
+    return tuple(found)
 
 
 def scenario_tables(name: str, data: dict, module: Any) -> list[tuple[str, list[list[str]]]]:
     """(title, rows) per database: metric, the scenario's systems (by default the three),
     the ratios; then the scenario's own further tables (``extra_tables``), if any."""
     tables = []
-    systems = getattr(module, "SYSTEMS", SYSTEMS)
+    columns = getattr(module, "SYSTEMS", None) or _systems(module)
     for db, by_system in data.get("results", {}).items():
         ratios = data.get("ratios", {}).get(db, {})
-        header = ["metric", *(LABELS[s] for s in systems), "ratios"]
+        header = ["metric", *(LABELS[s] for s in columns), "ratios"]
         rows = [header]
         for metric in module.METRICS:
             cells = [metric.label + (f" ({metric.unit})" if metric.unit else "")]
-            for system in systems:
+            for system in columns:
                 if system not in metric.systems or system not in by_system:
                     cells.append("—")
                     continue

@@ -15,6 +15,9 @@ LABELS = {
     "ours": "this project",
     # Scenario 7 (bench/fleet.py starts it): Celery Beat sending to Celery workers.
     "beat": "Celery Beat",
+    # Scenario 8 (bench/scenarios/oneoff.py); started there.
+    "ours_tasks": "this project, Django tasks API",
+    "dtdb": "django-tasks-db db_worker",
 }
 ARGV = {
     "floor": [PYTHON, "-m", "bench.floor"],

@@ -50,6 +50,12 @@ REQUIRED = {
         "history_complete": ("ours",),
     },
     "fleet_rate": {"max_rate": ("beat", "ours")},
+    "oneoff": {
+        "enqueue_per_s": ("ours", "ours_tasks", "dtdb"),
+        "enqueue_p99_ms": ("ours", "ours_tasks", "dtdb"),
+        "execute_per_s": ("ours", "ours_tasks", "dtdb"),
+    },
+    "oneoff_scale": {"pending_ms": ("ours",), "due_batch_ms": ("ours",)},
 }
 
 
