@@ -2159,3 +2159,14 @@ def test_the_dashboard_lists_open_incidents_and_an_incident_page_its_notificatio
     assert "webhook:hooks.example.com" in page and "HTTP 500" in page
     listing = admin_client.get("/admin/scheduler/incident/?open=1")
     assert [i.pk for i in listing.context["cl"].result_list] == [open_one.pk]
+
+
+def test_runs_scheduled_for_later_are_not_the_last_days_runs(admin_client, catalog):
+    """A run scheduled from code for tomorrow is waiting, not a run of the last 24 hours."""
+    later = timezone.now() + timedelta(hours=20)
+    for n in range(3):
+        make_run(status="queued", trigger="code", scheduled_at=later + timedelta(seconds=n))
+    make_run(status="succeeded", duration=1.0, scheduled_at=timezone.now() - timedelta(hours=1))
+    response = admin_client.get(DASHBOARD_URL)
+    assert response.context["total_day"] == 1
+    assert response.context["queued"]["code"].n == 3
