@@ -606,6 +606,16 @@ def test_a_real_prometheus_scrapes_what_the_history_says(scheduler_env: Schedule
             "three failed runs of proc.fail",
             interval=0.2,
         )
+        # Two scrapes that saw the count grow (so that increase() has something to see,
+        # however late Prometheus came up on a busy machine).
+        failed_query = 'scheduler_runs_total{job_id="proc.fail",status="failed"}'
+
+        def scraped_failures() -> float | None:
+            result = prometheus.query(failed_query)
+            return float(result[0]["value"][1]) if result else None
+
+        first = wait_for(scraped_failures, 15, "a scrape with proc.fail's failures", 0.2)
+        wait_for(lambda: (scraped_failures() or 0) > first, 15, "a scrape with more of them", 0.2)
         active = prometheus.query("scheduler_active_scheduler")
         assert [r["value"][1] for r in active] == ["1"]
         assert "job" in active[0]["metric"] and active[0]["metric"]["job"] == "scheduler"
