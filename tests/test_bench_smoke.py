@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import django
 import pytest
 
 from bench.cli import MODULES
@@ -59,12 +61,24 @@ REQUIRED = {
 }
 
 
+def scenarios_here() -> list[str]:
+    """The scenarios this run smokes: every other one on each CI leg (Django 5.2, Django 6),
+    so that each CI run smokes every scenario once, in half the time a leg (the smoke
+    of all took 107 s of a leg's 17 min); all with BENCH_SMOKE_ALL=1."""
+    names = list(MODULES)
+    if os.environ.get("BENCH_SMOKE_ALL") == "1":
+        return names
+    return names[0::2] if django.VERSION < (6, 0) else names[1::2]
+
+
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     output = tmp_path / "smoke.json"
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+    names = scenarios_here()
+    command = [sys.executable, "-m", "bench", "--smoke", "--db", "sqlite", "--output", str(output)]
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "bench", "--smoke", "--db", "sqlite", "--output", str(output)],
+            [*command, "--only", ",".join(names)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -79,7 +93,7 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     data = json.loads(output.read_text())
-    assert set(data["scenarios"]) == set(MODULES)
+    assert set(data["scenarios"]) == set(names)
     for name, scenario in data["scenarios"].items():
         assert "error" not in scenario, f"{name}: {scenario.get('error')}"
         medians = {
@@ -90,11 +104,20 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
                 value = medians[system].get(key)
                 assert isinstance(value, (int, float)), f"{name}: {system} has no {key}: {value!r}"
     # The database-backed systems really ran jobs and wrote history.
-    assert data["scenarios"]["accuracy"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
-    assert data["scenarios"]["accuracy_first"]["results"]["sqlite"]["ours"]["median"]["seen"] > 0
-    assert data["scenarios"]["load"]["results"]["sqlite"]["ours"]["median"]["history_rows"] > 0
-    fleet = data["scenarios"]["fleet"]["results"]["sqlite"]
-    assert fleet["beat"]["median"]["seen"] > 0 and fleet["ours"]["median"]["seen"] > 0
-    assert fleet["ours"]["median"]["outcomes_recorded"] > 0
-    assert {t["scenario"] for t in data["targets"]} == set(MODULES)
+    scenarios = data["scenarios"]
+
+    def ours(name: str, key: str) -> Any:
+        return scenarios[name]["results"]["sqlite"]["ours"]["median"][key]
+
+    if "accuracy" in scenarios:
+        assert ours("accuracy", "seen") > 0
+    if "accuracy_first" in scenarios:
+        assert ours("accuracy_first", "seen") > 0
+    if "load" in scenarios:
+        assert ours("load", "history_rows") > 0
+    if "fleet" in scenarios:
+        fleet = scenarios["fleet"]["results"]["sqlite"]
+        assert fleet["beat"]["median"]["seen"] > 0 and fleet["ours"]["median"]["seen"] > 0
+        assert fleet["ours"]["median"]["outcomes_recorded"] > 0
+    assert {t["scenario"] for t in data["targets"]} <= set(names)
     assert "Targets" in result.stdout
