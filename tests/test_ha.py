@@ -398,8 +398,9 @@ class TestPostgres:
         assert rows["pg.3"]["status"] == "missed"
         assert rows["pg.4"]["status"] == "running"
 
-    # Three schedulers (two standbys racing for the lease); two on PostgreSQL are the
-    # fleet's, the requests' and the retries' tests (34 s each: the suite's time).
+    # Three schedulers (two standbys racing for the lease). Two schedulers are the case of
+    # test_two_schedulers_on_sqlite_... and of the fleet's, one-off runs' and retries'
+    # tests; the run with two here cost 34 s of each leg.
     @pytest.mark.parametrize("count", [3])
     def test_schedulers_run_each_fire_time_exactly_once(
         self, scheduler_env: PgSchedulerEnv, count: int, record_property
