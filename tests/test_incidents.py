@@ -421,3 +421,28 @@ def test_fire_times_missed_while_the_scheduler_was_frozen_raise_one_alert_soon(
         assert delay < 4.0, delay
     finally:
         server.stop()
+
+
+def test_a_failure_and_a_later_success_in_one_pass_end_resolved_and_many_successes_cost_one_read(
+    jobs,
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    found = detector()
+    now = timezone.now()
+    finish("j.every", "failed", now, scheduled_at=now - timedelta(seconds=3))
+    finish("j.every", "succeeded", now + timedelta(seconds=1), scheduled_at=now)
+    found.run_pass(now + timedelta(seconds=2))
+    assert incidents() == [("failing", "j.every", 1, False)]
+    # Successes are read grouped by job: a hundred cost what one does.
+    for n in range(100):
+        finish(
+            "j.every",
+            "succeeded",
+            now + timedelta(seconds=3),
+            scheduled_at=now + timedelta(seconds=n + 1),
+        )
+    with CaptureQueriesContext(connection) as read:
+        found.run_pass(now + timedelta(seconds=4))
+    assert len([q for q in read.captured_queries if "scheduler_jobrun" in q["sql"]]) <= 4
