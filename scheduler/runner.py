@@ -588,12 +588,22 @@ class Executor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3 is untyped
         its job's slots here until it is no longer listed."""
         with self._lock:
             for run_id in self._foreign.keys() - runs.keys():
-                job_id = self._foreign.pop(run_id)
-                self._instances[job_id] -= 1
-                if self._instances[job_id] <= 0:
-                    del self._instances[job_id]
+                self._drop_foreign(run_id)
             for run_id in runs.keys() - self._foreign.keys():
                 self._count_as_foreign(run_id, runs[run_id])
+
+    def release(self, run_id: int) -> None:
+        """A run of another process (a fleet's worker) ended: its job's slot is free."""
+        with self._lock:
+            self._drop_foreign(run_id)
+
+    def _drop_foreign(self, run_id: int) -> None:
+        """(Under the lock.) The run of another process no longer holds a slot."""
+        job_id = self._foreign.pop(run_id, None)
+        if job_id is not None:
+            self._instances[job_id] -= 1
+            if self._instances[job_id] <= 0:
+                del self._instances[job_id]
 
     def _count_as_foreign(self, run_id: int, job_id: str) -> None:
         """(Under the lock.) The run of another process holds one of its job's slots."""

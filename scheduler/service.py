@@ -57,7 +57,8 @@ def make_parts(standing: lease.Standing | None = None) -> Parts:
         from scheduler.fleet import FleetRunExecutor  # loaded only when a job is sent
 
         for name in sorted(sent):
-            executor.add_fleet(name, FleetRunExecutor(run, executor.hand_over, name))
+            fleet = FleetRunExecutor(run, executor.hand_over, name, executor.release)
+            executor.add_fleet(name, fleet)
     scheduler = BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": executor},
