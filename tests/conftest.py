@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler.jobstore import JobStore
 from tests.proc.harness import SchedulerEnv
+from tests.servers import http  # noqa: F401 - the recording HTTP server, a fixture
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.proc.harness import wait_for
 
 
@@ -192,3 +194,7 @@ def recorder() -> Iterator[Recorder]:
         yield server
     finally:
         server.stop()
+
+
+# The recording HTTP server as a fixture (tests/conftest.py makes it ``http``).
+http = pytest.fixture(recorder, name="http")

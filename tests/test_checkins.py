@@ -25,15 +25,6 @@ from tests.proc.harness import SchedulerEnv, wait_for
 from tests.servers import Recorder, Request, refused_url
 
 
-@pytest.fixture
-def http() -> Iterator[Recorder]:
-    server = Recorder()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def cron_spec(job_id: str = "t.cron", **changes: Any) -> JobSpec:
     return spec(job_id, **{"misfire_grace_time": 60, "timeout": 30.0, **changes})
 

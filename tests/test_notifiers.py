@@ -47,15 +47,6 @@ def alert(**changes: Any) -> Alert:
 
 
 @pytest.fixture
-def http() -> Iterator[Recorder]:
-    server = Recorder()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def smtp(tmp_path: Path, settings: Any) -> Iterator[SmtpServer]:
     server = SmtpServer(tmp_path / "maildir")
     smtp_backend = "django.core.mail.backends.smtp.EmailBackend"
