@@ -162,14 +162,9 @@ def run_now(job: str | Callable[..., Any], requested_by: str = "") -> JobRun:
     job_id = _job_id(job)
     # The catalog first: the web side knows every job the scheduler synced without
     # importing the job modules; code declared but not synced yet, from the registry.
-    catalog = Job.objects.filter(pk=job_id).first()
-    if catalog is not None:
-        return queue_run(catalog, requested_by)
-    spec = _spec(job_id)
-    run = JobRun.objects.request_row(job_id, spec.name, requested_by)
-    run.save(using=conf.database(), force_insert=True)
-    notify()
-    return run
+    catalog = Job.objects.filter(pk=job_id).values_list("name", flat=True).first()
+    name = catalog if catalog is not None else _spec(job_id).name
+    return _queue(job_id, name, requested_by)
 
 
 def pause(job: str | Callable[..., Any]) -> bool:
@@ -205,9 +200,9 @@ def cancel(run: JobRun | int, reason: str = "") -> bool:
     return done
 
 
-def queue_run(job: Job, user: str) -> JobRun:
-    """Ask for a run of ``job`` now, on behalf of ``user``: a ``queued`` manual run."""
-    run = JobRun.objects.request_row(job.id, job.name, user)
+def _queue(job_id: str, name: str, user: str) -> JobRun:
+    """A run of ``job_id`` now, on behalf of ``user``: a ``queued`` manual run."""
+    run = JobRun.objects.request_row(job_id, name, user)
     run.save(using=conf.database(), force_insert=True)
     notify()
     return run

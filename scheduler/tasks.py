@@ -165,12 +165,8 @@ class SchedulerBackend(BaseTaskBackend):
             first = int(result_id)
         except (TypeError, ValueError):
             raise TaskResultDoesNotExist(result_id) from None
-        rows = list(
-            JobRun.objects.filter(trigger=JobRun.Trigger.TASK, pk=first)
-            | JobRun.objects.filter(retry_of=first, trigger=JobRun.Trigger.RETRY)
-        )
-        rows.sort(key=lambda row: row.attempt)
-        if not rows or rows[0].pk != first:
+        rows = _attempts(first)
+        if not rows or rows[0].pk != first or rows[0].trigger != JobRun.Trigger.TASK:
             raise TaskResultDoesNotExist(result_id)
         task = _task_of(rows[0].job_id)
         return self._result(task, rows)
@@ -286,10 +282,15 @@ def _rows(run_id: int | None) -> list[JobRun]:
         return []
     if run.retry_of is None:
         return [run]
-    rows = list(
-        JobRun.objects.filter(pk=run.retry_of)
-        | JobRun.objects.filter(retry_of=run.retry_of, attempt__lte=run.attempt)
-    )
+    return _attempts(run.retry_of, run.attempt)
+
+
+def _attempts(first: int, up_to: int | None = None) -> list[JobRun]:
+    """The run ``first`` and its next attempts (up to attempt ``up_to``), in order."""
+    retries = JobRun.objects.filter(retry_of=first, trigger=JobRun.Trigger.RETRY)
+    if up_to is not None:
+        retries = retries.filter(attempt__lte=up_to)
+    rows = list(JobRun.objects.filter(pk=first) | retries)
     return sorted(rows, key=lambda row: row.attempt)
 
 
